@@ -1,0 +1,63 @@
+"""Model zoo: MnasNet-B1 / A1 / small built from one architecture-as-data builder."""
+
+from . import arch, checkpoint, features, layers, mnasnet, model_factory, registry
+from .arch import (
+    decode_arch_def,
+    decode_block_str,
+    encode_block_str,
+    format_arch_string,
+    make_divisible,
+    parse_arch_string,
+)
+from .checkpoint import CheckpointError, CheckpointMismatchError, read_checkpoint, save_checkpoint
+from .features import FeatureExtractWrapper
+from .mnasnet import ARCH_DEFS, MnasNet
+from .model_factory import build_model_with_cfg, create_model, load_model_checkpoint, load_pretrained
+from .pretrained import PretrainedCfg
+from .registry import (
+    get_pretrained_cfg,
+    get_pretrained_cfg_value,
+    has_pretrained_cfg_key,
+    is_model,
+    is_model_in_modules,
+    is_model_pretrained,
+    list_models,
+    list_modules,
+    list_pretrained_tags,
+    model_entrypoint,
+    register_model,
+)
+
+__all__ = [
+    "create_model",
+    "build_model_with_cfg",
+    "load_model_checkpoint",
+    "load_pretrained",
+    "list_models",
+    "list_modules",
+    "list_pretrained_tags",
+    "is_model",
+    "is_model_in_modules",
+    "is_model_pretrained",
+    "model_entrypoint",
+    "register_model",
+    "get_pretrained_cfg",
+    "get_pretrained_cfg_value",
+    "has_pretrained_cfg_key",
+    "MnasNet",
+    "ARCH_DEFS",
+    "PretrainedCfg",
+    "FeatureExtractWrapper",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "read_checkpoint",
+    "save_checkpoint",
+    "decode_arch_def",
+    "decode_block_str",
+    "encode_block_str",
+    "parse_arch_string",
+    "format_arch_string",
+    "make_divisible",
+] + list(mnasnet.pretrained_tags)
+for _name in mnasnet.pretrained_tags:
+    globals()[_name] = getattr(mnasnet, _name)

@@ -1,0 +1,448 @@
+"""Reading, converting, checking and writing model weights.
+
+Reads MindSpore ``.ckpt``, ``.safetensors`` and PyTorch ``.pth``/``.pt``/``.bin`` files (the latter
+without needing torch), recognises the state-dict layout (this package, upstream mindcv, torchvision,
+timm), renames it to this package's parameter names, and loads it with a strict check that reports
+every missing key, unexpected key and shape mismatch in one error. MindSpore's own
+``load_param_into_net(strict_load=True)`` only *returns* such lists.
+"""
+
+import json
+import logging
+import os
+import re
+import tempfile
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import Tensor, nn
+
+from ..utils.torch_pickle import TorchFileError, load_torch_file
+from .arch import format_arch_string
+from .pretrained import CHECKPOINT_LAYOUTS, MINDCV_BN_EPS, TORCH_BN_EPS
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "read_checkpoint",
+    "detect_layout",
+    "convert_state_dict",
+    "source_bn_eps",
+    "load_state_dict_into",
+    "save_checkpoint",
+    "model_state_dict",
+    "META_KEY",
+]
+
+_logger = logging.getLogger(__name__)
+
+META_KEY = "mindcv_meta"  # JSON string stored with every checkpoint this package writes
+_TORCH_EXTS = (".pth", ".pt", ".bin", ".tar")
+_SUPPORTED_EXTS = (".ckpt", ".safetensors") + _TORCH_EXTS
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read or does not fit the model."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """Missing keys, unexpected keys or shape mismatches between a checkpoint and a model."""
+
+    def __init__(self, source: str, missing: List[str], unexpected: List[str], mismatched: List[str]) -> None:
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        parts = [f"checkpoint '{source}' does not fit the model:"]
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        ):
+            if items:
+                shown = ", ".join(items[:8]) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
+                parts.append(f"  {len(items)} {title}: {shown}")
+        parts.append("  (wrong architecture or width? pass the model the checkpoint was trained with)")
+        super().__init__("\n".join(parts))
+
+
+# ---------------------------------------------------------------------------------------------------
+# reading
+def read_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """Read a weight file into numpy arrays.
+
+    Args:
+        path: a ``.ckpt``, ``.safetensors``, ``.pth``, ``.pt``, ``.bin`` or ``.tar`` file.
+
+    Returns:
+        ``(tensors, metadata)``: the arrays by name, and the non-tensor entries (for files written by
+        this package, the decoded ``mindcv_meta`` JSON is merged into the metadata).
+
+    Raises:
+        CheckpointError: the file is missing, empty, truncated, corrupted or of an unknown kind.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint file '{path}' does not exist")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint path '{path}' is not a file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint file '{path}' is empty")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _SUPPORTED_EXTS:
+        raise CheckpointError(
+            f"checkpoint '{path}' has an unsupported extension '{ext}'; valid: {', '.join(_SUPPORTED_EXTS)}"
+        )
+    try:
+        if ext == ".ckpt":
+            tensors, meta = _read_ms_ckpt(path)
+        elif ext == ".safetensors":
+            tensors, meta = _read_safetensors(path)
+        else:
+            tensors, meta = _read_torch(path)
+    except CheckpointError:
+        raise
+    except (TorchFileError, ValueError, RuntimeError, OSError, EOFError, KeyError) as err:
+        raise CheckpointError(f"cannot read checkpoint '{path}' (truncated or corrupted?): {err}") from err
+    if not tensors:
+        raise CheckpointError(f"checkpoint '{path}' contains no tensors")
+    if isinstance(meta.get(META_KEY), str):
+        meta.update(json.loads(meta.pop(META_KEY)))
+    return tensors, meta
+
+
+def _read_ms_ckpt(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    tensors, meta = {}, {}
+    for name, value in ms.load_checkpoint(path).items():
+        if isinstance(value, (ms.Parameter, Tensor)):
+            tensors[name] = value.asnumpy()
+        else:
+            meta[name] = value
+    return tensors, meta
+
+
+def _read_safetensors(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        tensors = {}
+        with safe_open(path, framework="np") as f:
+            meta = dict(f.metadata() or {})
+            for name in f.keys():
+                tensors[name] = f.get_tensor(name)
+    except SafetensorError as err:
+        raise CheckpointError(f"cannot read safetensors file '{path}' (truncated or corrupted?): {err}") from err
+    return tensors, meta
+
+
+def _read_torch(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    obj = load_torch_file(path)
+    if isinstance(obj, dict):
+        for wrapper in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(wrapper), dict):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"'{path}' holds a {type(obj).__name__}, not a state dict")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, np.ndarray)}
+    meta = {k: v for k, v in obj.items() if not isinstance(v, np.ndarray)}
+    return tensors, meta
+
+
+# ---------------------------------------------------------------------------------------------------
+# layouts
+def detect_layout(keys: Iterable[str]) -> str:
+    """Recognise which implementation wrote a state dict.
+
+    Args:
+        keys: the parameter names (an ``ema.`` or ``module.`` prefix is ignored).
+
+    Returns:
+        One of ``"mindcv"`` (this package), ``"mindcv_upstream"`` (mindspore-lab/mindcv's
+        ``Mnasnet``), ``"torchvision"`` (``torchvision.models.MNASNet``) or ``"timm"``.
+
+    Raises:
+        CheckpointError: the layout is none of these.
+    """
+    keys = {_strip_prefixes(k) for k in keys}
+    if "conv_stem.weight" in keys:
+        if "bn1.moving_mean" in keys or "bn1.gamma" in keys:
+            return "mindcv"
+        if "bn1.running_mean" in keys or "bn1.weight" in keys:
+            return "timm"
+    if "layers.0.weight" in keys and any(k.startswith("layers.8.0.layers.") for k in keys):
+        return "torchvision"
+    if "features.0.weight" in keys and any(re.match(r"features\.8\.layers\.", k) for k in keys):
+        return "mindcv_upstream"
+    sample = ", ".join(sorted(keys)[:6])
+    raise CheckpointError(
+        f"unrecognised state-dict layout (first keys: {sample}); supported layouts: {', '.join(CHECKPOINT_LAYOUTS)}"
+    )
+
+
+def _strip_prefixes(key: str) -> str:
+    for prefix in ("module.", "network.", "_backbone."):
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+    return key
+
+
+def source_bn_eps(layout: str, meta: Optional[Dict[str, Any]] = None) -> Optional[float]:
+    """BatchNorm epsilon the weights of a layout were trained with (``None`` if unknown).
+
+    Args:
+        layout: a layout name.
+        meta: metadata read with the checkpoint; files written by this package record ``bn_eps``.
+
+    Returns:
+        The epsilon to build the model with, so converted outputs match the source framework.
+    """
+    if layout in ("torchvision", "timm"):
+        return TORCH_BN_EPS
+    if layout == "mindcv_upstream":
+        return MINDCV_BN_EPS
+    if meta and meta.get("bn_eps") is not None:
+        return float(meta["bn_eps"])
+    return None
+
+
+_TORCH_BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+_TV_BLOCK = {"0": "conv_pw", "1": "bn1", "3": "conv_dw", "4": "bn2", "6": "conv_pwl", "7": "bn3"}
+_SEP_CONV = {
+    "0": "conv_stem",
+    "1": "bn1",
+    "3": "blocks.0.0.conv_dw",
+    "4": "blocks.0.0.bn1",
+    "6": "blocks.0.0.conv_pw",
+    "7": "blocks.0.0.bn2",
+}
+_B1_STAGE_REPEATS = (3, 3, 3, 2, 4, 1)  # upstream mindcv only implements MnasNet-B1
+
+
+def _rename_torch_bn(sd: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """weight/bias/running_* of every BatchNorm (a module with running_mean) -> MindSpore names."""
+    bn_modules = {k[: -len(".running_mean")] for k in sd if k.endswith(".running_mean")}
+    out = {}
+    for key, value in sd.items():
+        module, _, leaf = key.rpartition(".")
+        if leaf == "num_batches_tracked":
+            continue
+        if module in bn_modules and leaf in _TORCH_BN:
+            leaf = _TORCH_BN[leaf]
+        out[f"{module}.{leaf}"] = value
+    return out
+
+
+def _torchvision_name(key: str, head_idx: int) -> str:
+    parts = key.split(".")
+    if parts[0] == "classifier":
+        return "classifier." + parts[-1]
+    idx = int(parts[1])
+    if idx < 8:
+        return f"{_SEP_CONV[parts[1]]}.{parts[-1]}"
+    if idx == head_idx:
+        return "conv_head." + parts[-1]
+    if idx == head_idx + 1:
+        return "bn2." + parts[-1]
+    # layers.{8+s}.{b}.layers.{j}.leaf
+    return f"blocks.{idx - 7}.{parts[2]}.{_TV_BLOCK[parts[4]]}.{parts[-1]}"
+
+
+def _upstream_name(key: str, n_blocks: int) -> str:
+    parts = key.split(".")
+    if parts[0] == "classifier":
+        return key
+    idx = int(parts[1])
+    if idx < 8:
+        return f"{_SEP_CONV[parts[1]]}.{parts[-1]}"
+    if idx == 8 + n_blocks:
+        return "conv_head." + parts[-1]
+    if idx == 9 + n_blocks:
+        return "bn2." + parts[-1]
+    flat = idx - 8
+    for stage, repeats in enumerate(_B1_STAGE_REPEATS):
+        if flat < repeats:
+            return f"blocks.{stage + 1}.{flat}.{_TV_BLOCK[parts[3]]}.{parts[-1]}"
+        flat -= repeats
+    raise CheckpointError(f"upstream mindcv key '{key}' is outside MnasNet-B1's 16 blocks")
+
+
+def convert_state_dict(
+    state_dict: Dict[str, np.ndarray], layout: Optional[str] = None, ema: bool = False
+) -> Dict[str, np.ndarray]:
+    """Rename a state dict of any supported layout to this package's parameter names.
+
+    Args:
+        state_dict: arrays by name.
+        layout: the source layout; detected when ``None``.
+        ema: take the EMA copy (``ema.``-prefixed names, as mindcv's TrainStep saves them).
+
+    Returns:
+        Arrays by native parameter name (optimizer state and other extras dropped).
+    """
+    if ema:
+        ema_sd = {k[len("ema.") :]: v for k, v in state_dict.items() if k.startswith("ema.")}
+        if not ema_sd:
+            raise CheckpointError("ema=True but the checkpoint holds no 'ema.' parameters")
+        state_dict = ema_sd
+    else:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("ema.")}
+    state_dict = {_strip_prefixes(k): v for k, v in state_dict.items()}
+    layout = layout or detect_layout(state_dict)
+    if layout not in CHECKPOINT_LAYOUTS:
+        raise CheckpointError(f"unknown checkpoint layout '{layout}'; valid: {', '.join(CHECKPOINT_LAYOUTS)}")
+    if layout == "mindcv":
+        return {k: v for k, v in state_dict.items() if _is_model_key(k)}
+    if layout == "timm":
+        return _rename_torch_bn(state_dict)
+    if layout == "torchvision":
+        sd = _rename_torch_bn(state_dict)
+        head_idx = max(int(k.split(".")[1]) for k in sd if k.startswith("layers.")) - 1
+        return {_torchvision_name(k, head_idx): v for k, v in sd.items()}
+    # upstream mindcv: the file may also hold optimizer moments, global_step, learning_rate ...
+    sd = {k: v for k, v in state_dict.items() if k.startswith(("features.", "classifier."))}
+    n_blocks = len({k.split(".")[1] for k in sd if ".layers." in k})
+    if n_blocks != sum(_B1_STAGE_REPEATS):
+        raise CheckpointError(f"upstream mindcv checkpoint has {n_blocks} inverted-residual blocks, MnasNet-B1 has 16")
+    return {_upstream_name(k, n_blocks): v for k, v in sd.items()}
+
+
+_MODEL_KEY_RE = re.compile(r"^(conv_stem|bn1|blocks|conv_head|bn2|classifier)\.")
+
+
+def _is_model_key(key: str) -> bool:
+    return bool(_MODEL_KEY_RE.match(key))
+
+
+# ---------------------------------------------------------------------------------------------------
+# loading into a model
+def model_state_dict(model: nn.Cell) -> Dict[str, np.ndarray]:
+    """All parameters of a model (BN moving statistics included) as numpy arrays."""
+    return {p.name: p.asnumpy() for p in model.get_parameters()}
+
+
+def _adapt_input_conv(weight: np.ndarray, in_channels: int) -> np.ndarray:
+    """Adapt a first-conv kernel trained on 3 channels to ``in_channels`` (timm's rule)."""
+    if in_channels == 1:
+        return weight.sum(axis=1, keepdims=True)
+    repeats = int(np.ceil(in_channels / weight.shape[1]))
+    adapted = np.tile(weight, (1, repeats, 1, 1))[:, :in_channels]
+    return adapted * (weight.shape[1] / float(in_channels))
+
+
+def load_state_dict_into(
+    model: nn.Cell,
+    state_dict: Dict[str, np.ndarray],
+    source: str = "<state dict>",
+    first_conv: str = "conv_stem",
+    classifier: str = "classifier",
+    adapt: bool = True,
+) -> None:
+    """Copy native-named arrays into a model, strictly.
+
+    Args:
+        model: the target model.
+        state_dict: arrays named like ``model``'s parameters (see :func:`convert_state_dict`).
+        source: a name for the checkpoint in error messages.
+        first_conv: prefix of the first convolution, adapted when the input channels differ.
+        classifier: prefix of the classifier, re-initialised when the class count differs.
+        adapt: allow those two adaptations (fine-tuning); when False any difference is an error.
+
+    Raises:
+        CheckpointMismatchError: missing keys, unexpected keys or shape mismatches, all listed.
+    """
+    params = {p.name: p for p in model.get_parameters()}
+    state_dict = dict(state_dict)
+    if adapt:
+        head_keys = [k for k in state_dict if k.startswith(classifier + ".")]
+        model_head = [k for k in params if k.startswith(classifier + ".")]
+        if head_keys and (
+            not model_head or any(state_dict[k].shape != params[k].shape for k in head_keys if k in params)
+        ):
+            old = state_dict[head_keys[0]].shape[0]
+            _logger.info(
+                "%s: classifier has %d classes, the model %s; keeping the model's fresh classifier",
+                source,
+                old,
+                getattr(model, "num_classes", "?"),
+            )
+            for k in head_keys:
+                state_dict.pop(k)
+            for k in model_head:
+                state_dict[k] = params[k].asnumpy()
+        stem = first_conv + ".weight"
+        if stem in state_dict and stem in params and state_dict[stem].shape != params[stem].shape:
+            want, have = params[stem].shape, state_dict[stem].shape
+            if want[0] == have[0] and want[2:] == have[2:]:
+                _logger.info("%s: adapting %s from %d to %d input channels", source, stem, have[1], want[1])
+                state_dict[stem] = _adapt_input_conv(state_dict[stem], want[1]).astype(state_dict[stem].dtype)
+    missing = sorted(set(params) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(params))
+    mismatched = [
+        f"{k} (checkpoint {tuple(state_dict[k].shape)} vs model {tuple(params[k].shape)})"
+        for k in sorted(set(params) & set(state_dict))
+        if tuple(state_dict[k].shape) != tuple(params[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(source, missing, unexpected, mismatched)
+    for name, param in params.items():
+        param.set_data(Tensor(np.ascontiguousarray(state_dict[name]), param.dtype))
+
+
+# ---------------------------------------------------------------------------------------------------
+# writing
+def save_checkpoint(
+    model_or_params: Any,
+    path: str,
+    metadata: Optional[Dict[str, Any]] = None,
+    extra_tensors: Optional[Dict[str, np.ndarray]] = None,
+) -> str:
+    """Write weights atomically (a crash never leaves a half-written file at ``path``).
+
+    Args:
+        model_or_params: an ``nn.Cell`` or a dict of arrays by name.
+        path: ``*.ckpt`` (MindSpore) or ``*.safetensors``.
+        metadata: JSON-serialisable facts stored with the weights (e.g. ``bn_eps``, ``arch``, class names).
+        extra_tensors: more arrays to store (e.g. optimizer state).
+
+    Returns:
+        ``path``.
+    """
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".ckpt", ".safetensors"):
+        raise CheckpointError(f"can only write .ckpt or .safetensors files, got '{path}'")
+    tensors = model_state_dict(model_or_params) if isinstance(model_or_params, nn.Cell) else dict(model_or_params)
+    tensors.update(extra_tensors or {})
+    if isinstance(model_or_params, nn.Cell):
+        metadata = {**_model_metadata(model_or_params), **(metadata or {})}
+    meta_json = json.dumps(metadata or {})
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=directory)
+    os.close(fd)
+    try:
+        if ext == ".ckpt":
+            items = [{"name": k, "data": Tensor(np.ascontiguousarray(v))} for k, v in tensors.items()]
+            ms.save_checkpoint(items, tmp, append_dict={META_KEY: meta_json})
+        else:
+            from safetensors.numpy import save_file
+
+            save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata={META_KEY: meta_json})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp (and MindSpore) would leave the file owner-only / read-only
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _model_metadata(model: nn.Cell) -> Dict[str, Any]:
+    meta = {}
+    for attr in ("bn_eps", "num_classes", "in_channels", "width_mult"):
+        if hasattr(model, attr):
+            meta[attr] = getattr(model, attr)
+    if hasattr(model, "arch_def"):
+        meta["arch"] = format_arch_string(model.arch_def)
+    return meta

@@ -1,0 +1,240 @@
+"""Building blocks of the MnasNet family, with injected norm / activation / padding.
+
+Blocks never hard-code BatchNorm constants or padding: the model passes a ``norm_layer`` factory and a
+``pad_type`` so that TF-style ('same') and PyTorch-style ('symmetric') graphs, and the MindSpore vs
+PyTorch BN-momentum conventions, are one model-level setting instead of forks of the blocks.
+"""
+
+from functools import partial
+from typing import Callable
+
+from mindspore import Tensor, nn, ops
+
+from .arch import se_channels
+
+__all__ = [
+    "PAD_TYPES",
+    "create_conv2d",
+    "bn_momentum_from_torch",
+    "make_norm_layer",
+    "DropPath",
+    "SqueezeExcite",
+    "ConvBnAct",
+    "DepthwiseSeparableConv",
+    "InvertedResidual",
+    "BLOCK_CLASSES",
+]
+
+PAD_TYPES = ("symmetric", "same")
+
+
+def create_conv2d(
+    in_chs: int,
+    out_chs: int,
+    kernel_size: int,
+    stride: int = 1,
+    groups: int = 1,
+    bias: bool = False,
+    pad_type="symmetric",
+) -> nn.Conv2d:
+    """A 2-D convolution with explicit padding semantics.
+
+    Args:
+        in_chs: input channels.
+        out_chs: output channels.
+        kernel_size: square kernel size.
+        stride: stride.
+        groups: convolution groups (``in_chs`` for depthwise).
+        bias: add a bias.
+        pad_type: ``"symmetric"`` pads ``k//2`` on every side (PyTorch/torchvision/timm, needed to load
+            their weights exactly); ``"same"`` is TF's asymmetric padding (MindSpore's default).
+
+    Returns:
+        The ``nn.Conv2d`` cell.
+    """
+    if pad_type not in PAD_TYPES:
+        raise ValueError(f"pad_type must be one of {PAD_TYPES}, got {pad_type!r}")
+    if pad_type == "same":
+        pad = dict(pad_mode="same")
+    elif kernel_size == 1:
+        pad = dict(pad_mode="valid")
+    else:
+        pad = dict(pad_mode="pad", padding=kernel_size // 2)
+    return nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, group=groups, has_bias=bias, **pad)
+
+
+def bn_momentum_from_torch(torch_momentum: float) -> float:
+    """Convert a PyTorch BatchNorm momentum into MindSpore's convention.
+
+    PyTorch updates ``running = (1 - m) * running + m * batch``; MindSpore updates
+    ``moving = m * moving + (1 - m) * batch``. torchvision's MnasNet uses PyTorch 0.0003, i.e. 0.9997 here.
+
+    Args:
+        torch_momentum: the PyTorch value.
+
+    Returns:
+        The MindSpore value.
+    """
+    return 1.0 - torch_momentum
+
+
+def make_norm_layer(momentum: float = 0.99, eps: float = 1e-3) -> Callable[[int], nn.Cell]:
+    """A BatchNorm2d factory in MindSpore's momentum convention (see :func:`bn_momentum_from_torch`)."""
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"bn_momentum must be in [0, 1] (MindSpore convention), got {momentum}")
+    if eps <= 0:
+        raise ValueError(f"bn_eps must be > 0, got {eps}")
+    return partial(nn.BatchNorm2d, momentum=momentum, eps=eps)
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth: drops the residual branch per sample with probability ``drop_prob``."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+        self.dropout = nn.Dropout(p=self.drop_prob)
+
+    def construct(self, x: Tensor) -> Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        mask = self.dropout(ops.ones((x.shape[0], 1, 1, 1), x.dtype))
+        return x * mask
+
+
+class SqueezeExcite(nn.Cell):
+    """Squeeze-and-excitation: GAP -> 1x1 (bias) -> act -> 1x1 (bias) -> sigmoid -> scale."""
+
+    def __init__(self, chs: int, rd_chs: int, act_layer: Callable[[], nn.Cell] = nn.ReLU) -> None:
+        super().__init__()
+        self.conv_reduce = nn.Conv2d(chs, rd_chs, 1, has_bias=True, pad_mode="valid")
+        self.act = act_layer()
+        self.conv_expand = nn.Conv2d(rd_chs, chs, 1, has_bias=True, pad_mode="valid")
+        self.gate = nn.Sigmoid()
+
+    def construct(self, x: Tensor) -> Tensor:
+        s = x.mean(axis=(2, 3), keep_dims=True)
+        s = self.conv_expand(self.act(self.conv_reduce(s)))
+        return x * self.gate(s)
+
+
+class _Block(nn.Cell):
+    """Shared residual / SE / drop-path plumbing of the three block kinds."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, noskip: bool, drop_path_rate: float) -> None:
+        super().__init__()
+        self.in_chs, self.out_chs, self.stride = in_chs, out_chs, stride
+        self.has_skip = stride == 1 and in_chs == out_chs and not noskip
+        self.drop_path = DropPath(drop_path_rate) if self.has_skip and drop_path_rate > 0 else nn.Identity()
+
+    @staticmethod
+    def _make_se(chs: int, in_chs: int, se_ratio: float, act_layer) -> nn.Cell:
+        if se_ratio <= 0:
+            return nn.Identity()
+        return SqueezeExcite(chs, se_channels(in_chs, se_ratio), act_layer)
+
+    def _residual(self, x: Tensor, shortcut: Tensor) -> Tensor:
+        if self.has_skip:
+            return self.drop_path(x) + shortcut
+        return x
+
+
+class ConvBnAct(_Block):
+    """Regular convolution block (``cn``): conv kxk -> BN -> act [-> SE], residual when shapes match."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int,
+        stride: int = 1,
+        se_ratio: float = 0.0,
+        noskip: bool = False,
+        drop_path_rate: float = 0.0,
+        norm_layer: Callable[[int], nn.Cell] = nn.BatchNorm2d,
+        act_layer: Callable[[], nn.Cell] = nn.ReLU,
+        pad_type: str = "symmetric",
+        **unused,
+    ) -> None:
+        super().__init__(in_chs, out_chs, stride, noskip, drop_path_rate)
+        self.conv = create_conv2d(in_chs, out_chs, kernel_size, stride, pad_type=pad_type)
+        self.bn1 = norm_layer(out_chs)
+        self.act1 = act_layer()
+        self.se = self._make_se(out_chs, in_chs, se_ratio, act_layer)
+
+    def construct(self, x: Tensor) -> Tensor:
+        out = self.se(self.act1(self.bn1(self.conv(x))))
+        return self._residual(out, x)
+
+
+class DepthwiseSeparableConv(_Block):
+    """Depthwise-separable block (``ds``): dw kxk -> BN -> act [-> SE] -> pw 1x1 -> BN (linear)."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int,
+        stride: int = 1,
+        se_ratio: float = 0.0,
+        noskip: bool = False,
+        drop_path_rate: float = 0.0,
+        norm_layer: Callable[[int], nn.Cell] = nn.BatchNorm2d,
+        act_layer: Callable[[], nn.Cell] = nn.ReLU,
+        pad_type: str = "symmetric",
+        **unused,
+    ) -> None:
+        super().__init__(in_chs, out_chs, stride, noskip, drop_path_rate)
+        self.conv_dw = create_conv2d(in_chs, in_chs, kernel_size, stride, groups=in_chs, pad_type=pad_type)
+        self.bn1 = norm_layer(in_chs)
+        self.act1 = act_layer()
+        self.se = self._make_se(in_chs, in_chs, se_ratio, act_layer)
+        self.conv_pw = create_conv2d(in_chs, out_chs, 1, pad_type=pad_type)
+        self.bn2 = norm_layer(out_chs)
+
+    def construct(self, x: Tensor) -> Tensor:
+        out = self.se(self.act1(self.bn1(self.conv_dw(x))))
+        out = self.bn2(self.conv_pw(out))
+        return self._residual(out, x)
+
+
+class InvertedResidual(_Block):
+    """Inverted residual / MBConv (``ir``): pw -> BN -> act -> dw -> BN -> act [-> SE] -> pw-linear -> BN."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int,
+        stride: int = 1,
+        exp_ratio: float = 6.0,
+        se_ratio: float = 0.0,
+        noskip: bool = False,
+        drop_path_rate: float = 0.0,
+        norm_layer: Callable[[int], nn.Cell] = nn.BatchNorm2d,
+        act_layer: Callable[[], nn.Cell] = nn.ReLU,
+        pad_type: str = "symmetric",
+        **unused,
+    ) -> None:
+        super().__init__(in_chs, out_chs, stride, noskip, drop_path_rate)
+        # torchvision uses in*e without rounding; for integer ratios on multiples of 8 this equals timm.
+        mid_chs = int(round(in_chs * exp_ratio))
+        self.mid_chs = mid_chs
+        self.conv_pw = create_conv2d(in_chs, mid_chs, 1, pad_type=pad_type)
+        self.bn1 = norm_layer(mid_chs)
+        self.act1 = act_layer()
+        self.conv_dw = create_conv2d(mid_chs, mid_chs, kernel_size, stride, groups=mid_chs, pad_type=pad_type)
+        self.bn2 = norm_layer(mid_chs)
+        self.act2 = act_layer()
+        self.se = self._make_se(mid_chs, in_chs, se_ratio, act_layer)
+        self.conv_pwl = create_conv2d(mid_chs, out_chs, 1, pad_type=pad_type)
+        self.bn3 = norm_layer(out_chs)
+
+    def construct(self, x: Tensor) -> Tensor:
+        out = self.act1(self.bn1(self.conv_pw(x)))
+        out = self.se(self.act2(self.bn2(self.conv_dw(out))))
+        out = self.bn3(self.conv_pwl(out))
+        return self._residual(out, x)
+
+
+BLOCK_CLASSES = {"cn": ConvBnAct, "ds": DepthwiseSeparableConv, "ir": InvertedResidual}

@@ -1,0 +1,490 @@
+"""MindSpore implementation of `MnasNet`.
+
+Refer to "MnasNet: Platform-Aware Neural Architecture Search for Mobile", Tan et al., CVPR 2019.
+
+Every variant (B1 at any width, A1 with squeeze-excitation, small, and any architecture of the paper's
+search space) is the same :class:`MnasNet` class built from a stage table of block strings
+(see :mod:`mindcv.models.arch`). The registered entrypoints only pick a table, a width and the
+published weights.
+"""
+
+from dataclasses import replace
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
+
+from mindspore import Tensor, nn
+from mindspore.common import initializer as init
+
+from .arch import ArchDef, BlockArgs, decode_arch_def, encode_arch_def, parse_arch_string, round_channels
+from .layers import BLOCK_CLASSES, create_conv2d, make_norm_layer
+from .pretrained import MINDCV_BN_EPS, TORCH_BN_EPS, PretrainedCfg
+from .registry import register_model
+
+__all__ = ["MnasNet", "ARCH_DEFS", "build_mnasnet"]
+
+# Stage tables (timm notation; TF mnasnet_models.py / timm _gen_mnasnet_* / torchvision MNASNet).
+ARCH_DEFS: Dict[str, List[str]] = {
+    "b1": [
+        "ds_r1_k3_s1_c16_noskip",
+        "ir_r3_k3_s2_e3_c24",
+        "ir_r3_k5_s2_e3_c40",
+        "ir_r3_k5_s2_e6_c80",
+        "ir_r2_k3_s1_e6_c96",
+        "ir_r4_k5_s2_e6_c192",
+        "ir_r1_k3_s1_e6_c320_noskip",
+    ],
+    "a1": [
+        "ds_r1_k3_s1_e1_c16_noskip",
+        "ir_r2_k3_s2_e6_c24",
+        "ir_r3_k5_s2_e3_c40_se0.25",
+        "ir_r4_k3_s2_e6_c80",
+        "ir_r2_k3_s1_e6_c112_se0.25",
+        "ir_r3_k5_s2_e6_c160_se0.25",
+        "ir_r1_k3_s1_e6_c320",
+    ],
+    "small": [
+        "ds_r1_k3_s1_c8",
+        "ir_r1_k3_s2_e3_c16",
+        "ir_r2_k3_s2_e6_c16",
+        "ir_r4_k5_s2_e6_c32_se0.25",
+        "ir_r3_k3_s1_e6_c32_se0.25",
+        "ir_r3_k5_s2_e6_c88_se0.25",
+        "ir_r1_k3_s1_e6_c144",
+    ],
+}
+
+
+class MnasNet(nn.Cell):
+    r"""MnasNet built from a stage table of block strings.
+
+    stem conv3x3/s2 -> BN -> ReLU -> stages -> conv1x1 to ``num_features`` -> BN -> ReLU -> global
+    average pool -> dropout -> dense.
+
+    Args:
+        arch_def: stage table: a list of block strings (one per stage, or a list per stage) or a
+            ``|``-joined string of them.
+        num_classes: classifier outputs; 0 gives a backbone that returns pooled features.
+        in_channels: input image channels.
+        width_mult: width multiplier (``alpha``) applied to the stem and every stage, rounded to
+            multiples of 8; the head width is never scaled (torchvision, TF, timm, mindcv agree).
+        stem_size: stem channels before width scaling.
+        num_features: channels of the final 1x1 conv (the embedding size).
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic-depth rate of the last block, linearly increasing from 0.
+        bn_momentum: BatchNorm momentum in MindSpore's convention (0.99 = TF decay 0.99 = PyTorch 0.01).
+        bn_eps: BatchNorm epsilon. 1e-3 for the TF / mindcv recipe; 1e-5 for weights trained in PyTorch.
+        pad_type: ``"symmetric"`` (PyTorch-compatible) or ``"same"`` (TF-compatible).
+    """
+
+    def __init__(
+        self,
+        arch_def: Union[ArchDef, str],
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        width_mult: float = 1.0,
+        stem_size: int = 32,
+        num_features: int = 1280,
+        drop_rate: float = 0.2,
+        drop_path_rate: float = 0.0,
+        bn_momentum: float = 0.99,
+        bn_eps: float = MINDCV_BN_EPS,
+        pad_type: str = "symmetric",
+    ) -> None:
+        super().__init__()
+        if isinstance(arch_def, str):
+            arch_def = parse_arch_string(arch_def)
+        if num_classes < 0 or in_channels < 1:
+            raise ValueError(f"num_classes must be >= 0 and in_channels >= 1, got {num_classes}, {in_channels}")
+        if width_mult <= 0:
+            raise ValueError(f"width_mult must be > 0, got {width_mult}")
+        if not 0.0 <= drop_rate < 1.0 or not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_rate and drop_path_rate must be in [0, 1), got {drop_rate}, {drop_path_rate}")
+        stages = decode_arch_def(arch_def)
+        self.arch_def = encode_arch_def(stages)
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.width_mult = width_mult
+        self.num_features = num_features
+        self.drop_rate = drop_rate
+        self.drop_path_rate = drop_path_rate
+        self.bn_momentum = bn_momentum
+        self.bn_eps = bn_eps
+        self.pad_type = pad_type
+        self.flatten_sequential = True  # lets FeatureExtractWrapper see the stages one by one
+        norm_layer = make_norm_layer(bn_momentum, bn_eps)
+
+        stem_chs = round_channels(stem_size, width_mult)
+        self.conv_stem = create_conv2d(in_channels, stem_chs, 3, stride=2, pad_type=pad_type)
+        self.bn1 = norm_layer(stem_chs)
+        self.act1 = nn.ReLU()
+        self.blocks, self.feature_info = _build_stages(
+            stages, stem_chs, width_mult, drop_path_rate, norm_layer, pad_type
+        )
+        head_in = self.feature_info[-1]["chs"]
+        self.conv_head = create_conv2d(head_in, num_features, 1, pad_type=pad_type)
+        self.bn2 = norm_layer(num_features)
+        self.act2 = nn.ReLU()
+        self.dropout = nn.Dropout(p=drop_rate) if drop_rate > 0 else nn.Identity()
+        self.classifier = nn.Dense(num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._initialize_weights()
+
+    # -- construction helpers -------------------------------------------------------------------
+    def _initialize_weights(self) -> None:
+        """torchvision's init: He-normal (fan_out, relu) convs, unit BN, He-uniform (fan_out, sigmoid) dense."""
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, nn.Conv2d):
+                cell.weight.set_data(
+                    init.initializer(init.HeNormal(mode="fan_out", nonlinearity="relu"), cell.weight.shape)
+                )
+                if cell.bias is not None:
+                    cell.bias.set_data(init.initializer("zeros", cell.bias.shape))
+            elif isinstance(cell, nn.Dense):
+                cell.weight.set_data(
+                    init.initializer(init.HeUniform(mode="fan_out", nonlinearity="sigmoid"), cell.weight.shape)
+                )
+                cell.bias.set_data(init.initializer("zeros", cell.bias.shape))
+
+    # -- model interface ------------------------------------------------------------------------
+    def get_classifier(self) -> nn.Cell:
+        """The classifier cell (``nn.Identity`` when ``num_classes == 0``)."""
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one (``0`` removes it).
+
+        Args:
+            num_classes: new number of classes.
+        """
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        self.num_classes = num_classes
+        if num_classes > 0:
+            dense = nn.Dense(self.num_features, num_classes)
+            dense.weight.set_data(
+                init.initializer(init.HeUniform(mode="fan_out", nonlinearity="sigmoid"), dense.weight.shape)
+            )
+            dense.bias.set_data(init.initializer("zeros", dense.bias.shape))
+            self.classifier = dense
+        else:
+            self.classifier = nn.Identity()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Stem, stages and head conv; returns the unpooled ``(N, num_features, H/32, W/32)`` map."""
+        x = self.act1(self.bn1(self.conv_stem(x)))
+        x = self.blocks(x)
+        x = self.act2(self.bn2(self.conv_head(x)))
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Global average pool -> dropout -> classifier; ``pre_logits`` stops before the classifier."""
+        x = x.mean(axis=(2, 3))
+        x = self.dropout(x)
+        if pre_logits:
+            return x
+        return self.classifier(x)
+
+    def construct(self, x: Tensor) -> Tensor:
+        x = self.forward_features(x)
+        x = self.forward_head(x)
+        return x
+
+
+def _build_stages(
+    stages: Sequence[Sequence[BlockArgs]],
+    in_chs: int,
+    width_mult: float,
+    drop_path_rate: float,
+    norm_layer: Callable[[int], nn.Cell],
+    pad_type: str,
+) -> Tuple[nn.SequentialCell, List[Dict[str, Any]]]:
+    """The stateful stage builder: tracks input channels, stride and stochastic depth per block."""
+    total_blocks = sum(len(s) for s in stages)
+    block_idx = 0
+    reduction = 2  # the stem has stride 2
+    stage_cells, stage_info = [], []
+    for stage_idx, blocks in enumerate(stages):
+        cells = []
+        for args in blocks:
+            out_chs = round_channels(args.out_chs, width_mult)
+            cls = BLOCK_CLASSES[args.block_type]
+            cells.append(
+                cls(
+                    in_chs,
+                    out_chs,
+                    args.kernel_size,
+                    stride=args.stride,
+                    exp_ratio=args.exp_ratio,
+                    se_ratio=args.se_ratio,
+                    noskip=args.noskip,
+                    drop_path_rate=drop_path_rate * block_idx / max(total_blocks - 1, 1),
+                    norm_layer=norm_layer,
+                    pad_type=pad_type,
+                )
+            )
+            reduction *= args.stride
+            in_chs = out_chs
+            block_idx += 1
+        stage_cells.append(nn.SequentialCell(cells))
+        stage_info.append(dict(chs=in_chs, reduction=reduction, name=f"blocks.{stage_idx}", stage=stage_idx))
+    # one feature point per resolution: the last stage before each stride change (timm convention)
+    feature_info = [
+        info
+        for i, info in enumerate(stage_info)
+        if i + 1 == len(stage_info) or stage_info[i + 1]["reduction"] != info["reduction"]
+    ]
+    return nn.SequentialCell(stage_cells), feature_info
+
+
+# ---------------------------------------------------------------------------------------------------
+# Published weights. Hash prefixes are the sha256 prefixes carried in the published file names.
+_MINDCV_URL = "https://download.mindspore.cn/toolkits/mindcv/mnasnet/"
+_TV_URL = "https://download.pytorch.org/models/"
+_TIMM_URL = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+_MINDCV_RECIPE = "https://github.com/mindspore-lab/mindcv/tree/main/configs/mnasnet (8x Ascend 910, RMSProp)"
+
+
+def _mindcv_cfg(file: str, top1: float, top5: float, **kwargs) -> PretrainedCfg:
+    return PretrainedCfg(
+        url=_MINDCV_URL + file,
+        hash_prefix=file.rsplit("-", 1)[1].split(".")[0],
+        layout="mindcv_upstream",
+        bn_eps=MINDCV_BN_EPS,
+        top1=top1,
+        top5=top5,
+        recipe=_MINDCV_RECIPE,
+        license="apache-2.0",
+        **kwargs,
+    )
+
+
+def _torch_cfg(url: str, layout: str, top1: float, top5: float, **kwargs) -> PretrainedCfg:
+    return PretrainedCfg(
+        url=url,
+        hash_prefix=url.rsplit("-", 1)[1].split(".")[0],
+        layout=layout,
+        bn_eps=TORCH_BN_EPS,
+        top1=top1,
+        top5=top5,
+        **kwargs,
+    )
+
+
+_TV_RECIPE_V1 = "https://github.com/1e100/mnasnet_trainer"
+_TV_RECIPE_V2 = "https://github.com/pytorch/vision/pull/6019"
+_TIMM_RECIPE = "timm: RMSProp (TF-style), see huggingface.co/timm"
+
+# model name -> tag -> weights; the first tag is the default for ``pretrained=True``.
+_PUBLISHED: Dict[str, Dict[str, PretrainedCfg]] = {
+    "mnasnet_050": {
+        "mindcv_in1k": _mindcv_cfg("mnasnet_050-7d8bf4db.ckpt", 68.07, 88.09, interpolation="bicubic"),
+        "tv_in1k": _torch_cfg(
+            _TV_URL + "mnasnet0.5_top1_67.823-3ffadce67e.pth",
+            "torchvision",
+            67.734,
+            87.490,
+            recipe=_TV_RECIPE_V1,
+            resize_size=256,
+            license="bsd-3-clause",
+        ),
+    },
+    "mnasnet_075": {
+        "mindcv_in1k": _mindcv_cfg("mnasnet_075-465d366d.ckpt", 71.81, 90.53),
+        "tv_in1k": _torch_cfg(
+            _TV_URL + "mnasnet0_75-7090bc5f.pth",
+            "torchvision",
+            71.180,
+            90.496,
+            recipe=_TV_RECIPE_V2,
+            resize_size=232,
+            license="bsd-3-clause",
+        ),
+    },
+    "mnasnet_100": {
+        "mindcv_in1k": _mindcv_cfg("mnasnet_100-1bcf43f8.ckpt", 74.28, 91.70),
+        "tv_in1k": _torch_cfg(
+            _TV_URL + "mnasnet1.0_top1_73.512-f206786ef8.pth",
+            "torchvision",
+            73.456,
+            91.510,
+            recipe=_TV_RECIPE_V1,
+            resize_size=256,
+            license="bsd-3-clause",
+        ),
+        "timm_in1k": _torch_cfg(
+            _TIMM_URL + "mnasnet_b1-74cb7081.pth",
+            "timm",
+            74.672,
+            92.108,
+            recipe=_TIMM_RECIPE,
+            interpolation="bicubic",
+            license="apache-2.0",
+        ),
+    },
+    "mnasnet_130": {
+        "mindcv_in1k": _mindcv_cfg("mnasnet_130-a43a150a.ckpt", 75.65, 92.64, interpolation="bicubic"),
+        "tv_in1k": _torch_cfg(
+            _TV_URL + "mnasnet1_3-a4c69d6f.pth",
+            "torchvision",
+            76.506,
+            93.522,
+            recipe=_TV_RECIPE_V2,
+            resize_size=232,
+            license="bsd-3-clause",
+        ),
+    },
+    "mnasnet_140": {
+        "mindcv_in1k": _mindcv_cfg("mnasnet_140-7e20bb30.ckpt", 76.01, 92.83),
+    },
+    "semnasnet_050": {"untrained": PretrainedCfg()},
+    "semnasnet_075": {
+        "timm_in1k": _torch_cfg(
+            _TIMM_URL + "semnasnet_075-18710866.pth",
+            "timm",
+            73.000,
+            91.124,
+            recipe=_TIMM_RECIPE,
+            interpolation="bicubic",
+            license="apache-2.0",
+        ),
+    },
+    "semnasnet_100": {
+        "timm_in1k": _torch_cfg(
+            _TIMM_URL + "mnasnet_a1-d9418771.pth",
+            "timm",
+            75.452,
+            92.608,
+            recipe=_TIMM_RECIPE,
+            interpolation="bicubic",
+            license="apache-2.0",
+        ),
+    },
+    "semnasnet_140": {"untrained": PretrainedCfg()},
+    "mnasnet_small": {
+        "timm_in1k": _torch_cfg(
+            _TIMM_URL + "mnasnet_small_lamb-aff75073.pth",
+            "timm",
+            66.204,
+            86.470,
+            recipe="timm: LAMB",
+            interpolation="bicubic",
+            license="apache-2.0",
+        ),
+    },
+}
+
+# Exact trainable parameter counts at 1000 classes (torchvision / timm), checked by the tests.
+NUM_PARAMS = {
+    "mnasnet_050": 2_218_512,
+    "mnasnet_075": 3_170_208,
+    "mnasnet_100": 4_383_312,
+    "mnasnet_130": 6_282_256,
+    "mnasnet_140": 7_115_728,
+    "semnasnet_050": 2_082_006,
+    "semnasnet_075": 2_912_278,
+    "semnasnet_100": 3_887_038,
+    "semnasnet_140": 6_105_992,
+    "mnasnet_small": 2_030_264,
+}
+
+pretrained_tags: Dict[str, Dict[str, PretrainedCfg]] = {
+    name: {tag: replace(cfg, num_params=NUM_PARAMS[name]) for tag, cfg in tags.items()}
+    for name, tags in _PUBLISHED.items()
+}
+default_cfgs: Dict[str, PretrainedCfg] = {name: next(iter(tags.values())) for name, tags in pretrained_tags.items()}
+
+
+def build_mnasnet(
+    variant: str,
+    arch: Union[str, ArchDef],
+    pretrained: bool = False,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    **kwargs: Any,
+) -> nn.Cell:
+    """Build a registered MnasNet variant through the shared model builder.
+
+    Args:
+        variant: registered name, used to look up its published weights.
+        arch: a key of :data:`ARCH_DEFS` or a stage table.
+        pretrained: load the default (or ``pretrained_tag``) weights.
+        num_classes: classifier outputs.
+        in_channels: input channels.
+        **kwargs: :class:`MnasNet` arguments, plus ``pretrained_tag``, ``features_only`` and ``out_indices``.
+
+    Returns:
+        The model (or a feature extractor when ``features_only=True``).
+    """
+    from .model_factory import build_model_with_cfg
+
+    arch_def = ARCH_DEFS[arch] if isinstance(arch, str) and arch in ARCH_DEFS else arch
+    return build_model_with_cfg(
+        MnasNet,
+        variant,
+        pretrained,
+        tags=pretrained_tags.get(variant, {}),
+        num_classes=num_classes,
+        in_channels=in_channels,
+        arch_def=arch_def,
+        **kwargs,
+    )
+
+
+@register_model
+def mnasnet_050(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
+    """MnasNet-B1 (torchvision's MNASNet, no SE) with width multiplier 0.5."""
+    return build_mnasnet("mnasnet_050", "b1", pretrained, num_classes, in_channels, width_mult=0.5, **kwargs)
+
+
+@register_model
+def mnasnet_075(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
+    """MnasNet-B1 with width multiplier 0.75."""
+    return build_mnasnet("mnasnet_075", "b1", pretrained, num_classes, in_channels, width_mult=0.75, **kwargs)
+
+
+@register_model
+def mnasnet_100(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
+    """MnasNet-B1 with width multiplier 1.0."""
+    return build_mnasnet("mnasnet_100", "b1", pretrained, num_classes, in_channels, width_mult=1.0, **kwargs)
+
+
+@register_model
+def mnasnet_130(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
+    """MnasNet-B1 with width multiplier 1.3."""
+    return build_mnasnet("mnasnet_130", "b1", pretrained, num_classes, in_channels, width_mult=1.3, **kwargs)
+
+
+@register_model
+def mnasnet_140(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
+    """MnasNet-B1 with width multiplier 1.4."""
+    return build_mnasnet("mnasnet_140", "b1", pretrained, num_classes, in_channels, width_mult=1.4, **kwargs)
+
+
+@register_model
+def semnasnet_050(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
+    """MnasNet-A1 (with squeeze-excitation) with width multiplier 0.5."""
+    return build_mnasnet("semnasnet_050", "a1", pretrained, num_classes, in_channels, width_mult=0.5, **kwargs)
+
+
+@register_model
+def semnasnet_075(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
+    """MnasNet-A1 with width multiplier 0.75."""
+    return build_mnasnet("semnasnet_075", "a1", pretrained, num_classes, in_channels, width_mult=0.75, **kwargs)
+
+
+@register_model
+def semnasnet_100(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
+    """MnasNet-A1 with width multiplier 1.0."""
+    return build_mnasnet("semnasnet_100", "a1", pretrained, num_classes, in_channels, width_mult=1.0, **kwargs)
+
+
+@register_model
+def semnasnet_140(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
+    """MnasNet-A1 with width multiplier 1.4."""
+    return build_mnasnet("semnasnet_140", "a1", pretrained, num_classes, in_channels, width_mult=1.4, **kwargs)
+
+
+@register_model
+def mnasnet_small(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
+    """MnasNet-small (TF reference): 8-channel stem, SE in the later stages, no dropout."""
+    kwargs.setdefault("drop_rate", 0.0)
+    kwargs.setdefault("stem_size", 8)
+    return build_mnasnet("mnasnet_small", "small", pretrained, num_classes, in_channels, **kwargs)

@@ -1,0 +1,208 @@
+"""``create_model`` and the one generic builder every registered variant goes through."""
+
+import inspect
+import logging
+import os
+from typing import Any, Dict, Optional, Tuple
+
+from mindspore import nn
+
+from ..utils.download import download_cached
+from .checkpoint import (
+    CheckpointError,
+    convert_state_dict,
+    detect_layout,
+    load_state_dict_into,
+    read_checkpoint,
+    source_bn_eps,
+)
+from .features import FeatureExtractWrapper
+from .pretrained import PretrainedCfg
+from .registry import get_pretrained_cfg, is_model, model_entrypoint, unknown_model_message
+
+__all__ = ["create_model", "build_model_with_cfg", "load_model_checkpoint", "load_pretrained", "split_model_name_tag"]
+
+_logger = logging.getLogger(__name__)
+
+
+def split_model_name_tag(model_name: str) -> Tuple[str, str]:
+    """``"mnasnet_100.tv_in1k"`` -> ``("mnasnet_100", "tv_in1k")``; no tag gives ``""``."""
+    name, _, tag = model_name.partition(".")
+    return name, tag
+
+
+def create_model(
+    model_name: str,
+    num_classes: int = 1000,
+    pretrained: bool = False,
+    in_channels: int = 3,
+    checkpoint_path: str = "",
+    ema: bool = False,
+    auto_mapping: bool = False,
+    **kwargs: Any,
+) -> nn.Cell:
+    """Create a registered model, optionally with weights.
+
+    Args:
+        model_name: a registered name (see :func:`~mindcv.models.registry.list_models`), optionally
+            with a weights tag: ``"mnasnet_100.tv_in1k"``.
+        num_classes: classifier outputs; weights with another class count keep a fresh classifier.
+        pretrained: download (once, into the cache) and load the published weights.
+        in_channels: input channels; pretrained first convolutions are adapted to it.
+        checkpoint_path: a local weight file in any supported layout (this package, upstream mindcv,
+            torchvision, timm; ``.ckpt``, ``.safetensors``, ``.pth``); the layout is detected.
+        ema: load the EMA copy of the weights from ``checkpoint_path``.
+        auto_mapping: accepted for upstream compatibility; layouts are mapped exactly, never guessed.
+        **kwargs: model arguments (``drop_rate``, ``drop_path_rate``, ``bn_momentum``, ``bn_eps``,
+            ``features_only``, ``out_indices`` ...); ``None`` values mean "model default".
+
+    Returns:
+        The model, in training mode (call ``set_train(False)`` for inference).
+
+    Raises:
+        RuntimeError: unknown model name (the message lists the valid ones).
+        ValueError: ``pretrained`` together with ``checkpoint_path``, or an invalid argument.
+        TypeError: an argument the model does not accept.
+        CheckpointError: an unreadable checkpoint or one that does not fit the architecture.
+    """
+    if checkpoint_path and pretrained:
+        raise ValueError("pass either pretrained=True or checkpoint_path, not both")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    name, tag = split_model_name_tag(model_name)
+    if not is_model(name):
+        raise RuntimeError(unknown_model_message(model_name))
+    if tag:
+        kwargs["pretrained_tag"] = tag
+    features_only = kwargs.pop("features_only", False)
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3, 4))
+
+    state_dict = None
+    if checkpoint_path:
+        state_dict, bn_eps = _read_converted(checkpoint_path, ema)
+        if bn_eps is not None:
+            kwargs.setdefault("bn_eps", bn_eps)
+    model = model_entrypoint(name)(pretrained=pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
+    if state_dict is not None:
+        load_state_dict_into(model, state_dict, source=checkpoint_path)
+    if features_only:
+        model = FeatureExtractWrapper(model, out_indices)
+    return model
+
+
+def _read_converted(path: str, ema: bool) -> Tuple[Dict[str, Any], Optional[float]]:
+    tensors, meta = read_checkpoint(path)
+    try:
+        layout = detect_layout(k[len("ema.") :] if k.startswith("ema.") else k for k in tensors)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    _logger.info("%s: %s layout", path, layout)
+    return convert_state_dict(tensors, layout, ema=ema), source_bn_eps(layout, meta)
+
+
+def load_model_checkpoint(
+    model: nn.Cell, checkpoint_path: str = "", ema: bool = False, auto_mapping: bool = False
+) -> None:
+    """Load a weight file of any supported layout into an existing model (upstream-compatible name).
+
+    Unlike upstream, a missing file is an error, not a silent no-op.
+
+    Args:
+        model: the model.
+        checkpoint_path: the weight file.
+        ema: load the EMA copy.
+        auto_mapping: accepted for compatibility; ignored.
+    """
+    if not checkpoint_path:
+        raise ValueError("checkpoint_path is empty")
+    state_dict, bn_eps = _read_converted(checkpoint_path, ema)
+    if bn_eps is not None and getattr(model, "bn_eps", bn_eps) != bn_eps:
+        _logger.warning(
+            "%s was trained with BN eps %g but the model uses %g; outputs will drift slightly. "
+            "Build it with create_model(..., checkpoint_path=...) to match.",
+            checkpoint_path,
+            bn_eps,
+            model.bn_eps,
+        )
+    load_state_dict_into(model, state_dict, source=checkpoint_path)
+
+
+def load_pretrained(
+    model: nn.Cell, default_cfg: PretrainedCfg, num_classes: int = 1000, in_channels: int = 3, filter_fn=None
+) -> None:
+    """Download (once) and load published weights, adapting classifier and first conv as needed.
+
+    Args:
+        model: the model, built with ``default_cfg.bn_eps``.
+        default_cfg: the weights' metadata.
+        num_classes: the model's classes (a different count keeps the fresh classifier).
+        in_channels: the model's input channels (the first conv is adapted).
+        filter_fn: optional ``fn(state_dict) -> state_dict`` applied after conversion.
+    """
+    if not default_cfg.get("url"):
+        raise ValueError(
+            f"{type(model).__name__}: no published weights for this variant (pretrained=True is not available)"
+        )
+    path = download_cached(
+        default_cfg["url"], sha256=default_cfg.get("sha256", ""), hash_prefix=default_cfg.get("hash_prefix", "")
+    )
+    tensors, _ = read_checkpoint(path)
+    state_dict = convert_state_dict(tensors, default_cfg.get("layout"))
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict)
+    load_state_dict_into(
+        model,
+        state_dict,
+        source=os.path.basename(path),
+        first_conv=default_cfg.get("first_conv", "conv_stem"),
+        classifier=default_cfg.get("classifier", "classifier"),
+    )
+
+
+def build_model_with_cfg(
+    model_cls: type,
+    variant: str,
+    pretrained: bool,
+    tags: Optional[Dict[str, PretrainedCfg]] = None,
+    pretrained_tag: str = "",
+    **kwargs: Any,
+) -> nn.Cell:
+    """Build ``model_cls(**kwargs)``, attach its weights metadata, and load the weights if asked.
+
+    Args:
+        model_cls: the model class.
+        variant: registered name (for messages and metadata lookup).
+        pretrained: load the default (or ``pretrained_tag``) weights.
+        tags: the variant's published weights by tag.
+        pretrained_tag: which published weights to use.
+        **kwargs: constructor arguments; unknown ones raise a ``TypeError`` listing the valid ones.
+
+    Returns:
+        The model, with ``model.pretrained_cfg`` set.
+    """
+    tags = tags or {}
+    if pretrained_tag and pretrained_tag not in tags:
+        raise ValueError(
+            f"'{variant}' has no weights tagged '{pretrained_tag}'; available tags: {', '.join(tags) or 'none'}"
+        )
+    cfg = tags[pretrained_tag] if pretrained_tag else get_pretrained_cfg(variant) or PretrainedCfg()
+    accepted = set(inspect.signature(model_cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        valid = sorted(accepted - {"arch_def"}) + ["features_only", "out_indices", "pretrained_tag"]
+        raise TypeError(f"{variant}() got unexpected argument(s) {', '.join(unknown)}; accepted: {', '.join(valid)}")
+    if pretrained:
+        if not cfg.get("url"):
+            available = [t for t, c in tags.items() if c.url]
+            which = f" for tag '{pretrained_tag}'" if pretrained_tag else ""
+            raise ValueError(
+                f"'{variant}' has no published weights{which}; tags with weights: {', '.join(available) or 'none'}"
+            )
+        kwargs.setdefault("bn_eps", cfg.bn_eps)
+    model = model_cls(**kwargs)
+    model.pretrained_cfg = cfg
+    model.default_cfg = cfg
+    if pretrained:
+        load_pretrained(
+            model, cfg, num_classes=kwargs.get("num_classes", 1000), in_channels=kwargs.get("in_channels", 3)
+        )
+    return model

@@ -1,0 +1,121 @@
+"""Convert torchvision / timm / upstream-mindcv MnasNet weights into a MindSpore checkpoint.
+
+    mindcv-convert mnasnet1.0_top1_73.512-f206786ef8.pth mnasnet_100_tv.ckpt
+    python -m mindcv.tools.convert_weights mnasnet_a1-d9418771.pth semnasnet_100.safetensors --model semnasnet_100
+
+The source layout is detected; the architecture is inferred from the tensor shapes unless ``--model``
+is given. The result records the BatchNorm epsilon the weights were trained with, so
+``create_model(name, checkpoint_path=<result>)`` reproduces the source framework's outputs.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+
+import mindspore as ms
+
+from ..models.checkpoint import (
+    CheckpointError,
+    convert_state_dict,
+    detect_layout,
+    model_state_dict,
+    read_checkpoint,
+    save_checkpoint,
+    source_bn_eps,
+)
+from ..models.model_factory import create_model
+from ..models.registry import list_models
+
+__all__ = ["infer_model_name", "convert_file", "main"]
+
+
+def _classes(state_dict: Dict[str, np.ndarray]) -> int:
+    weight = state_dict.get("classifier.weight")
+    return 0 if weight is None else int(weight.shape[0])
+
+
+def infer_model_name(state_dict: Dict[str, np.ndarray], candidates: Optional[List[str]] = None) -> str:
+    """The registered model whose parameter names and shapes equal those of a (native-named) state dict.
+
+    Args:
+        state_dict: arrays named like this package's models (see ``convert_state_dict``).
+        candidates: models to try (default: all registered).
+
+    Returns:
+        The model name.
+
+    Raises:
+        CheckpointError: no registered architecture (or more than one) fits.
+    """
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    num_classes = _classes(state_dict)
+    matches = []
+    for name in candidates or list_models():
+        model = create_model(name, num_classes=num_classes)
+        if {p.name: tuple(p.shape) for p in model.get_parameters()} == shapes:
+            matches.append(name)
+    if len(matches) != 1:
+        what = "no registered architecture" if not matches else f"several architectures ({', '.join(matches)})"
+        raise CheckpointError(f"{what} fit(s) these weights; pass --model explicitly")
+    return matches[0]
+
+
+def convert_file(src: str, dst: str, model_name: Optional[str] = None, ema: bool = False) -> Dict[str, object]:
+    """Convert ``src`` (any supported layout/format) to ``dst`` (``.ckpt`` or ``.safetensors``).
+
+    Args:
+        src: the source weight file.
+        dst: the output file; its extension picks the format.
+        model_name: the architecture; inferred from the shapes when omitted.
+        ema: convert the EMA copy of the weights.
+
+    Returns:
+        A summary: model, source layout, number of tensors, BN eps, destination.
+    """
+    tensors, meta = read_checkpoint(src)
+    layout = detect_layout(k[len("ema.") :] if k.startswith("ema.") else k for k in tensors)
+    native = convert_state_dict(tensors, layout, ema=ema)
+    model_name = model_name or infer_model_name(native)
+    bn_eps = source_bn_eps(layout, meta)
+    model = create_model(model_name, num_classes=_classes(native), checkpoint_path=src, ema=ema, bn_eps=bn_eps)
+    save_checkpoint(
+        model, dst, metadata={"model": model_name, "source_layout": layout, "source_file": os.path.basename(src)}
+    )
+    # read the result back: every tensor must round-trip exactly
+    written, _ = read_checkpoint(dst)
+    reference = model_state_dict(model)
+    bad = [k for k in reference if k not in written or not np.array_equal(written[k], reference[k])]
+    if bad:
+        raise CheckpointError(f"verification of {dst} failed for {len(bad)} tensors, e.g. {bad[:3]}")
+    return {"model": model_name, "layout": layout, "tensors": len(written), "bn_eps": model.bn_eps, "dst": dst}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mindcv-convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("src", help="source weights (.pth/.pt/.bin/.safetensors/.ckpt)")
+    parser.add_argument("dst", help="output file (.ckpt or .safetensors)")
+    parser.add_argument("--model", default=None, help="registered model name (inferred when omitted)")
+    parser.add_argument("--ema", action="store_true", help="convert the EMA weights (ema.* parameters)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ms.set_device("CPU")
+    try:
+        summary = convert_file(args.src, args.dst, args.model, args.ema)
+    except (CheckpointError, ValueError, TypeError, RuntimeError) as err:
+        print(f"mindcv-convert: error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"converted {args.src} ({summary['layout']} layout) -> {summary['dst']}: model {summary['model']}, "
+        f"{summary['tensors']} tensors, BN eps {summary['bn_eps']:g}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""Version of the mindcv package."""
+
+__version__ = "0.6.0"

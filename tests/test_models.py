@@ -1,0 +1,171 @@
+"""Registry-driven model tests: every registered model gets these automatically."""
+
+import numpy as np
+import pytest
+from conftest import random_images
+
+import mindspore as ms
+from mindspore import nn
+
+from mindcv.models import create_model, list_models
+from mindcv.models.mnasnet import NUM_PARAMS
+
+MODELS = list_models()
+SMALL = 64  # input size: enough for the five stride-2 stages, cheap on a 2-core CPU
+
+
+def trainable_count(model: nn.Cell) -> int:
+    return int(sum(np.prod(p.shape) for p in model.trainable_params()))
+
+
+def test_zoo_is_complete():
+    expected = {f"mnasnet_{w}" for w in ("050", "075", "100", "130", "140")}
+    expected |= {f"semnasnet_{w}" for w in ("050", "075", "100", "140")} | {"mnasnet_small"}
+    assert set(MODELS) == expected
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_exact_parameter_count(name):
+    model = create_model(name)
+    assert trainable_count(model) == NUM_PARAMS[name]
+    assert model.pretrained_cfg.num_params == NUM_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_backward_every_parameter_gets_a_gradient(name):
+    model = create_model(name, num_classes=7, drop_rate=0.0)
+    model.set_train(True)
+    x, y = random_images(4, SMALL), ms.Tensor(np.array([1, 5, 0, 6], np.int32))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def forward(a, b):
+        return loss_fn(model(a), b)
+
+    params = model.trainable_params()
+    loss, grads = ms.value_and_grad(forward, None, params)(x, y)
+    assert np.isfinite(loss.asnumpy())
+    assert len(grads) == len(params)
+    dead = [
+        p.name for p, g in zip(params, grads) if not np.any(g.asnumpy() != 0) or not np.all(np.isfinite(g.asnumpy()))
+    ]
+    assert dead == []
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_interface(name):
+    model = create_model(name, num_classes=11)
+    model.set_train(False)
+    x = random_images(2, SMALL)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, model.num_features, SMALL // 32, SMALL // 32)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+    assert model(x).shape == (2, 11)
+    assert isinstance(model.get_classifier(), nn.Dense)
+    model.reset_classifier(4)
+    assert model(x).shape == (2, 4) and model.num_classes == 4
+    model.reset_classifier(0)
+    assert model(x).shape == (2, model.num_features)
+    assert 0 <= model.drop_rate < 1 and model.drop_path_rate == 0.0
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_feature_extraction(name):
+    model = create_model(name, features_only=True)
+    model.set_train(False)
+    outs = model(random_images(1, SMALL))
+    assert len(outs) == 5
+    assert [info["reduction"] for info in model.feature_info] == [2, 4, 8, 16, 32]
+    for out, chs, red in zip(outs, model.out_channels, model.reductions):
+        assert out.shape == (1, chs, SMALL // red, SMALL // red)
+    # no head parameters in a backbone
+    assert not any("classifier" in p.name or "conv_head" in p.name for p in model.get_parameters())
+
+
+def test_feature_extraction_out_indices():
+    model = create_model("mnasnet_050", features_only=True, out_indices=(1, 3))
+    model.set_train(False)
+    outs = model(random_images(1, SMALL))
+    assert [o.shape[1] for o in outs] == model.out_channels == [16, 48]
+    with pytest.raises(ValueError, match="out_indices"):
+        create_model("mnasnet_050", features_only=True, out_indices=(7,))
+
+
+def test_bn_settings_are_model_level():
+    model = create_model("semnasnet_050", bn_momentum=0.9, bn_eps=1e-5)
+    bns = [c for _, c in model.cells_and_names() if isinstance(c, nn.BatchNorm2d)]
+    assert len(bns) > 40
+    # nn.BatchNorm2d stores 1 - momentum internally (the PyTorch convention)
+    assert {(round(1 - b.momentum, 6), b.eps) for b in bns} == {(0.9, 1e-5)}
+    default = [c for _, c in create_model("mnasnet_050").cells_and_names() if isinstance(c, nn.BatchNorm2d)]
+    assert {(round(1 - b.momentum, 6), b.eps) for b in default} == {(0.99, 1e-3)}
+
+
+def test_bn_momentum_conversion_from_torch():
+    from mindcv.models.layers import bn_momentum_from_torch
+
+    assert bn_momentum_from_torch(0.0003) == pytest.approx(0.9997)
+
+
+def test_drop_path_rates_increase_linearly():
+    model = create_model("mnasnet_100", drop_path_rate=0.2)
+    rates = [b.drop_path.drop_prob for stage in model.blocks for b in stage if b.has_skip]
+    assert rates == sorted(rates) and 0 < rates[0] < rates[-1] <= 0.2
+    model.set_train(False)  # identity at inference
+    x = random_images(1, SMALL)
+    ref = create_model("mnasnet_100")
+    ms.load_param_into_net(ref, {p.name: p for p in model.get_parameters()})
+    ref.set_train(False)
+    np.testing.assert_allclose(model(x).asnumpy(), ref(x).asnumpy(), atol=1e-6)
+
+
+def test_torchvision_graph_structure():
+    """B1 blocks match torchvision: 16 inverted residuals, residuals where torchvision has them."""
+    model = create_model("mnasnet_100")
+    blocks = [b for stage in model.blocks for b in stage]
+    assert len(blocks) == 17  # the stem separable conv + 16 inverted residuals
+    assert [b.has_skip for b in blocks[1:]] == [False, True, True] * 3 + [False, True] + [False, True, True, True] + [
+        False
+    ]
+    assert sum(1 for _ in create_model("semnasnet_100").blocks[1:] for _ in _) == 15
+
+
+def test_unknown_kwarg_lists_valid_ones():
+    with pytest.raises(TypeError, match=r"unexpected argument\(s\) dropout.*accepted:.*drop_rate"):
+        create_model("mnasnet_050", dropout=0.1)
+
+
+def test_none_kwargs_mean_model_default():
+    model = create_model("mnasnet_050", drop_rate=None, drop_path_rate=None)
+    assert model.drop_rate == 0.2 and model.drop_path_rate == 0.0
+    assert create_model("mnasnet_small").drop_rate == 0.0
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_graph_and_pynative_agree(name):
+    """Inference and one SGD training step give the same numbers in both execution modes."""
+    x, y = random_images(2, SMALL, seed=3), ms.Tensor(np.array([0, 3], np.int32))
+    base = create_model(name, num_classes=5, drop_rate=0.0)
+    init = {p.name: p.asnumpy() for p in base.get_parameters()}
+    results = {}
+    for mode in (ms.PYNATIVE_MODE, ms.GRAPH_MODE):
+        ms.set_context(mode=mode)
+        try:
+            model = create_model(name, num_classes=5, drop_rate=0.0)
+            for p in model.get_parameters():
+                p.set_data(ms.Tensor(init[p.name]))
+            model.set_train(False)
+            logits = model(x).asnumpy()
+            model.set_train(True)
+            opt = nn.SGD(model.trainable_params(), learning_rate=0.1)
+            step = nn.TrainOneStepCell(nn.WithLossCell(model, nn.CrossEntropyLoss()), opt)
+            loss = step(x, y).asnumpy()
+            after = {p.name: p.asnumpy() for p in model.get_parameters()}
+        finally:
+            ms.set_context(mode=ms.PYNATIVE_MODE)
+        results[mode] = (logits, loss, after)
+    (l1, loss1, w1), (l2, loss2, w2) = results[ms.PYNATIVE_MODE], results[ms.GRAPH_MODE]
+    np.testing.assert_allclose(l1, l2, atol=1e-5)
+    np.testing.assert_allclose(loss1, loss2, atol=1e-5)
+    worst = max(float(np.abs(w1[k] - w2[k]).max()) for k in w1)
+    assert worst < 1e-5
+    assert any(not np.array_equal(w1[k], init[k]) for k in w1)  # the step really trained
