@@ -374,13 +374,14 @@ def load_state_dict_into(
             want, have = params[stem].shape, state_dict[stem].shape
             if want[0] == have[0] and want[2:] == have[2:]:
                 _logger.info("%s: adapting %s from %d to %d input channels", source, stem, have[1], want[1])
-                state_dict[stem] = _adapt_input_conv(state_dict[stem], want[1]).astype(state_dict[stem].dtype)
-    missing = sorted(set(params) - set(state_dict))
+                state_dict[stem] = _adapt_input_conv(state_dict[stem].astype(np.float32), want[1])
+    # listed in model order, so the first entries shown are the ones nearest the input
+    missing = [k for k in params if k not in state_dict]
     unexpected = sorted(set(state_dict) - set(params))
     mismatched = [
         f"{k} (checkpoint {tuple(state_dict[k].shape)} vs model {tuple(params[k].shape)})"
-        for k in sorted(set(params) & set(state_dict))
-        if tuple(state_dict[k].shape) != tuple(params[k].shape)
+        for k in params
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(params[k].shape)
     ]
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(source, missing, unexpected, mismatched)

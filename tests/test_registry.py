@@ -1,0 +1,109 @@
+"""The registry and factory API that upstream mindcv code relies on."""
+
+import subprocess
+import sys
+
+import pytest
+
+import mindcv
+from mindcv.models import (
+    create_model,
+    get_pretrained_cfg_value,
+    has_pretrained_cfg_key,
+    is_model_in_modules,
+    is_model_pretrained,
+    list_models,
+    list_modules,
+    model_entrypoint,
+    register_model,
+)
+
+
+def test_top_level_exports():
+    for name in (
+        "create_model",
+        "list_models",
+        "list_modules",
+        "is_model_in_modules",
+        "model_entrypoint",
+        "is_model_pretrained",
+    ):
+        assert getattr(mindcv, name) is getattr(mindcv.models, name)
+    assert mindcv.mnasnet_100 is model_entrypoint("mnasnet_100")
+
+
+def test_listing_and_filters():
+    assert list_modules() == ["mnasnet"]
+    assert list_models("semnasnet*") == ["semnasnet_050", "semnasnet_075", "semnasnet_100", "semnasnet_140"]
+    assert list_models(["mnasnet_1*"], exclude_filters="*_140") == ["mnasnet_100", "mnasnet_130"]
+    assert list_models(module="mnasnet") == list_models()
+    assert list_models(pretrained=True) == [
+        "mnasnet_050",
+        "mnasnet_075",
+        "mnasnet_100",
+        "mnasnet_130",
+        "mnasnet_140",
+        "mnasnet_small",
+        "semnasnet_075",
+        "semnasnet_100",
+    ]
+    for name in list_models():
+        assert is_model_in_modules(name, ["mnasnet"])
+    with pytest.raises(TypeError):
+        is_model_in_modules("mnasnet_100", "mnasnet")
+
+
+def test_pretrained_cfg_queries():
+    assert is_model_pretrained("mnasnet_100") and not is_model_pretrained("semnasnet_050")
+    assert get_pretrained_cfg_value("mnasnet_100", "url").endswith("mnasnet_100-1bcf43f8.ckpt")
+    assert has_pretrained_cfg_key("mnasnet_100", "top1") and not has_pretrained_cfg_key("semnasnet_050", "top1")
+
+
+def test_unknown_model_names_the_valid_ones():
+    with pytest.raises(
+        RuntimeError, match=r"Unknown model 'mnasnet_10'\. Did you mean .*'mnasnet_100'.*Available models: mnasnet_050"
+    ):
+        create_model("mnasnet_10")
+    with pytest.raises(RuntimeError, match="Unknown model 'resnet50'"):
+        model_entrypoint("resnet50")
+
+
+def test_duplicate_registration_is_an_error():
+    def mnasnet_100(**kwargs):  # same name as a zoo model
+        return None
+
+    mnasnet_100.__module__ = "mindcv.models.mnasnet"
+    with pytest.raises(ValueError, match="model 'mnasnet_100' is already registered"):
+        register_model(mnasnet_100)
+
+
+def test_upstream_entrypoint_signature():
+    model = model_entrypoint("mnasnet_050")(pretrained=False, num_classes=10, in_channels=3)
+    assert model.num_classes == 10
+
+
+def test_convert_cli(fixtures_dir, tmp_path):
+    dst = tmp_path / "tv050.ckpt"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mindcv.tools.convert_weights",
+            f"{fixtures_dir}/torchvision_mnasnet0.5.safetensors",
+            str(dst),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "torchvision layout" in run.stdout and "model mnasnet_050" in run.stdout and "BN eps 1e-05" in run.stdout
+    model = create_model("mnasnet_050", num_classes=10, checkpoint_path=str(dst))
+    assert model.bn_eps == 1e-5
+    bad = subprocess.run(
+        [sys.executable, "-m", "mindcv.tools.convert_weights", str(tmp_path / "missing.pth"), str(tmp_path / "x.ckpt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "missing.pth' does not exist" in bad.stderr
