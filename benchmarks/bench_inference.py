@@ -1,0 +1,54 @@
+"""Inference speed of a zoo model: graph-mode compile time and images/s, GRAPH vs PYNATIVE side by side.
+
+    python benchmarks/bench_inference.py --model mnasnet_100 --batch 32 --size 224
+
+The machine is shared and noisy: modes are measured in one run, interleaved, and the ratio is printed.
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import mindspore as ms
+
+from mindcv.models import create_model
+
+
+def measure(model_name: str, mode: int, batch: int, size: int, repeats: int) -> dict:
+    ms.set_context(mode=mode)
+    model = create_model(model_name)
+    model.set_train(False)
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32))
+    t0 = time.perf_counter()
+    model(x).asnumpy()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(x).asnumpy()
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    return {"first_call_s": first, "median_s": median, "img_per_s": batch / median}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="mnasnet_100")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    ms.set_device("CPU")
+    graph = measure(args.model, ms.GRAPH_MODE, args.batch, args.size, args.repeats)
+    pynative = measure(args.model, ms.PYNATIVE_MODE, args.batch, args.size, args.repeats)
+    print(f"{args.model}, batch {args.batch}, {args.size}x{args.size}, fp32, CPU")
+    for name, r in (("GRAPH", graph), ("PYNATIVE", pynative)):
+        print(f"  {name:9s} first call {r['first_call_s']:.2f} s, steady {r['median_s'] * 1000:.0f} ms/batch = {r['img_per_s']:.1f} img/s")
+    print(f"  graph compile (first call minus a steady call): {graph['first_call_s'] - graph['median_s']:.2f} s")
+    print(f"  GRAPH / PYNATIVE throughput: {graph['img_per_s'] / pynative['img_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
