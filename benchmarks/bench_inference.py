@@ -45,7 +45,10 @@ def main() -> None:
     pynative = measure(args.model, ms.PYNATIVE_MODE, args.batch, args.size, args.repeats)
     print(f"{args.model}, batch {args.batch}, {args.size}x{args.size}, fp32, CPU")
     for name, r in (("GRAPH", graph), ("PYNATIVE", pynative)):
-        print(f"  {name:9s} first call {r['first_call_s']:.2f} s, steady {r['median_s'] * 1000:.0f} ms/batch = {r['img_per_s']:.1f} img/s")
+        print(
+            f"  {name:9s} first call {r['first_call_s']:.2f} s, "
+            f"steady {r['median_s'] * 1000:.0f} ms/batch = {r['img_per_s']:.1f} img/s"
+        )
     print(f"  graph compile (first call minus a steady call): {graph['first_call_s'] - graph['median_s']:.2f} s")
     print(f"  GRAPH / PYNATIVE throughput: {graph['img_per_s'] / pynative['img_per_s']:.2f}x")
 

@@ -77,8 +77,10 @@ def test_feature_extraction(name):
     assert [info["reduction"] for info in model.feature_info] == [2, 4, 8, 16, 32]
     for out, chs, red in zip(outs, model.out_channels, model.reductions):
         assert out.shape == (1, chs, SMALL // red, SMALL // red)
-    # no head parameters in a backbone
-    assert not any("classifier" in p.name or "conv_head" in p.name for p in model.get_parameters())
+    # no head parameters in a backbone, and the parameter names are the full model's
+    names = {p.name for p in model.get_parameters()}
+    assert not any(n.startswith(("classifier", "conv_head", "bn2.")) for n in names)
+    assert names < {p.name for p in create_model(name).get_parameters()}
 
 
 def test_feature_extraction_out_indices():
@@ -169,3 +171,33 @@ def test_graph_and_pynative_agree(name):
     worst = max(float(np.abs(w1[k] - w2[k]).max()) for k in w1)
     assert worst < 1e-5
     assert any(not np.array_equal(w1[k], init[k]) for k in w1)  # the step really trained
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        # every op of the MnasNet search space: regular conv, dw-separable, MBConv e3/e6; k3/k5; SE; skip/noskip;
+        # channels that are not multiples of 8 and arbitrary repeat counts
+        "cn_r2_k3_s1_c20_se0.25|ds_r1_k5_s2_c24|ir_r3_k3_s2_e3_c36_noskip|ir_r1_k5_s1_e6_c36_se0.25|cn_r1_k5_s2_c48",
+        "ds_r1_k3_s1_c16_noskip|ir_r1_k5_s2_e6_c24_se0.25,ir_r2_k3_s1_e3_c24|cn_r4_k3_s2_c40_noskip",
+    ],
+)
+def test_search_space_architectures_build_and_train(arch):
+    from mindcv.models import MnasNet
+
+    model = MnasNet(arch, num_classes=3, width_mult=1.0)
+    blocks = [b for stage in model.blocks for b in stage]
+    assert [type(b).__name__ for b in blocks][:2] in (
+        ["ConvBnAct", "ConvBnAct"],
+        ["DepthwiseSeparableConv", "InvertedResidual"],
+    )
+    model.set_train(True)
+    x, y = random_images(2, 32), ms.Tensor(np.array([0, 2], np.int32))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def forward(a, b):
+        return loss_fn(model(a), b)
+
+    loss, grads = ms.value_and_grad(forward, None, model.trainable_params())(x, y)
+    assert np.isfinite(loss.asnumpy()) and len(grads) == len(model.trainable_params())
+    assert model.arch_def == [s if "," not in s else s.split(",") for s in arch.split("|")]

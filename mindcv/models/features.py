@@ -22,7 +22,7 @@ class FeatureExtractWrapper(nn.Cell):
     The model's top-level cells must be registered in the order they run, each used once (true for
     :class:`~mindcv.models.mnasnet.MnasNet`); with the model attribute ``flatten_sequential`` the
     stages of a ``SequentialCell`` are visited one by one. Cells after the deepest requested feature
-    (the head, the classifier) are dropped. Load weights *before* wrapping.
+    (the head, the classifier) are dropped; parameter names stay those of the full model.
 
     Args:
         net: the model; ``net.feature_info`` is a list of ``{"chs", "reduction", "name"}`` dicts.
@@ -53,7 +53,12 @@ class FeatureExtractWrapper(nn.Cell):
                 break
         if wanted:
             raise ValueError(f"feature points {sorted(wanted)} are not top-level cells of {type(net).__name__}")
+        original_names = {id(p): p.name for p in net.get_parameters()}
         self.layers = nn.CellList(cells)
+        # re-parenting renames parameters ("0.weight"); keep the model's names so that checkpoints of the
+        # backbone stay loadable into (and from) the full model
+        for param in self.layers.get_parameters():
+            param.name = original_names[id(param)]
         self.feature_info = [dict(feature_info[i]) for i in out_indices]
         self.out_indices = out_indices
         self._out_channels = [info["chs"] for info in self.feature_info]
