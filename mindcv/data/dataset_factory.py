@@ -1,0 +1,168 @@
+"""``create_dataset``: ImageFolder trees (ImageNet), CIFAR, MNIST, Fashion-MNIST and the demo set.
+
+Every dataset yields two columns, ``image`` (decoded HWC uint8, RGB or 1-channel) and ``label``
+(int32), and carries what training and inference need to know about it: ``num_classes()``,
+``class_names`` (the stable index order, saved with checkpoints), ``shard_sampler`` (a :class:`ShardSampler`; call
+``dataset.shard_sampler.set_epoch(e)`` for the seeded order of epoch e) and the :class:`UnreadableFiles` log.
+"""
+
+import logging
+import os
+from typing import Any, List, Optional, Tuple
+
+import numpy as np
+
+import mindspore.dataset as ds
+
+from .demo import ensure_demo_dataset
+from .image_folder import ImageFileSource, UnreadableFiles, find_classes, make_samples
+from .samplers import ShardSampler
+from .standard_datasets import DATASET_SPECS, dataset_root, download_standard_dataset, load_standard_dataset
+
+__all__ = ["create_dataset", "list_datasets", "get_dataset_download_root"]
+
+_logger = logging.getLogger(__name__)
+_IMAGE_FOLDER_NAMES = ("imagenet", "imagefolder", "")
+_VALID_NAMES = ("imagenet", "imagefolder", "demo") + tuple(DATASET_SPECS)
+
+
+def list_datasets() -> List[str]:
+    """Names accepted by :func:`create_dataset` (any other name is read as an ImageFolder tree)."""
+    return sorted(set(_VALID_NAMES) - {""})
+
+
+def get_dataset_download_root() -> str:
+    """Folder under which datasets are downloaded or generated (``<cache>/datasets``)."""
+    return os.path.dirname(dataset_root("x"))
+
+
+class _ArraySource:
+    """Random access to in-memory images (CIFAR, MNIST)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        return self.images[index], np.array(self.labels[index], dtype=np.int32)
+
+
+def create_dataset(
+    name: str = "",
+    root: Optional[str] = None,
+    split: str = "train",
+    shuffle: bool = True,
+    num_samples: Optional[int] = None,
+    num_shards: Optional[int] = None,
+    shard_id: Optional[int] = None,
+    num_parallel_workers: Optional[int] = None,
+    download: bool = False,
+    num_aug_repeats: int = 0,
+    **kwargs: Any,
+) -> ds.Dataset:
+    """Create a dataset of ``(image, label)`` rows.
+
+    Args:
+        name: ``imagenet`` (or any other name, or ``""``) for an ImageFolder tree ``root/<split>/<class>/*``;
+            ``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist``; or ``demo`` (generated, no download).
+        root: dataset folder (default: ``<cache>/datasets/<name>``).
+        split: ``train``, ``val`` or ``test`` (the sub-folder for ImageFolder trees).
+        shuffle: a seeded new order every epoch (``seed`` kwarg, default 0; use ``dataset.shard_sampler.set_epoch``).
+        num_samples: use only this many samples per epoch.
+        num_shards: number of ranks for distributed training/evaluation.
+        shard_id: this rank.
+        num_parallel_workers: decoding threads of the source (default 1; on a 2-core host one decoder
+            thread beside the augmentation workers is fastest).
+        download: fetch the official CIFAR/MNIST files (with MD5 check) if absent; ImageNet cannot be
+            downloaded.
+        num_aug_repeats: repeated augmentation factor (0/1 = off).
+        **kwargs: ``seed`` (int), ``strict`` (raise on the first unreadable image instead of skipping it),
+            ``is_training`` (default: ``split == "train"``; evaluation shards partition the data exactly
+            and mark unreadable images with label -1 instead of replacing them), ``unreadable_log``
+            (path of the unreadable-file log), ``python_multiprocessing`` (decode in processes).
+
+    Returns:
+        A MindSpore dataset with attributes ``class_names``, ``shard_sampler``, ``unreadable`` and a
+        ``num_classes()`` method.
+
+    Raises:
+        FileNotFoundError: missing root or split folder (the message says what layout is expected).
+        ValueError: unknown split, no class folders, an empty class folder, unreadable standard files.
+    """
+    name = (name or "").lower()
+    seed = int(kwargs.pop("seed", 0))
+    strict = bool(kwargs.pop("strict", False))
+    is_training = bool(kwargs.pop("is_training", split == "train"))
+    unreadable = UnreadableFiles(kwargs.pop("unreadable_log", None))
+    python_multiprocessing = bool(kwargs.pop("python_multiprocessing", False))
+    if kwargs:
+        raise TypeError(
+            f"create_dataset() got unexpected argument(s) {', '.join(sorted(kwargs))}; "
+            "extra options: seed, strict, is_training, unreadable_log, python_multiprocessing"
+        )
+    workers = _check_workers(num_parallel_workers)
+
+    if name in DATASET_SPECS:
+        root = root or dataset_root(name)
+        if download:
+            download_standard_dataset(name, root)
+        images, labels, class_names = load_standard_dataset(name, root, split)
+        source = _ArraySource(images, labels)
+    else:
+        if name == "demo":
+            root = ensure_demo_dataset(root)["root"]
+        elif download:
+            raise ValueError(
+                f"dataset '{name or 'imagenet'}' cannot be downloaded; "
+                f"download=True works for {', '.join(DATASET_SPECS)}"
+            )
+        if root is None:
+            raise ValueError(f"dataset '{name or 'imagefolder'}' needs root=<folder with {split}/<class>/<images>>")
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"dataset root '{root}' does not exist")
+        split_dir = os.path.join(root, split)
+        if not os.path.isdir(split_dir):
+            present = sorted(e.name for e in os.scandir(root) if e.is_dir())
+            raise FileNotFoundError(
+                f"split folder '{split_dir}' does not exist; folders in '{root}': {', '.join(present) or 'none'}"
+            )
+        class_names, class_to_idx = find_classes(split_dir)
+        samples = make_samples(split_dir, class_to_idx, report=unreadable)
+        source = ImageFileSource(samples, unreadable, strict=strict, replace_unreadable=is_training)
+
+    sampler = ShardSampler(
+        len(source),
+        num_shards,
+        shard_id,
+        shuffle=shuffle,
+        seed=seed,
+        pad=is_training,
+        num_samples=num_samples,
+        num_repeats=num_aug_repeats,
+    )
+    dataset = ds.GeneratorDataset(
+        source,
+        column_names=["image", "label"],
+        sampler=sampler,
+        num_parallel_workers=workers,
+        python_multiprocessing=python_multiprocessing and workers > 1,
+    )
+    dataset.class_names = list(class_names)
+    dataset.shard_sampler = sampler
+    dataset.unreadable = unreadable
+    dataset.root = root
+    dataset.num_classes = lambda: len(class_names)
+    return dataset
+
+
+def _check_workers(num_parallel_workers: Optional[int]) -> int:
+    if num_parallel_workers is None:
+        return 1
+    cpus = os.cpu_count() or 1
+    if not 1 <= int(num_parallel_workers) <= cpus:
+        raise ValueError(
+            f"num_parallel_workers must be between 1 and {cpus} (this machine's CPUs), got {num_parallel_workers}"
+        )
+    return int(num_parallel_workers)

@@ -1,0 +1,101 @@
+"""``create_loader``: transforms, batching and batch-level MixUp / CutMix with soft targets."""
+
+import logging
+from typing import Any, List, Optional
+
+import mindspore as ms
+import mindspore.dataset as ds
+import mindspore.dataset.transforms as T
+import mindspore.dataset.vision as vision
+
+from .transforms_factory import create_transforms
+
+__all__ = ["create_loader"]
+
+_logger = logging.getLogger(__name__)
+_PASSTHROUGH = ("class_names", "shard_sampler", "unreadable", "num_classes", "root")
+
+
+def create_loader(
+    dataset: ds.Dataset,
+    batch_size: int,
+    drop_remainder: bool = False,
+    is_training: bool = False,
+    mixup: float = 0.0,
+    cutmix: float = 0.0,
+    cutmix_prob: float = 0.0,
+    num_classes: int = 1000,
+    transform: Optional[List[Any]] = None,
+    target_transform: Optional[List[Any]] = None,
+    num_parallel_workers: Optional[int] = None,
+    python_multiprocessing: bool = False,
+    separate: bool = False,
+    label_smoothing: float = 0.0,
+) -> ds.Dataset:
+    """Apply transforms and batch a dataset from :func:`create_dataset`.
+
+    Args:
+        dataset: the dataset.
+        batch_size: batch size per device.
+        drop_remainder: drop the last incomplete batch (training); keep it for evaluation.
+        is_training: enables MixUp / CutMix.
+        mixup: MixUp alpha (0 = off).
+        cutmix: CutMix alpha (0 = off).
+        cutmix_prob: probability that a batch is mixed at all (timm's ``prob``); with both MixUp and
+            CutMix on, each mixed batch uses one of them with equal probability. 0 (upstream's default,
+            which silently disabled the mixing it asked for) means 1.
+        num_classes: classes, for the one-hot soft targets.
+        transform: image ops (default: ImageNet evaluation preprocessing, with a warning).
+        target_transform: label ops (default: cast to int32).
+        num_parallel_workers: threads of the augmentation map (default 1; at most the CPU count).
+        python_multiprocessing: run Python transforms in processes.
+        separate: augmentation splits (JSD) are not supported: raises.
+        label_smoothing: folded into the soft targets when MixUp/CutMix produce them (then the loss must
+            not smooth again); hard labels are left to the loss.
+
+    Returns:
+        The batched dataset: images ``(N, C, H, W)`` float32; labels ``(N,)`` int32, or ``(N, num_classes)``
+        float32 soft targets summing to 1 when mixing.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if separate:
+        raise ValueError("separate=True (AugMix/JSD augmentation splits) is not supported by this package")
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    workers = num_parallel_workers or 1
+    if transform is None:
+        _logger.warning("create_loader: no transform given, using ImageNet evaluation preprocessing at 224")
+        transform = create_transforms("imagenet", is_training=False)
+    out = dataset.map(
+        operations=transform,
+        input_columns="image",
+        num_parallel_workers=workers,
+        python_multiprocessing=python_multiprocessing,
+    )
+    out = out.map(operations=target_transform or [T.TypeCast(ms.int32)], input_columns="label", num_parallel_workers=1)
+
+    mixing = is_training and (mixup > 0 or cutmix > 0)
+    if mixing:
+        if batch_size < 2:
+            raise ValueError("MixUp/CutMix need batch_size >= 2")
+        out = out.map(
+            operations=[T.OneHot(num_classes, smoothing_rate=label_smoothing), T.TypeCast(ms.float32)],
+            input_columns="label",
+        )
+    out = out.batch(batch_size, drop_remainder=drop_remainder)
+    if mixing:
+        ops = []
+        if mixup > 0:
+            ops.append(vision.MixUpBatch(alpha=mixup))
+        if cutmix > 0:
+            ops.append(vision.CutMixBatch(vision.ImageBatchFormat.NCHW, alpha=cutmix, prob=1.0))
+        op = ops[0] if len(ops) == 1 else T.RandomChoice(ops)
+        prob = cutmix_prob if cutmix_prob > 0 else 1.0
+        if prob < 1.0:
+            op = T.RandomApply([op], prob=prob)
+        out = out.map(operations=op, input_columns=["image", "label"])
+    for attr in _PASSTHROUGH:
+        if hasattr(dataset, attr):
+            setattr(out, attr, getattr(dataset, attr))
+    return out

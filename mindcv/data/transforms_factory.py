@@ -1,0 +1,263 @@
+"""``create_transforms``: the recipe's augmentations as MindSpore C++ vision ops (no Python in the hot path).
+
+Images arrive decoded (HWC uint8, see ``create_dataset``), so no ``Decode`` op is needed here.
+"""
+
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+import mindspore.dataset.transforms as T
+import mindspore.dataset.vision as vision
+from mindspore.dataset.vision import Inter
+
+from .constants import DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+__all__ = ["create_transforms", "parse_auto_augment", "AUTO_AUGMENT_POLICIES", "INTERPOLATIONS"]
+
+CIFAR_MEAN = (0.4914 * 255, 0.4822 * 255, 0.4465 * 255)
+CIFAR_STD = (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)
+MNIST_MEAN = (0.1307 * 255,)
+MNIST_STD = (0.3081 * 255,)
+
+INTERPOLATIONS = {
+    "nearest": Inter.NEAREST,
+    "bilinear": Inter.BILINEAR,
+    "bicubic": Inter.BICUBIC,
+    "area": Inter.AREA,
+    "pilcubic": Inter.PILCUBIC,
+}
+AUTO_AUGMENT_POLICIES = (
+    "randaug[-m<magnitude 0..10>][-n<ops>][-mstd<std>][-mmax<max>][-inc1]  e.g. randaug-m9-mstd0.5",
+    "autoaug / autoaugr  (AutoAugment, ImageNet policy)",
+    "trivialaugwide  (TrivialAugment-Wide)",
+)
+_RANDAUG_BINS = 31  # MindSpore/torchvision magnitude bins; timm magnitudes are on a 0..10 scale
+
+
+def _interpolation(name: str) -> Inter:
+    try:
+        return INTERPOLATIONS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown interpolation '{name}'; valid: {', '.join(INTERPOLATIONS)}") from None
+
+
+def _bad_policy(policy: str, why: str) -> ValueError:
+    return ValueError(
+        f"invalid auto_augment policy '{policy}' ({why}); valid policies:\n  " + "\n  ".join(AUTO_AUGMENT_POLICIES)
+    )
+
+
+def parse_auto_augment(
+    policy: str, interpolation: Inter = Inter.BILINEAR, fill: Sequence[int] = (124, 116, 104)
+) -> Any:
+    """Turn a timm-style policy string into a MindSpore augmentation op.
+
+    ``randaug-m9-mstd0.5`` is RandAugment with 2 ops of magnitude 9/10 and, as in timm, a magnitude that
+    varies per image (Gaussian, std 0.5, clipped to [0, mmax]); MindSpore's RandAugment has no magnitude
+    noise, so it is realised as a uniform choice among RandAugment ops at 16 quantiles of that Gaussian.
+    MindSpore's operation set is torchvision's, whose posterize/solarize strengths grow with magnitude
+    (timm's ``inc1``).
+
+    Args:
+        policy: the policy string.
+        interpolation: interpolation of the geometric ops.
+        fill: fill value of the geometric ops (the ImageNet mean by default, as in timm).
+
+    Returns:
+        A MindSpore transform.
+
+    Raises:
+        ValueError: unknown policy or option; the message lists the valid ones.
+    """
+    parts = policy.lower().split("-")
+    fill = tuple(int(v) for v in fill)
+    if parts[0] in ("autoaug", "autoaugr", "autoaugment"):
+        if len(parts) > 1:
+            raise _bad_policy(policy, "autoaug takes no options")
+        return vision.AutoAugment(vision.AutoAugmentPolicy.IMAGENET, interpolation, fill)
+    if parts[0] in ("trivialaugwide", "trivialaugment"):
+        if len(parts) > 1:
+            raise _bad_policy(policy, "trivialaugwide takes no options")
+        return vision.TrivialAugmentWide(_RANDAUG_BINS, interpolation, fill)
+    if parts[0] != "randaug":
+        raise _bad_policy(policy, f"unknown policy '{parts[0]}'")
+    opts = {"m": 9.0, "n": 2, "mstd": 0.0, "mmax": 10.0, "inc": 1}
+    for part in parts[1:]:
+        key = next((k for k in ("mstd", "mmax", "inc", "m", "n") if part.startswith(k)), None)
+        if key is None:
+            raise _bad_policy(policy, f"unknown option '{part}'")
+        try:
+            opts[key] = float(part[len(key) :])
+        except ValueError:
+            raise _bad_policy(policy, f"option '{part}' needs a number") from None
+    if not 0 <= opts["m"] <= opts["mmax"] or opts["n"] < 1 or opts["mstd"] < 0:
+        raise _bad_policy(policy, "need 0 <= m <= mmax, n >= 1, mstd >= 0")
+    if opts["inc"] != 1:
+        raise _bad_policy(policy, "only the increasing-severity op set (inc1) exists in MindSpore")
+
+    def op(m: float) -> Any:
+        level = int(round(min(max(m, 0.0), opts["mmax"]) / 10.0 * (_RANDAUG_BINS - 1)))
+        return vision.RandAugment(int(opts["n"]), level, _RANDAUG_BINS, interpolation, fill)
+
+    if opts["mstd"] == 0:
+        return op(opts["m"])
+    quantiles = (np.arange(16) + 0.5) / 16
+    from statistics import NormalDist
+
+    magnitudes = [NormalDist(opts["m"], opts["mstd"]).inv_cdf(q) for q in quantiles]
+    return T.RandomChoice([op(m) for m in magnitudes])
+
+
+def _as_tuple(value: Union[float, Sequence[float]], n: int = 2) -> Tuple[float, ...]:
+    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else (float(value),) * n
+
+
+def _color_jitter(color_jitter: Union[float, Sequence[float]]) -> Any:
+    values = [float(v) for v in color_jitter] if isinstance(color_jitter, (list, tuple)) else [float(color_jitter)] * 3
+    if len(values) not in (3, 4) or min(values) < 0:
+        raise ValueError(f"color_jitter must be a number or 3/4 non-negative numbers, got {color_jitter}")
+    b, c, s = values[:3]
+    kwargs = dict(
+        brightness=(max(0.0, 1 - b), 1 + b), contrast=(max(0.0, 1 - c), 1 + c), saturation=(max(0.0, 1 - s), 1 + s)
+    )
+    if len(values) == 4:
+        kwargs["hue"] = (-values[3], values[3])
+    return vision.RandomColorAdjust(**kwargs)
+
+
+def _imagenet_train(
+    image_resize: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (0.75, 1.333),
+    hflip: float = 0.5,
+    vflip: float = 0.0,
+    color_jitter: Optional[Union[float, Sequence[float]]] = 0.4,
+    interpolation: str = "bilinear",
+    auto_augment: Optional[str] = None,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    re_prob: float = 0.0,
+    re_scale: Sequence[float] = (0.02, 0.33),
+    re_ratio: Sequence[float] = (0.3, 3.3),
+    re_value: Union[float, str] = 0,
+    re_max_attempts: int = 10,
+    **unused: Any,
+) -> Tuple[List[Any], List[Any], List[Any]]:
+    inter = _interpolation(interpolation)
+    primary = [
+        vision.RandomResizedCrop(image_resize, scale=_as_tuple(scale), ratio=_as_tuple(ratio), interpolation=inter)
+    ]
+    if hflip > 0:
+        primary.append(vision.RandomHorizontalFlip(prob=hflip))
+    if vflip > 0:
+        primary.append(vision.RandomVerticalFlip(prob=vflip))
+    secondary = []
+    if auto_augment:
+        secondary.append(parse_auto_augment(auto_augment, inter, tuple(int(round(m)) for m in mean)))
+    elif color_jitter:
+        secondary.append(_color_jitter(color_jitter))
+    final = [vision.Normalize(mean=list(mean), std=list(std)), vision.HWC2CHW()]
+    if re_prob > 0:
+        value = "random" if re_value in ("random", "pixel") else re_value
+        final.append(
+            vision.RandomErasing(
+                prob=re_prob,
+                scale=_as_tuple(re_scale),
+                ratio=_as_tuple(re_ratio),
+                value=value,
+                max_attempts=re_max_attempts,
+            )
+        )
+    return primary, secondary, final
+
+
+def _imagenet_eval(
+    image_resize: int,
+    crop_pct: float = DEFAULT_CROP_PCT,
+    resize_size: Optional[int] = None,
+    interpolation: str = "bilinear",
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    **unused: Any,
+) -> List[Any]:
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    resize = resize_size or int(image_resize / crop_pct)
+    return [
+        vision.Resize(resize, interpolation=_interpolation(interpolation)),
+        vision.CenterCrop(image_resize),
+        vision.Normalize(mean=list(mean), std=list(std)),
+        vision.HWC2CHW(),
+    ]
+
+
+def _small_images(
+    dataset_name: str, image_resize: int, is_training: bool, auto_augment: Optional[str], **kwargs: Any
+) -> List[Any]:
+    mnist = dataset_name in ("mnist", "fashion_mnist")
+    native = 28 if mnist else 32
+    mean = kwargs.get("mean") or (MNIST_MEAN if mnist else CIFAR_MEAN)
+    std = kwargs.get("std") or (MNIST_STD if mnist else CIFAR_STD)
+    ops = []
+    if is_training:
+        ops.append(vision.RandomCrop(native, padding=2 if mnist else 4))
+        if not mnist and kwargs.get("hflip", 0.5) > 0:
+            ops.append(vision.RandomHorizontalFlip(prob=kwargs.get("hflip", 0.5)))
+        if auto_augment:
+            if mnist:
+                raise ValueError("auto_augment is for colour images; it is not available for MNIST")
+            ops.append(
+                parse_auto_augment(
+                    auto_augment, _interpolation(kwargs.get("interpolation", "bilinear")), tuple(int(m) for m in mean)
+                )
+            )
+    if image_resize != native:
+        ops.append(vision.Resize(image_resize, interpolation=_interpolation(kwargs.get("interpolation", "bilinear"))))
+    ops += [vision.Normalize(mean=list(mean), std=list(std)), vision.HWC2CHW()]
+    if is_training and kwargs.get("re_prob", 0) > 0:
+        ops.append(vision.RandomErasing(prob=kwargs["re_prob"]))
+    return ops
+
+
+def create_transforms(
+    dataset_name: str = "",
+    image_resize: int = 224,
+    is_training: bool = False,
+    auto_augment: Optional[str] = None,
+    separate: bool = False,
+    **kwargs: Any,
+) -> Union[List[Any], Tuple[List[Any], List[Any], List[Any]]]:
+    """The augmentation (training) or preprocessing (evaluation) ops of a dataset.
+
+    Args:
+        dataset_name: ``imagenet``/``""``/``demo``/any ImageFolder name, or ``cifar10``, ``cifar100``,
+            ``mnist``, ``fashion_mnist`` (small-image variants).
+        image_resize: output size.
+        is_training: training augmentation instead of evaluation preprocessing.
+        auto_augment: a policy string (see :data:`AUTO_AUGMENT_POLICIES`); replaces colour jitter.
+        separate: return ``(primary, secondary, final)`` lists (training, ImageNet-style only).
+        **kwargs: ``scale``, ``ratio``, ``hflip``, ``vflip``, ``color_jitter``, ``interpolation``,
+            ``mean``, ``std`` (0-255 scale), ``re_prob``, ``re_scale``, ``re_ratio``, ``re_value``
+            (a number, or ``"random"``/``"pixel"`` for per-pixel noise), ``re_max_attempts``,
+            ``crop_pct``, ``resize_size`` (evaluation resize, overrides ``image_resize / crop_pct``).
+
+    Returns:
+        A list of MindSpore vision ops (or the three lists when ``separate``).
+    """
+    name = (dataset_name or "").lower()
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if image_resize < 1:
+        raise ValueError(f"image_resize must be >= 1, got {image_resize}")
+    if name in ("cifar10", "cifar100", "mnist", "fashion_mnist"):
+        if separate:
+            raise ValueError(
+                f"separate=True (augmentation splits) is only available for ImageNet-style datasets, not {name}"
+            )
+        return _small_images(name, image_resize, is_training, auto_augment, **kwargs)
+    if not is_training:
+        return _imagenet_eval(image_resize, **kwargs)
+    primary, secondary, final = _imagenet_train(image_resize, auto_augment=auto_augment, **kwargs)
+    if separate:
+        return primary, secondary, final
+    return primary + secondary + final
