@@ -1,0 +1,203 @@
+"""``create_optimizer``: optimizers by name, with a weight-decay filter decided by parameter rank."""
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import Parameter, nn
+
+from .lamb import Lamb
+from .lion import Lion
+
+__all__ = ["create_optimizer", "OptimInfo", "OPTIMIZERS", "list_optimizers", "WEIGHT_DECAY_FILTERS", "param_groups_weight_decay"]
+
+_logger = logging.getLogger(__name__)
+WEIGHT_DECAY_FILTERS = ("disable", "auto", "norm_and_bias")
+
+
+@dataclass(frozen=True)
+class OptimInfo:
+    """How to build one optimizer: its factory and the recommended epsilon (``None`` if it has none)."""
+
+    name: str
+    build: Callable[..., nn.Optimizer]
+    default_eps: Optional[float] = None
+    supports_loss_scale: bool = True
+    description: str = ""
+
+
+class AdamW(nn.AdamWeightDecay):
+    """MindSpore's AdamWeightDecay (decoupled decay) plus a ``loss_scale`` that divides the gradients."""
+
+    def __init__(self, params, learning_rate=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, loss_scale=1.0):
+        super().__init__(params, learning_rate, beta1, beta2, eps, weight_decay)
+        if loss_scale <= 0:
+            raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
+        self.loss_scale = float(loss_scale)
+        self.need_scale = loss_scale != 1.0
+        self.reciprocal_scale = ms.Tensor(1.0 / loss_scale, ms.float32)
+
+    def construct(self, gradients):
+        return super().construct(self.scale_grad(gradients))
+
+
+def _sgd(params, lr, momentum, nesterov, eps, loss_scale, **kw):
+    return nn.SGD(params, learning_rate=lr, momentum=momentum, nesterov=nesterov, loss_scale=loss_scale, **kw)
+
+
+def _momentum(params, lr, momentum, nesterov, eps, loss_scale, **kw):
+    return nn.Momentum(params, learning_rate=lr, momentum=momentum, use_nesterov=nesterov, loss_scale=loss_scale, **kw)
+
+
+def _nesterov(params, lr, momentum, nesterov, eps, loss_scale, **kw):
+    return nn.Momentum(params, learning_rate=lr, momentum=momentum, use_nesterov=True, loss_scale=loss_scale, **kw)
+
+
+def _rmsprop(params, lr, momentum, nesterov, eps, loss_scale, decay=0.9, **kw):
+    # TF semantics (eps inside the square root, accumulator initialised to 1): the MnasNet recipe
+    return nn.RMSProp(params, learning_rate=lr, decay=decay, momentum=momentum, epsilon=eps, loss_scale=loss_scale, **kw)
+
+
+def _adam(params, lr, momentum, nesterov, eps, loss_scale, beta1=0.9, beta2=0.999, **kw):
+    return nn.Adam(params, learning_rate=lr, beta1=beta1, beta2=beta2, eps=eps, use_nesterov=nesterov, loss_scale=loss_scale, **kw)
+
+
+def _adamw(params, lr, momentum, nesterov, eps, loss_scale, beta1=0.9, beta2=0.999, **kw):
+    return AdamW(params, learning_rate=lr, beta1=beta1, beta2=beta2, eps=eps, loss_scale=loss_scale, **kw)
+
+
+def _lamb(params, lr, momentum, nesterov, eps, loss_scale, beta1=0.9, beta2=0.999, **kw):
+    if loss_scale != 1.0:
+        raise ValueError("lamb does not support loss_scale != 1 (scale the loss in the train step instead)")
+    return Lamb(params, learning_rate=lr, beta1=beta1, beta2=beta2, eps=eps, **kw)
+
+
+def _lion(params, lr, momentum, nesterov, eps, loss_scale, beta1=0.9, beta2=0.99, **kw):
+    return Lion(params, learning_rate=lr, beta1=beta1, beta2=beta2, loss_scale=loss_scale, **kw)
+
+
+def _adagrad(params, lr, momentum, nesterov, eps, loss_scale, **kw):
+    return nn.Adagrad(params, learning_rate=lr, loss_scale=loss_scale, **kw)
+
+
+OPTIMIZERS: Dict[str, OptimInfo] = {
+    info.name: info
+    for info in (
+        OptimInfo("sgd", _sgd, description="SGD with optional momentum"),
+        OptimInfo("momentum", _momentum, description="heavy-ball momentum (nesterov=True for Nesterov)"),
+        OptimInfo("nesterov", _nesterov, description="Nesterov momentum"),
+        OptimInfo("rmsprop", _rmsprop, 1e-3, description="TF-style RMSProp (decay 0.9), the MnasNet paper's optimizer"),
+        OptimInfo("adam", _adam, 1e-8),
+        OptimInfo("adamw", _adamw, 1e-8, description="Adam with decoupled weight decay"),
+        OptimInfo("lamb", _lamb, 1e-6, supports_loss_scale=False),
+        OptimInfo("lion", _lion),
+        OptimInfo("adagrad", _adagrad),
+    )
+}
+
+
+def list_optimizers() -> List[str]:
+    """Names accepted by :func:`create_optimizer`."""
+    return sorted(OPTIMIZERS)
+
+
+def param_groups_weight_decay(params: Sequence[Parameter], weight_decay: float, no_weight_decay: Sequence[str] = ()) -> List[dict]:
+    """Two groups: decayed parameters, and 1-D ones (BN gamma/beta, biases) plus named exceptions without decay.
+
+    The decision is by rank, not by name, so it holds for any layer naming.
+    """
+    skip = set(no_weight_decay)
+    decay, no_decay = [], []
+    for p in params:
+        (no_decay if len(p.shape) <= 1 or p.name in skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]] + [{"order_params": list(params)}]
+
+
+def create_optimizer(
+    model_or_params: Union[nn.Cell, Sequence[Parameter], Sequence[dict]],
+    opt: str = "adam",
+    lr: Union[float, Sequence[float]] = 1e-3,
+    weight_decay: float = 0,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay_filter: str = "disable",
+    loss_scale: float = 1.0,
+    schedule_decay: float = 4e-3,
+    checkpoint_path: str = "",
+    eps: Optional[float] = None,
+    **kwargs: Any,
+) -> nn.Optimizer:
+    """Create an optimizer.
+
+    Args:
+        model_or_params: a model (its trainable parameters; ``model.no_weight_decay()`` is honoured), a
+            parameter list, or MindSpore parameter groups (passed through).
+        opt: one of :func:`list_optimizers` (case-insensitive).
+        lr: a float or a per-step list (see ``create_scheduler``).
+        weight_decay: weight decay.
+        momentum: momentum (sgd, momentum, nesterov, rmsprop).
+        nesterov: Nesterov momentum (sgd, momentum, adam).
+        weight_decay_filter: ``"disable"`` decays every parameter; ``"norm_and_bias"`` exempts 1-D
+            parameters (BN gamma/beta, biases) by rank; ``"auto"`` leaves it to MindSpore's default
+            (which exempts parameters named beta/gamma).
+        loss_scale: gradients are divided by it (static loss scaling).
+        schedule_decay: accepted for upstream compatibility (NAdam); unused.
+        checkpoint_path: restore optimizer state (moments, global step) from this checkpoint.
+        eps: numerical epsilon; ``None`` uses the optimizer's recommended value (RMSProp: 1e-3 as in TF
+            and the MnasNet recipe - MindSpore's own 1e-10 default is wrong for it; Adam/AdamW: 1e-8).
+        **kwargs: optimizer-specific options (``decay`` for rmsprop, ``beta1``/``beta2`` ...).
+
+    Returns:
+        The optimizer.
+
+    Raises:
+        ValueError: unknown optimizer or filter (the message lists the valid ones), or invalid values.
+    """
+    name = opt.lower()
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer '{opt}'; valid: {', '.join(list_optimizers())}")
+    if weight_decay_filter not in WEIGHT_DECAY_FILTERS:
+        raise ValueError(f"unknown weight_decay_filter '{weight_decay_filter}'; valid: {', '.join(WEIGHT_DECAY_FILTERS)}")
+    if loss_scale <= 0:
+        raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
+    info = OPTIMIZERS[name]
+    no_wd: Sequence[str] = ()
+    if isinstance(model_or_params, nn.Cell):
+        if hasattr(model_or_params, "no_weight_decay"):
+            no_wd = list(model_or_params.no_weight_decay())
+        params = model_or_params.trainable_params()
+    else:
+        params = list(model_or_params)
+    is_groups = bool(params) and isinstance(params[0], dict)
+    if is_groups or weight_decay_filter == "auto":
+        groups, optimizer_wd = params, weight_decay  # groups pass through; "auto": MindSpore's name filter
+    elif weight_decay_filter == "disable":
+        groups, optimizer_wd = [{"params": params, "weight_decay": weight_decay}, {"order_params": params}], 0.0
+    else:
+        groups, optimizer_wd = param_groups_weight_decay(params, weight_decay, no_wd), 0.0
+    if eps is None:
+        eps = info.default_eps
+    lr_value = ms.Tensor(np.asarray(lr, np.float32)) if isinstance(lr, (list, tuple, np.ndarray)) else lr
+    optimizer = info.build(groups, lr_value, momentum, nesterov, eps, loss_scale, weight_decay=optimizer_wd, **kwargs)
+    if checkpoint_path:
+        _restore_state(optimizer, checkpoint_path)
+    return optimizer
+
+
+def _restore_state(optimizer: nn.Optimizer, path: str) -> None:
+    from ..models.checkpoint import CheckpointError, read_checkpoint
+
+    tensors, _ = read_checkpoint(path)
+    state = {k[len("optimizer.") :] if k.startswith("optimizer.") else k: v for k, v in tensors.items()}
+    names = [p.name for p in optimizer.get_parameters() if p.name not in state and not p.name.startswith("learning_rate")]
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise CheckpointError(f"'{os.path.basename(path)}' has no optimizer state for {len(missing)} tensors, e.g. {missing[:3]}")
+    for p in optimizer.get_parameters():
+        if p.name in state:
+            p.set_data(ms.Tensor(state[p.name], p.dtype))
