@@ -22,7 +22,9 @@ class CrossEntropySmooth(nn.Cell):
         weight: per-class weights ``(C,)``.
     """
 
-    def __init__(self, smoothing: float = 0.0, aux_factor: float = 0.0, reduction: str = "mean", weight: Optional[Tensor] = None) -> None:
+    def __init__(
+        self, smoothing: float = 0.0, aux_factor: float = 0.0, reduction: str = "mean", weight: Optional[Tensor] = None
+    ) -> None:
         super().__init__()
         self.smoothing = smoothing
         self.aux_factor = aux_factor
@@ -36,7 +38,12 @@ class CrossEntropySmooth(nn.Cell):
                 return loss.mean()
             return loss.sum() if self.reduction == "sum" else loss
         return ops.cross_entropy(
-            logits, labels, weight=self.weight, ignore_index=-1, reduction=self.reduction, label_smoothing=self.smoothing
+            logits,
+            labels,
+            weight=self.weight,
+            ignore_index=-1,
+            reduction=self.reduction,
+            label_smoothing=self.smoothing,
         )
 
     def construct(self, logits: Union[Tensor, Tuple[Tensor, ...]], labels: Tensor) -> Tensor:
@@ -60,7 +67,12 @@ class BinaryCrossEntropySmooth(nn.Cell):
     """
 
     def __init__(
-        self, smoothing: float = 0.0, aux_factor: float = 0.0, reduction: str = "mean", weight: Optional[Tensor] = None, pos_weight: Optional[Tensor] = None
+        self,
+        smoothing: float = 0.0,
+        aux_factor: float = 0.0,
+        reduction: str = "mean",
+        weight: Optional[Tensor] = None,
+        pos_weight: Optional[Tensor] = None,
     ) -> None:
         super().__init__()
         self.smoothing = smoothing
@@ -72,11 +84,15 @@ class BinaryCrossEntropySmooth(nn.Cell):
     def _one(self, logits: Tensor, labels: Tensor) -> Tensor:
         num_classes = logits.shape[-1]
         if labels.ndim != logits.ndim:
-            labels = ops.one_hot(labels.astype("int32"), num_classes, Tensor(1.0, logits.dtype), Tensor(0.0, logits.dtype))
+            labels = ops.one_hot(
+                labels.astype("int32"), num_classes, Tensor(1.0, logits.dtype), Tensor(0.0, logits.dtype)
+            )
         labels = labels.astype(logits.dtype)
         if self.smoothing > 0:
             labels = labels * (1.0 - self.smoothing) + self.smoothing / num_classes
-        return ops.binary_cross_entropy_with_logits(logits, labels, weight=self.weight, pos_weight=self.pos_weight, reduction=self.reduction)
+        return ops.binary_cross_entropy_with_logits(
+            logits, labels, weight=self.weight, pos_weight=self.pos_weight, reduction=self.reduction
+        )
 
     def construct(self, logits: Union[Tensor, Tuple[Tensor, ...]], labels: Tensor) -> Tensor:
         if isinstance(logits, (tuple, list)):
@@ -88,7 +104,11 @@ class BinaryCrossEntropySmooth(nn.Cell):
 
 
 def create_loss(
-    name: str = "CE", weight: Optional[Tensor] = None, reduction: str = "mean", label_smoothing: float = 0.0, aux_factor: float = 0.0
+    name: str = "CE",
+    weight: Optional[Tensor] = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    aux_factor: float = 0.0,
 ) -> nn.Cell:
     """Create a classification loss.
 

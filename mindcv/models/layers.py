@@ -17,6 +17,7 @@ __all__ = [
     "create_conv2d",
     "bn_momentum_from_torch",
     "make_norm_layer",
+    "Dropout",
     "DropPath",
     "SqueezeExcite",
     "ConvBnAct",
@@ -87,19 +88,49 @@ def make_norm_layer(momentum: float = 0.99, eps: float = 1e-3) -> Callable[[int]
     return partial(nn.BatchNorm2d, momentum=momentum, eps=eps)
 
 
-class DropPath(nn.Cell):
+class Dropout(nn.Cell):
+    """Dropout whose randomness can be supplied by the caller.
+
+    With ``noise`` (uniform [0, 1) values of the output's leading shape) the mask is ``noise >= p``:
+    the training loop draws the noise from a generator seeded by (seed, global step), which makes
+    dropout identical in GRAPH and PYNATIVE mode and exactly reproducible after a resume (MindSpore's
+    dropout kernels keep a hidden RNG state that cannot be saved). Without noise it is ``nn.Dropout``.
+
+    Args:
+        p: drop probability.
+        per_sample: drop whole samples (stochastic depth, mask ``(N, 1, 1, 1)``) instead of elements.
+    """
+
+    def __init__(self, p: float = 0.0, per_sample: bool = False) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop probability must be in [0, 1), got {p}")
+        self.p = float(p)
+        self.per_sample = per_sample
+        self.dropout = nn.Dropout(p=self.p)
+
+    def construct(self, x: Tensor, noise: Tensor = None) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if noise is None:
+            if self.per_sample:
+                return x * self.dropout(ops.ones((x.shape[0], 1, 1, 1), x.dtype))
+            return self.dropout(x)
+        keep = (noise >= self.p).astype(x.dtype) / (1.0 - self.p)
+        if self.per_sample:
+            keep = keep.reshape((x.shape[0], 1, 1, 1))
+        return x * keep
+
+
+class DropPath(Dropout):
     """Stochastic depth: drops the residual branch per sample with probability ``drop_prob``."""
 
     def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-        self.dropout = nn.Dropout(p=self.drop_prob)
+        super().__init__(drop_prob, per_sample=True)
 
-    def construct(self, x: Tensor) -> Tensor:
-        if not self.training or self.drop_prob == 0.0:
-            return x
-        mask = self.dropout(ops.ones((x.shape[0], 1, 1, 1), x.dtype))
-        return x * mask
+    @property
+    def drop_prob(self) -> float:
+        return self.p
 
 
 class SqueezeExcite(nn.Cell):
@@ -125,7 +156,8 @@ class _Block(nn.Cell):
         super().__init__()
         self.in_chs, self.out_chs, self.stride = in_chs, out_chs, stride
         self.has_skip = stride == 1 and in_chs == out_chs and not noskip
-        self.drop_path = DropPath(drop_path_rate) if self.has_skip and drop_path_rate > 0 else nn.Identity()
+        self.drop_path_prob = drop_path_rate if self.has_skip else 0.0
+        self.drop_path = DropPath(self.drop_path_prob)
 
     @staticmethod
     def _make_se(chs: int, in_chs: int, se_ratio: float, act_layer) -> nn.Cell:
@@ -133,9 +165,9 @@ class _Block(nn.Cell):
             return nn.Identity()
         return SqueezeExcite(chs, se_channels(in_chs, se_ratio), act_layer)
 
-    def _residual(self, x: Tensor, shortcut: Tensor) -> Tensor:
+    def _residual(self, x: Tensor, shortcut: Tensor, noise: Tensor = None) -> Tensor:
         if self.has_skip:
-            return self.drop_path(x) + shortcut
+            return self.drop_path(x, noise) + shortcut
         return x
 
 
@@ -162,9 +194,9 @@ class ConvBnAct(_Block):
         self.act1 = act_layer()
         self.se = self._make_se(out_chs, in_chs, se_ratio, act_layer)
 
-    def construct(self, x: Tensor) -> Tensor:
+    def construct(self, x: Tensor, noise: Tensor = None) -> Tensor:
         out = self.se(self.act1(self.bn1(self.conv(x))))
-        return self._residual(out, x)
+        return self._residual(out, x, noise)
 
 
 class DepthwiseSeparableConv(_Block):
@@ -192,10 +224,10 @@ class DepthwiseSeparableConv(_Block):
         self.conv_pw = create_conv2d(in_chs, out_chs, 1, pad_type=pad_type)
         self.bn2 = norm_layer(out_chs)
 
-    def construct(self, x: Tensor) -> Tensor:
+    def construct(self, x: Tensor, noise: Tensor = None) -> Tensor:
         out = self.se(self.act1(self.bn1(self.conv_dw(x))))
         out = self.bn2(self.conv_pw(out))
-        return self._residual(out, x)
+        return self._residual(out, x, noise)
 
 
 class InvertedResidual(_Block):
@@ -230,11 +262,11 @@ class InvertedResidual(_Block):
         self.conv_pwl = create_conv2d(mid_chs, out_chs, 1, pad_type=pad_type)
         self.bn3 = norm_layer(out_chs)
 
-    def construct(self, x: Tensor) -> Tensor:
+    def construct(self, x: Tensor, noise: Tensor = None) -> Tensor:
         out = self.act1(self.bn1(self.conv_pw(x)))
         out = self.se(self.act2(self.bn2(self.conv_dw(out))))
         out = self.bn3(self.conv_pwl(out))
-        return self._residual(out, x)
+        return self._residual(out, x, noise)
 
 
 BLOCK_CLASSES = {"cn": ConvBnAct, "ds": DepthwiseSeparableConv, "ir": InvertedResidual}

@@ -15,7 +15,7 @@ from mindspore import Tensor, nn
 from mindspore.common import initializer as init
 
 from .arch import ArchDef, BlockArgs, decode_arch_def, encode_arch_def, parse_arch_string, round_channels
-from .layers import BLOCK_CLASSES, create_conv2d, make_norm_layer
+from .layers import BLOCK_CLASSES, Dropout, create_conv2d, make_norm_layer
 from .pretrained import MINDCV_BN_EPS, TORCH_BN_EPS, PretrainedCfg
 from .registry import register_model
 
@@ -123,7 +123,7 @@ class MnasNet(nn.Cell):
         self.conv_head = create_conv2d(head_in, num_features, 1, pad_type=pad_type)
         self.bn2 = norm_layer(num_features)
         self.act2 = nn.ReLU()
-        self.dropout = nn.Dropout(p=drop_rate) if drop_rate > 0 else nn.Identity()
+        self.dropout = Dropout(drop_rate)
         self.classifier = nn.Dense(num_features, num_classes) if num_classes > 0 else nn.Identity()
         self._initialize_weights()
 
@@ -167,24 +167,42 @@ class MnasNet(nn.Cell):
         else:
             self.classifier = nn.Identity()
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Stem, stages and head conv; returns the unpooled ``(N, num_features, H/32, W/32)`` map."""
+    @property
+    def noise_width(self) -> int:
+        """Columns of the ``noise`` input: ``num_features`` for the head dropout, then one per block."""
+        return self.num_features + sum(len(stage) for stage in self.blocks)
+
+    def forward_features(self, x: Tensor, noise: Tensor = None) -> Tensor:
+        """Stem, stages and head conv; returns the unpooled ``(N, num_features, H/32, W/32)`` map.
+
+        Args:
+            x: images ``(N, C, H, W)``.
+            noise: optional ``(N, noise_width)`` uniform [0, 1) values driving dropout / drop-path in
+                training (see :class:`~mindcv.models.layers.Dropout`); ``None`` uses MindSpore's RNG.
+        """
         x = self.act1(self.bn1(self.conv_stem(x)))
-        x = self.blocks(x)
+        if noise is None:
+            x = self.blocks(x)
+        else:
+            column = self.num_features
+            for stage in self.blocks:
+                for block in stage:
+                    x = block(x, noise[:, column])
+                    column += 1
         x = self.act2(self.bn2(self.conv_head(x)))
         return x
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def forward_head(self, x: Tensor, pre_logits: bool = False, noise: Tensor = None) -> Tensor:
         """Global average pool -> dropout -> classifier; ``pre_logits`` stops before the classifier."""
         x = x.mean(axis=(2, 3))
-        x = self.dropout(x)
+        x = self.dropout(x, None if noise is None else noise[:, : self.num_features])
         if pre_logits:
             return x
         return self.classifier(x)
 
-    def construct(self, x: Tensor) -> Tensor:
-        x = self.forward_features(x)
-        x = self.forward_head(x)
+    def construct(self, x: Tensor, noise: Tensor = None) -> Tensor:
+        x = self.forward_features(x, noise)
+        x = self.forward_head(x, noise=noise)
         return x
 
 

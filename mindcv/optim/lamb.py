@@ -11,7 +11,9 @@ __all__ = ["Lamb"]
 _lamb_update = ops.MultitypeFuncGraph("lamb_update")
 
 
-@_lamb_update.register("Number", "Number", "Number", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
+@_lamb_update.register(
+    "Number", "Number", "Number", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor"
+)
 def _update(beta1, beta2, eps, lr, step, weight_decay, param, m, v, grad):
     grad = grad.astype(param.dtype)
     new_m = beta1 * m + (1.0 - beta1) * grad
@@ -64,10 +66,20 @@ class Lamb(nn.Optimizer):
         step = self.global_step.astype(ms.float32)
         if self.is_group_lr:
             return self.hyper_map(
-                ops.partial(_lamb_update, self.beta1, self.beta2, self.eps), lr, (step,) * len(self._parameters),
-                self.decoupled_wd, self._parameters, self.moments1, self.moments2, gradients,
+                ops.partial(_lamb_update, self.beta1, self.beta2, self.eps),
+                lr,
+                (step,) * len(self._parameters),
+                self.decoupled_wd,
+                self._parameters,
+                self.moments1,
+                self.moments2,
+                gradients,
             )
         return self.hyper_map(
             ops.partial(_lamb_update, self.beta1, self.beta2, self.eps, lr, step),
-            self.decoupled_wd, self._parameters, self.moments1, self.moments2, gradients,
+            self.decoupled_wd,
+            self._parameters,
+            self.moments1,
+            self.moments2,
+            gradients,
         )

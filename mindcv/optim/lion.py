@@ -57,8 +57,17 @@ class Lion(nn.Optimizer):
         self.assignadd(self.global_step, self.global_step_increase_tensor)
         if self.is_group_lr:
             return self.hyper_map(
-                ops.partial(_lion_update, self.beta1, self.beta2), lr, self.decoupled_wd, self._parameters, self.moments, gradients
+                ops.partial(_lion_update, self.beta1, self.beta2),
+                lr,
+                self.decoupled_wd,
+                self._parameters,
+                self.moments,
+                gradients,
             )
         return self.hyper_map(
-            ops.partial(_lion_update, self.beta1, self.beta2, lr), self.decoupled_wd, self._parameters, self.moments, gradients
+            ops.partial(_lion_update, self.beta1, self.beta2, lr),
+            self.decoupled_wd,
+            self._parameters,
+            self.moments,
+            gradients,
         )

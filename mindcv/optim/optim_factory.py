@@ -13,7 +13,14 @@ from mindspore import Parameter, nn
 from .lamb import Lamb
 from .lion import Lion
 
-__all__ = ["create_optimizer", "OptimInfo", "OPTIMIZERS", "list_optimizers", "WEIGHT_DECAY_FILTERS", "param_groups_weight_decay"]
+__all__ = [
+    "create_optimizer",
+    "OptimInfo",
+    "OPTIMIZERS",
+    "list_optimizers",
+    "WEIGHT_DECAY_FILTERS",
+    "param_groups_weight_decay",
+]
 
 _logger = logging.getLogger(__name__)
 WEIGHT_DECAY_FILTERS = ("disable", "auto", "norm_and_bias")
@@ -59,11 +66,15 @@ def _nesterov(params, lr, momentum, nesterov, eps, loss_scale, **kw):
 
 def _rmsprop(params, lr, momentum, nesterov, eps, loss_scale, decay=0.9, **kw):
     # TF semantics (eps inside the square root, accumulator initialised to 1): the MnasNet recipe
-    return nn.RMSProp(params, learning_rate=lr, decay=decay, momentum=momentum, epsilon=eps, loss_scale=loss_scale, **kw)
+    return nn.RMSProp(
+        params, learning_rate=lr, decay=decay, momentum=momentum, epsilon=eps, loss_scale=loss_scale, **kw
+    )
 
 
 def _adam(params, lr, momentum, nesterov, eps, loss_scale, beta1=0.9, beta2=0.999, **kw):
-    return nn.Adam(params, learning_rate=lr, beta1=beta1, beta2=beta2, eps=eps, use_nesterov=nesterov, loss_scale=loss_scale, **kw)
+    return nn.Adam(
+        params, learning_rate=lr, beta1=beta1, beta2=beta2, eps=eps, use_nesterov=nesterov, loss_scale=loss_scale, **kw
+    )
 
 
 def _adamw(params, lr, momentum, nesterov, eps, loss_scale, beta1=0.9, beta2=0.999, **kw):
@@ -105,7 +116,9 @@ def list_optimizers() -> List[str]:
     return sorted(OPTIMIZERS)
 
 
-def param_groups_weight_decay(params: Sequence[Parameter], weight_decay: float, no_weight_decay: Sequence[str] = ()) -> List[dict]:
+def param_groups_weight_decay(
+    params: Sequence[Parameter], weight_decay: float, no_weight_decay: Sequence[str] = ()
+) -> List[dict]:
     """Two groups: decayed parameters, and 1-D ones (BN gamma/beta, biases) plus named exceptions without decay.
 
     The decision is by rank, not by name, so it holds for any layer naming.
@@ -162,7 +175,9 @@ def create_optimizer(
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer '{opt}'; valid: {', '.join(list_optimizers())}")
     if weight_decay_filter not in WEIGHT_DECAY_FILTERS:
-        raise ValueError(f"unknown weight_decay_filter '{weight_decay_filter}'; valid: {', '.join(WEIGHT_DECAY_FILTERS)}")
+        raise ValueError(
+            f"unknown weight_decay_filter '{weight_decay_filter}'; valid: {', '.join(WEIGHT_DECAY_FILTERS)}"
+        )
     if loss_scale <= 0:
         raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
     info = OPTIMIZERS[name]
@@ -194,10 +209,14 @@ def _restore_state(optimizer: nn.Optimizer, path: str) -> None:
 
     tensors, _ = read_checkpoint(path)
     state = {k[len("optimizer.") :] if k.startswith("optimizer.") else k: v for k, v in tensors.items()}
-    names = [p.name for p in optimizer.get_parameters() if p.name not in state and not p.name.startswith("learning_rate")]
+    names = [
+        p.name for p in optimizer.get_parameters() if p.name not in state and not p.name.startswith("learning_rate")
+    ]
     missing = [n for n in names if n not in state]
     if missing:
-        raise CheckpointError(f"'{os.path.basename(path)}' has no optimizer state for {len(missing)} tensors, e.g. {missing[:3]}")
+        raise CheckpointError(
+            f"'{os.path.basename(path)}' has no optimizer state for {len(missing)} tensors, e.g. {missing[:3]}"
+        )
     for p in optimizer.get_parameters():
         if p.name in state:
             p.set_data(ms.Tensor(state[p.name], p.dtype))

@@ -45,7 +45,9 @@ def _linear(start_factor: float, end_factor: float, total_iters: int, lr: float)
     return lambda e: lr * (start_factor + (end_factor - start_factor) * min(e, total_iters) / total_iters)
 
 
-def linear_lr(start_factor: float, end_factor: float, total_iters: int, *, lr: float, steps_per_epoch: int, epochs: int) -> List[float]:
+def linear_lr(
+    start_factor: float, end_factor: float, total_iters: int, *, lr: float, steps_per_epoch: int, epochs: int
+) -> List[float]:
     """Linear factor from ``start_factor`` to ``end_factor`` over ``total_iters`` epochs (per epoch)."""
     return _per_epoch(_linear(start_factor, end_factor, total_iters, lr), steps_per_epoch, epochs)
 
@@ -66,7 +68,9 @@ def polynomial_lr(total_iters: int, power: float, *, lr: float, steps_per_epoch:
     return _per_epoch(_polynomial(total_iters, power, lr), steps_per_epoch, epochs)
 
 
-def polynomial_refined_lr(total_iters: int, power: float, *, lr: float, steps_per_epoch: int, epochs: int) -> List[float]:
+def polynomial_refined_lr(
+    total_iters: int, power: float, *, lr: float, steps_per_epoch: int, epochs: int
+) -> List[float]:
     """Like :func:`polynomial_lr`, updated every step."""
     return _per_step(_polynomial(total_iters, power, lr), steps_per_epoch, epochs)
 
@@ -89,13 +93,17 @@ def step_lr(step_size: float, gamma: float, *, lr: float, steps_per_epoch: int, 
     return _per_step(lambda e: lr * gamma ** math.floor(e / step_size + 1e-9), steps_per_epoch, epochs)
 
 
-def multi_step_lr(milestones: Sequence[int], gamma: float, *, lr: float, steps_per_epoch: int, epochs: int) -> List[float]:
+def multi_step_lr(
+    milestones: Sequence[int], gamma: float, *, lr: float, steps_per_epoch: int, epochs: int
+) -> List[float]:
     """``lr * gamma ** (number of milestones <= e)`` (per epoch)."""
     marks = sorted(milestones)
     return _per_epoch(lambda e: lr * gamma ** sum(1 for m in marks if e >= m), steps_per_epoch, epochs)
 
 
-def _cosine_decay(decay_epochs: int, eta_min: float, eta_max: float, num_cycles: int, cycle_decay: float) -> Callable[[float], float]:
+def _cosine_decay(
+    decay_epochs: int, eta_min: float, eta_max: float, num_cycles: int, cycle_decay: float
+) -> Callable[[float], float]:
     def fn(e: float) -> float:
         cycle = int(e // decay_epochs)
         if cycle >= num_cycles:
@@ -136,14 +144,18 @@ def cosine_decay_refined_lr(
     return _per_step(_cosine_decay(decay_epochs, eta_min, eta_max, num_cycles, cycle_decay), steps_per_epoch, epochs)
 
 
-def cosine_annealing_lr(t_max: int, eta_min: float, *, eta_max: float, steps_per_epoch: int, epochs: int) -> List[float]:
+def cosine_annealing_lr(
+    t_max: int, eta_min: float, *, eta_max: float, steps_per_epoch: int, epochs: int
+) -> List[float]:
     """PyTorch's closed form ``eta_min + (eta_max - eta_min) (1 + cos(pi e / t_max)) / 2`` (per epoch)."""
     return _per_epoch(
         lambda e: eta_min + (eta_max - eta_min) * (1.0 + math.cos(math.pi * e / t_max)) / 2.0, steps_per_epoch, epochs
     )
 
 
-def cosine_annealing_warm_restarts_lr(te: int, tm: int, eta_min: float, *, eta_max: float, steps_per_epoch: int, epochs: int) -> List[float]:
+def cosine_annealing_warm_restarts_lr(
+    te: int, tm: int, eta_min: float, *, eta_max: float, steps_per_epoch: int, epochs: int
+) -> List[float]:
     """SGDR: cosine cycles of ``te``, ``te*tm``, ``te*tm^2`` ... epochs, updated every step."""
 
     def fn(e: float) -> float:

@@ -71,7 +71,11 @@ def create_scheduler(
             raise ValueError(f"scheduler '{name}' has its own ramp-up; set warmup_epochs to 0")
         if name == "one_cycle":
             return dynamic_lr.one_cycle_lr(
-                lr, div_factor=25.0, final_div_factor=lr / 25.0 / min_lr, steps_per_epoch=steps_per_epoch, epochs=num_epochs
+                lr,
+                div_factor=25.0,
+                final_div_factor=lr / 25.0 / min_lr,
+                steps_per_epoch=steps_per_epoch,
+                epochs=num_epochs,
             )
         half = max(1, steps_per_epoch * num_epochs // (2 * num_cycles))
         return dynamic_lr.cyclic_lr(min_lr, lr, half, half, steps_per_epoch=steps_per_epoch, epochs=num_epochs)

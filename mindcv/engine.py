@@ -1,0 +1,206 @@
+"""The training and evaluation loops used by ``train.py`` and ``validate.py``."""
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from .utils.ema import EMA
+from .utils.train_step import TrainStep
+
+__all__ = ["EvalStep", "evaluate", "train_one_epoch", "make_noise", "NonFiniteLossError", "EpochResult"]
+
+_logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def make_noise(seed: int, global_step: int, rank: int, batch: int, width: int) -> Tensor:
+    """Uniform [0, 1) dropout noise for one step, a pure function of (seed, step, rank)."""
+    rng = np.random.default_rng([seed, global_step, rank])
+    return Tensor(rng.random((batch, width), dtype=np.float32))
+
+
+class EvalStep(nn.Cell):
+    """Per-batch sums for exact metrics: loss sum, top-1 hits, top-k hits, number of valid samples.
+
+    Labels of -1 (unreadable images in evaluation) are ignored, so every rank counts only real samples
+    and summing over ranks reproduces single-process metrics exactly.
+    """
+
+    def __init__(self, network: nn.Cell, topk: int = 5) -> None:
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.topk = topk
+
+    def construct(self, images: Tensor, labels: Tensor):
+        logits = self.network(images).astype(ms.float32)
+        valid = labels >= 0
+        safe = ops.select(valid, labels, ops.zeros_like(labels))
+        weight = valid.astype(ms.float32)
+        loss = ops.cross_entropy(logits, safe, reduction="none")
+        _, top = ops.topk(logits, self.topk)
+        hits = top == safe.reshape((-1, 1))
+        top1 = hits[:, 0].astype(ms.float32) * weight
+        topk = hits.any(axis=1).astype(ms.float32) * weight
+        return (loss * weight).sum(), top1.sum(), topk.sum(), weight.sum()
+
+
+def evaluate(
+    network: nn.Cell,
+    loader,
+    num_classes: int,
+    reduce_fn: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    progress: bool = True,
+    desc: str = "validate",
+    eval_step: Optional[EvalStep] = None,
+) -> Dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy over a loader.
+
+    Args:
+        network: the model (set to inference mode here).
+        loader: batches of ``(images, int labels)``.
+        num_classes: for top-k (k = min(5, num_classes)).
+        reduce_fn: sums a ``float64`` vector over ranks in distributed evaluation.
+        progress: show a progress bar.
+        desc: progress-bar label.
+        eval_step: a compiled :class:`EvalStep` of ``network`` to reuse (saves a graph compile per call).
+
+    Returns:
+        ``{"top1", "top5", "loss", "num_samples"}``.
+    """
+    network.set_train(False)
+    step = eval_step or EvalStep(network, topk=min(5, num_classes))
+    sums = np.zeros(4, np.float64)
+    total = loader.get_dataset_size()
+    for images, labels in tqdm(
+        loader.create_tuple_iterator(num_epochs=1), total=total, desc=desc, disable=not progress, leave=False
+    ):
+        sums += np.array([float(v.asnumpy()) for v in step(images, labels)], np.float64)
+    if reduce_fn is not None:
+        sums = reduce_fn(sums)
+    count = sums[3]
+    if count == 0:
+        raise RuntimeError("evaluation saw no readable samples")
+    return {
+        "top1": 100.0 * sums[1] / count,
+        "top5": 100.0 * sums[2] / count,
+        "loss": sums[0] / count,
+        "num_samples": int(count),
+    }
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    lr: float
+    images_per_second: float
+    seconds: float
+    skipped_steps: int = 0
+    losses: List[float] = field(default_factory=list)
+
+
+def train_one_epoch(
+    step: TrainStep,
+    loader,
+    epoch: int,
+    num_epochs: int,
+    global_step: int,
+    lr_schedule: List[float],
+    seed: int,
+    rank: int = 0,
+    ema: Optional[EMA] = None,
+    noise_width: int = 0,
+    log_interval: int = 100,
+    progress: bool = True,
+    accumulation_cells=None,
+) -> EpochResult:
+    """Run one epoch of optimizer steps.
+
+    Args:
+        step: the compiled train step.
+        loader: batches of ``(images, labels)``; the caller selects the epoch's data order first.
+        epoch: 0-based epoch (for display).
+        num_epochs: total epochs (for display).
+        global_step: optimizer steps done before this epoch (selects dropout noise and learning rate).
+        lr_schedule: per-optimizer-step learning rates (for display).
+        seed: run seed (dropout noise).
+        rank: process rank (dropout noise differs per rank, like the data).
+        ema: EMA updated after every optimizer step.
+        noise_width: columns of dropout noise the model consumes (0: the model has none).
+        log_interval: log a line every this many steps (besides the progress bar).
+        progress: show a tqdm bar.
+        accumulation_cells: ``make_accumulation_cells(step)`` output for gradient accumulation.
+
+    Returns:
+        Mean loss, last learning rate, throughput, time and the number of skipped (overflow) updates.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/Inf (the caller keeps the last good checkpoint).
+    """
+    step.set_train(True)
+    accumulate = step.accumulation_steps if accumulation_cells is not None else 1
+    batches = loader.get_dataset_size()
+    losses: List[float] = []
+    seen, skipped, micro = 0, 0, 0
+    start = time.perf_counter()
+    bar = tqdm(
+        total=batches, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress, dynamic_ncols=True, leave=False
+    )
+    for images, labels in loader.create_tuple_iterator(num_epochs=1):
+        batch = images.shape[0]
+        noise = make_noise(seed, global_step * accumulate + micro, rank, batch, max(noise_width, 1))
+        if accumulation_cells is None:
+            loss, finite, _ = step(images, labels, noise)
+            updated = True
+        else:
+            loss = accumulation_cells[0](images, labels, noise)
+            micro += 1
+            updated = micro == accumulate
+            finite = Tensor(True)
+            if updated:
+                finite, _ = accumulation_cells[1]()
+                micro = 0
+        value = float(loss.asnumpy())
+        if not math.isfinite(value):
+            bar.close()
+            raise NonFiniteLossError(f"loss is {value} at epoch {epoch + 1}, step {global_step + 1}")
+        losses.append(value)
+        seen += batch
+        if updated:
+            if not bool(finite.asnumpy()):
+                skipped += 1
+            if ema is not None:
+                ema()
+            global_step += 1
+        lr = lr_schedule[min(global_step, len(lr_schedule)) - 1] if global_step else lr_schedule[0]
+        elapsed = time.perf_counter() - start
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", img_s=f"{seen / elapsed:.1f}")
+        bar.update(1)
+        if log_interval and len(losses) % log_interval == 0:
+            _logger.info(
+                "epoch [%d/%d] step [%d/%d] loss %.5f lr %.6f %.1f img/s",
+                epoch + 1,
+                num_epochs,
+                len(losses),
+                batches,
+                value,
+                lr,
+                seen / elapsed,
+            )
+    bar.close()
+    seconds = time.perf_counter() - start
+    if not losses:
+        raise RuntimeError(
+            "the training loader produced no batches (dataset smaller than one batch with drop_remainder?)"
+        )
+    return EpochResult(float(np.mean(losses)), lr, seen / seconds, seconds, skipped, losses)
