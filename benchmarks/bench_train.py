@@ -24,7 +24,9 @@ def measure(model_name: str, mode: int, batch: int, size: int, steps: int) -> di
     ms.set_context(mode=mode)
     ms.set_seed(0)
     model = create_model(model_name)
-    step = TrainStep(NetWithLoss(model, create_loss("CE", label_smoothing=0.1)), create_optimizer(model, "rmsprop", lr=0.01))
+    step = TrainStep(
+        NetWithLoss(model, create_loss("CE", label_smoothing=0.1)), create_optimizer(model, "rmsprop", lr=0.01)
+    )
     step.set_train(True)
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.standard_normal((batch, 3, size, size)).astype(np.float32))
@@ -54,7 +56,8 @@ def main() -> None:
     pynative = measure(args.model, ms.PYNATIVE_MODE, args.batch, args.size, args.steps)
     print(f"{args.model} training step, batch {args.batch}, {args.size}x{args.size}, fp32, RMSProp, CPU")
     for name, r in (("GRAPH", graph), ("PYNATIVE", pynative)):
-        print(f"  {name:9s} first step {r['first_s']:.1f} s, steady {r['median_s']:.2f} s/step = {r['img_per_s']:.1f} img/s")
+        steady = f"steady {r['median_s']:.2f} s/step = {r['img_per_s']:.1f} img/s"
+        print(f"  {name:9s} first step {r['first_s']:.1f} s, {steady}")
     print(f"  graph compile (first step minus a steady step): {graph['first_s'] - graph['median_s']:.1f} s")
     print(f"  GRAPH / PYNATIVE throughput: {graph['img_per_s'] / pynative['img_per_s']:.2f}x")
 
