@@ -73,6 +73,7 @@ def main(args) -> int:
         num_aug_repeats=args.aug_repeats,
         strict=args.strict_data,
         is_training=True,
+        block_size=args.batch_size,  # rank r trains on micro-batch r of each global batch
         **common,
     )
     num_classes = args.num_classes or train_set.num_classes()
@@ -122,6 +123,7 @@ def main(args) -> int:
         )
 
     # model, loss, schedule, optimizer, train step
+    set_seed(args.seed)  # initial weights depend on nothing but the seed (identical on every rank and launcher)
     model = create_model(
         args.model,
         num_classes=num_classes,
@@ -206,6 +208,16 @@ def main(args) -> int:
     start_epoch, global_step, manager_best = 0, 0, None
     if args.resume:
         start_epoch, global_step, manager_best = resume(args.ckpt_path, model, optimizer, ema, step)
+        if global_step != start_epoch * steps_per_epoch:
+            # resumed with another number of devices / batch: continue the schedule at the epoch boundary
+            logger.info(
+                "steps per epoch changed (%d steps after %d epochs); continuing the schedule at step %d",
+                global_step,
+                start_epoch,
+                start_epoch * steps_per_epoch,
+            )
+            global_step = start_epoch * steps_per_epoch
+            optimizer.global_step.set_data(ms.Tensor([global_step], optimizer.global_step.dtype))
         logger.info("resumed from %s: %d epochs, %d steps done", args.ckpt_path, start_epoch, global_step)
     manager = CheckpointManager(args.ckpt_save_policy, args.keep_checkpoint_max, args.ckpt_save_dir, args.model)
     manager.best_metric = manager_best
@@ -272,12 +284,13 @@ def main(args) -> int:
                 global_step,
                 lr_schedule,
                 args.seed,
-                runtime.rank,
-                ema,
-                getattr(model, "noise_width", 0),
-                args.log_interval,
-                progress,
-                accumulation_cells,
+                rank=runtime.rank,
+                group_size=runtime.group_size,
+                ema=ema,
+                noise_width=getattr(model, "noise_width", 0),
+                log_interval=args.log_interval,
+                progress=progress,
+                accumulation_cells=accumulation_cells,
             )
         except NonFiniteLossError as err:
             last = manager.saved[-1][0] if manager.saved else "none yet"

@@ -24,9 +24,14 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def make_noise(seed: int, global_step: int, rank: int, batch: int, width: int) -> Tensor:
-    """Uniform [0, 1) dropout noise for one step, a pure function of (seed, step, rank)."""
-    rng = np.random.default_rng([seed, global_step, rank])
+def make_noise(seed: int, block: int, batch: int, width: int) -> Tensor:
+    """Uniform [0, 1) dropout noise of one micro-batch, a pure function of (seed, micro-batch index).
+
+    The index counts micro-batches across ranks and accumulation steps (``step * ranks * accumulation
+    + rank * accumulation + micro``), so N ranks and one process accumulating N micro-batches draw the
+    same noise for the same samples.
+    """
+    rng = np.random.default_rng([seed, block])
     return Tensor(rng.random((batch, width), dtype=np.float32))
 
 
@@ -118,6 +123,7 @@ def train_one_epoch(
     lr_schedule: List[float],
     seed: int,
     rank: int = 0,
+    group_size: int = 1,
     ema: Optional[EMA] = None,
     noise_width: int = 0,
     log_interval: int = 100,
@@ -134,7 +140,8 @@ def train_one_epoch(
         global_step: optimizer steps done before this epoch (selects dropout noise and learning rate).
         lr_schedule: per-optimizer-step learning rates (for display).
         seed: run seed (dropout noise).
-        rank: process rank (dropout noise differs per rank, like the data).
+        rank: process rank (selects this rank's dropout noise, like its data).
+        group_size: number of ranks.
         ema: EMA updated after every optimizer step.
         noise_width: columns of dropout noise the model consumes (0: the model has none).
         log_interval: log a line every this many steps (besides the progress bar).
@@ -158,7 +165,8 @@ def train_one_epoch(
     )
     for images, labels in loader.create_tuple_iterator(num_epochs=1):
         batch = images.shape[0]
-        noise = make_noise(seed, global_step * accumulate + micro, rank, batch, max(noise_width, 1))
+        block = (global_step * group_size + rank) * accumulate + micro
+        noise = make_noise(seed, block, batch, max(noise_width, 1))
         if accumulation_cells is None:
             loss, finite, _ = step(images, labels, noise)
             updated = True

@@ -78,7 +78,8 @@ def create_dataset(
         download: fetch the official CIFAR/MNIST files (with MD5 check) if absent; ImageNet cannot be
             downloaded.
         num_aug_repeats: repeated augmentation factor (0/1 = off).
-        **kwargs: ``seed`` (int), ``strict`` (raise on the first unreadable image instead of skipping it),
+        **kwargs: ``seed`` (int), ``block_size`` (training shards take consecutive blocks of this many
+            samples, normally the per-device batch; see :class:`ShardSampler`), ``strict`` (raise on the first unreadable image instead of skipping it),
             ``is_training`` (default: ``split == "train"``; evaluation shards partition the data exactly
             and mark unreadable images with label -1 instead of replacing them), ``unreadable_log``
             (path of the unreadable-file log), ``python_multiprocessing`` (decode in processes).
@@ -93,6 +94,7 @@ def create_dataset(
     """
     name = (name or "").lower()
     seed = int(kwargs.pop("seed", 0))
+    block_size = int(kwargs.pop("block_size", 1))
     strict = bool(kwargs.pop("strict", False))
     is_training = bool(kwargs.pop("is_training", split == "train"))
     unreadable = UnreadableFiles(kwargs.pop("unreadable_log", None))
@@ -141,6 +143,7 @@ def create_dataset(
         pad=is_training,
         num_samples=num_samples,
         num_repeats=num_aug_repeats,
+        block_size=block_size if is_training else 1,
     )
     dataset = ds.GeneratorDataset(
         source,

@@ -32,6 +32,9 @@ class ShardSampler:
         num_repeats: repeated augmentation (DeiT): each sampled index appears ``num_repeats`` times in
             a row before sharding, so its copies land on different ranks (or in one batch on a single
             rank), and the epoch keeps its length.
+        block_size: shards take consecutive blocks of this many indices in turn (set it to the per-device
+            batch): step ``s`` of rank ``r`` then trains on block ``s * num_shards + r``, exactly the
+            micro-batch a single process accumulating ``num_shards`` micro-batches sees. 1 = strided.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class ShardSampler:
         pad: bool = True,
         num_samples: Optional[int] = None,
         num_repeats: int = 0,
+        block_size: int = 1,
     ) -> None:
         num_shards = num_shards or 1
         shard_id = shard_id or 0
@@ -60,6 +64,9 @@ class ShardSampler:
         self.shuffle, self.seed, self.pad = shuffle, seed, pad
         self.total = min(num_samples or dataset_size, dataset_size)
         self.num_repeats = num_repeats
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        self.block_size = int(block_size)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -90,8 +97,15 @@ class ShardSampler:
             if len(order) < needed:
                 order = np.resize(order, needed)  # wrap around
             order = order[:needed]
-            return order[self.shard_id :: self.num_shards][:per_shard].tolist()
-        return order[: self.total][self.shard_id :: self.num_shards].tolist()
+            return self._take(order)[:per_shard].tolist()
+        return self._take(order[: self.total]).tolist()
+
+    def _take(self, order: np.ndarray) -> np.ndarray:
+        """This shard's part of ``order``: every ``num_shards``-th block of ``block_size`` indices."""
+        if self.block_size == 1 or self.num_shards == 1:
+            return order[self.shard_id :: self.num_shards]
+        block = np.arange(len(order)) // self.block_size
+        return order[block % self.num_shards == self.shard_id]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices())

@@ -2,6 +2,9 @@
 
 import logging
 import os
+import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -10,7 +13,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, ops
 
-__all__ = ["Runtime", "init_runtime", "launched_by_cluster_tool"]
+__all__ = ["Runtime", "init_runtime", "launched_by_cluster_tool", "port_in_use"]
 
 _logger = logging.getLogger(__name__)
 
@@ -44,8 +47,12 @@ class Runtime:
         all_reduce = ops.AllReduce()
 
         def reduce(values: np.ndarray) -> np.ndarray:
-            # float64 keeps exact integer counts for any realistic dataset size
-            return all_reduce(Tensor(values.astype(np.float64))).asnumpy()
+            # the CPU AllReduce has no float64: send a float32 pair (value, rounding remainder) and add
+            # them back in float64, which keeps counts exact and sums to ~1e-14 relative precision
+            high = values.astype(np.float32)
+            low = (values - high.astype(np.float64)).astype(np.float32)
+            summed = all_reduce(Tensor(np.stack([high, low]))).asnumpy().astype(np.float64)
+            return summed[0] + summed[1]
 
         return reduce
 
@@ -88,11 +95,63 @@ def init_runtime(
             "`msrun --worker_num N --local_worker_num N python train.py ...` or scripts/run_distributed_*.sh "
             "(or drop --distribute for a single process)"
         )
+    if device_target == "CPU" and "OMPI_COMM_WORLD_SIZE" in os.environ and "MS_ROLE" not in os.environ:
+        _join_dynamic_cluster_from_mpi()
     from mindspore.communication import get_group_size, get_rank, init
 
     init()
     rank, size = get_rank(), get_group_size()
+    if device_target == "CPU":
+        # ranks on one host share its cores: one op thread pool per rank, not one per core per rank
+        local = int(os.environ.get("MS_LOCAL_WORKER_NUM") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or size)
+        ms.device_context.cpu.op_tuning.threads_num(max(1, (os.cpu_count() or 1) // max(1, local)))
     ms.reset_auto_parallel_context()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=size)
     _logger.info("joined data-parallel group: rank %d of %d", rank, size)
     return Runtime(device_target, mode, True, rank, size)
+
+
+_SCHEDULER = "import mindspore as ms; ms.set_device('CPU'); from mindspore.communication import init; init()"
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether ``host:port`` is already bound by another process."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _join_dynamic_cluster_from_mpi() -> None:
+    """Let ``mpirun -n N python train.py --distribute True`` work on the CPU.
+
+    MindSpore's CPU collectives (mccl) run on its dynamic cluster: N workers plus a scheduler process,
+    configured by ``MS_*`` variables. MPI rank r becomes worker r; rank 0 also starts the scheduler.
+    The scheduler address is ``MS_SCHED_HOST``/``MASTER_ADDR`` (default 127.0.0.1; on several nodes
+    pass the first node's address with ``mpirun -x MASTER_ADDR=...``) and ``MS_SCHED_PORT``/``MASTER_PORT``
+    (default 8118).
+    """
+    rank = int(os.environ["OMPI_COMM_WORLD_RANK"])
+    host = os.environ.get("MS_SCHED_HOST") or os.environ.get("MASTER_ADDR") or "127.0.0.1"
+    port = int(os.environ.get("MS_SCHED_PORT") or os.environ.get("MASTER_PORT") or 8118)
+    os.environ.update(
+        MS_SCHED_HOST=host,
+        MS_SCHED_PORT=str(port),
+        MS_WORKER_NUM=os.environ["OMPI_COMM_WORLD_SIZE"],
+        MS_ROLE="MS_WORKER",
+        MS_NODE_ID=str(rank),
+    )
+    if rank == 0:
+        if port_in_use("0.0.0.0", port):
+            raise RuntimeError(
+                f"scheduler port {port} is already in use: pass another one with MASTER_PORT=<free port>"
+            )
+        env = {**os.environ, "MS_ROLE": "MS_SCHED"}
+        env.pop("MS_NODE_ID", None)
+        subprocess.Popen(
+            [sys.executable, "-c", _SCHEDULER], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    _logger.info("mpirun rank %d joins MindSpore's dynamic cluster at %s:%d", rank, host, port)
