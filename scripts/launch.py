@@ -213,7 +213,8 @@ def main() -> int:
     if args.launcher == "msrun":
         if os.environ.get("NODE_RANK", "0") == "0" and port_in_use("0.0.0.0", args.master_port):
             sys.exit(
-                f"launch: port {args.master_port} is already in use (another job?); choose another with MASTER_PORT=<port>"
+                f"launch: port {args.master_port} is already in use (another job?); "
+                "choose another with MASTER_PORT=<port>"
             )
         for old in glob.glob(os.path.join(args.log_dir, "worker_*.log")):
             os.remove(old)  # stale logs of an earlier job would mislead the pid -> rank lookup

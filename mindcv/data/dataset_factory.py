@@ -79,7 +79,8 @@ def create_dataset(
             downloaded.
         num_aug_repeats: repeated augmentation factor (0/1 = off).
         **kwargs: ``seed`` (int), ``block_size`` (training shards take consecutive blocks of this many
-            samples, normally the per-device batch; see :class:`ShardSampler`), ``strict`` (raise on the first unreadable image instead of skipping it),
+            samples, normally the per-device batch; see :class:`ShardSampler`), ``strict`` (raise on the
+            first unreadable image instead of skipping it),
             ``is_training`` (default: ``split == "train"``; evaluation shards partition the data exactly
             and mark unreadable images with label -1 instead of replacing them), ``unreadable_log``
             (path of the unreadable-file log), ``python_multiprocessing`` (decode in processes).
