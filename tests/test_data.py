@@ -271,6 +271,16 @@ def test_train_shards_cover_everything_with_equal_lengths():
     assert set(sum(parts, [])) == set(range(11))
 
 
+@pytest.mark.parametrize("total, shards, block", [(1200, 2, 16), (11, 3, 2), (8, 2, 4)])
+def test_block_shards_have_equal_lengths_and_cover_everything(total, shards, block):
+    parts = [ShardSampler(total, shards, r, seed=1, block_size=block).indices() for r in range(shards)]
+    assert len({len(p) for p in parts}) == 1 and len(parts[0]) >= -(-total // shards)
+    assert len(parts[0]) % block == 0
+    assert set(sum(parts, [])) == set(range(total))
+    order = ShardSampler(total, seed=1).indices()  # one process: micro-batch m of step s is block s * shards + m
+    assert parts[1][:block] == order[block : 2 * block]
+
+
 def test_eval_shards_are_an_exact_partition(image_folder):
     full = sorted(
         int(r[1]) * 100 + i

@@ -85,14 +85,17 @@ class ShardSampler:
 
     def __len__(self) -> int:
         if self.pad:
-            return math.ceil(self.total / self.num_shards)
+            per_shard = math.ceil(self.total / self.num_shards)
+            if self.num_shards > 1 and self.block_size > 1:  # whole blocks for every shard
+                per_shard = math.ceil(per_shard / self.block_size) * self.block_size
+            return per_shard
         return len(range(self.shard_id, self.total, self.num_shards))
 
     def indices(self) -> List[int]:
         """This shard's indices for the current epoch."""
         order = self._epoch_order()
         if self.pad:
-            per_shard = math.ceil(self.total / self.num_shards)
+            per_shard = len(self)
             needed = per_shard * self.num_shards
             if len(order) < needed:
                 order = np.resize(order, needed)  # wrap around
