@@ -41,22 +41,71 @@ def main() -> None:
     args = parser.parse_args()
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
-    common = ["-c", os.path.join(REPO, "configs", "mnasnet", "quickstart_demo_cpu.yaml"), "--model", args.model,
-              "--image_resize", str(args.size), "--epoch_size", str(args.epochs), "--decay_epochs", str(args.epochs),
-              "--warmup_epochs", "0", "--val_while_train", "False", "--progress", "False", "--num_parallel_workers", "1"]
+    common = [
+        "-c",
+        os.path.join(REPO, "configs", "mnasnet", "quickstart_demo_cpu.yaml"),
+        "--model",
+        args.model,
+        "--image_resize",
+        str(args.size),
+        "--epoch_size",
+        str(args.epochs),
+        "--decay_epochs",
+        str(args.epochs),
+        "--warmup_epochs",
+        "0",
+        "--val_while_train",
+        "False",
+        "--progress",
+        "False",
+        "--num_parallel_workers",
+        "1",
+    ]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         single = os.path.join(tmp, "single")
-        subprocess.run([sys.executable, "train.py", *common, "--batch_size", str(args.batch), "--ckpt_save_dir", single],
-                       cwd=REPO, env=env, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "train.py", *common, "--batch_size", str(args.batch), "--ckpt_save_dir", single],
+            cwd=REPO,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         results[1] = _throughput(single, 1)
         dual = os.path.join(tmp, "dual")
-        subprocess.run([os.path.join(os.path.dirname(sys.executable), "msrun"), "--worker_num", "2", "--local_worker_num", "2",
-                        "--master_port", str(_free_port()), "--log_dir", os.path.join(tmp, "logs"), "--join", "True",
-                        "train.py", *common, "--distribute", "True", "--batch_size", str(args.batch // 2), "--ckpt_save_dir", dual],
-                       cwd=REPO, env=env, check=True, capture_output=True)
+        subprocess.run(
+            [
+                os.path.join(os.path.dirname(sys.executable), "msrun"),
+                "--worker_num",
+                "2",
+                "--local_worker_num",
+                "2",
+                "--master_port",
+                str(_free_port()),
+                "--log_dir",
+                os.path.join(tmp, "logs"),
+                "--join",
+                "True",
+                "train.py",
+                *common,
+                "--distribute",
+                "True",
+                "--batch_size",
+                str(args.batch // 2),
+                "--ckpt_save_dir",
+                dual,
+            ],
+            cwd=REPO,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         results[2] = _throughput(dual, 2)
-    cpu = re.sub(r"\s+", " ", open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": ")) if os.path.exists("/proc/cpuinfo") else "?"
+    cpu = (
+        re.sub(r"\s+", " ", open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": "))
+        if os.path.exists("/proc/cpuinfo")
+        else "?"
+    )
     print(f"{args.model} at {args.size}x{args.size}, global batch {args.batch}, {os.cpu_count()} CPUs ({cpu})")
     print(f"  1 worker : {results[1]:7.1f} img/s")
     print(f"  2 workers: {results[2]:7.1f} img/s  ({results[2] / results[1]:.2f}x)")

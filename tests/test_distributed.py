@@ -23,6 +23,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _msrun(script: str, log_dir: str, args) -> list:
+    """An msrun command line starting 2 local workers of ``script`` on a free port."""
+    return [
+        os.path.join(PY_BIN, "msrun"),
+        "--worker_num",
+        "2",
+        "--local_worker_num",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "--log_dir",
+        log_dir,
+        "--join",
+        "True",
+        script,
+        *args,
+    ]
+
+
 def _env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "OMPI_"))}
     env["PATH"] = PY_BIN + os.pathsep + env.get("PATH", "")
@@ -109,25 +130,7 @@ def runs(data, tmp_path_factory):
     out = {k: str(base / k) for k in ("msrun", "mpirun", "single")}
     logs = str(base / "msrun_logs")
     msrun = subprocess.run(
-        [
-            os.path.join(PY_BIN, "msrun"),
-            "--worker_num",
-            "2",
-            "--local_worker_num",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            "--log_dir",
-            logs,
-            "--join",
-            "True",
-            "--cluster_time_out",
-            "120",
-            "train.py",
-            *_train_args(data, out["msrun"], ("--distribute", "True", "--batch_size", "4")),
-        ],
+        _msrun("train.py", logs, [*_train_args(data, out["msrun"], ("--distribute", "True", "--batch_size", "4"))]),
         cwd=REPO,
         env=_env(),
         capture_output=True,
@@ -221,27 +224,11 @@ def test_two_process_evaluation_equals_single_process_exactly(runs, data, tmp_pa
     )
     assert single.returncode == 0, single.stderr[-2000:]
     dist = subprocess.run(
-        [
-            os.path.join(PY_BIN, "msrun"),
-            "--worker_num",
-            "2",
-            "--local_worker_num",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            "--log_dir",
-            str(tmp_path / "logs"),
-            "--join",
-            "True",
+        _msrun(
             "validate.py",
-            *args,
-            "--distribute",
-            "True",
-            "--result_file",
-            str(tmp_path / "dist.json"),
-        ],
+            str(tmp_path / "logs"),
+            [*args, "--distribute", "True", "--result_file", str(tmp_path / "dist.json")],
+        ),
         cwd=REPO,
         env=_env(),
         capture_output=True,

@@ -9,7 +9,22 @@ __all__ = ["create_loss", "LOSSES", "CrossEntropySmooth", "BinaryCrossEntropySmo
 LOSSES = ("ce", "bce")
 
 
-class CrossEntropySmooth(nn.Cell):
+class _ClassificationLoss(nn.Cell):
+    """Shared handling of auxiliary logits: a tuple ``(main, aux...)`` adds ``aux_factor`` x each aux loss."""
+
+    def _one(self, logits: Tensor, labels: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def construct(self, logits: Union[Tensor, Tuple[Tensor, ...]], labels: Tensor) -> Tensor:
+        if isinstance(logits, (tuple, list)):
+            loss = self._one(logits[0], labels)
+            for aux in logits[1:]:
+                loss = loss + self.aux_factor * self._one(aux, labels)
+            return loss
+        return self._one(logits, labels)
+
+
+class CrossEntropySmooth(_ClassificationLoss):
     """Cross-entropy with label smoothing for int labels ``(N,)`` or soft targets ``(N, C)``.
 
     Int labels of -1 (unreadable evaluation images) are ignored. A tuple of logits ``(main, aux...)``
@@ -46,16 +61,8 @@ class CrossEntropySmooth(nn.Cell):
             label_smoothing=self.smoothing,
         )
 
-    def construct(self, logits: Union[Tensor, Tuple[Tensor, ...]], labels: Tensor) -> Tensor:
-        if isinstance(logits, (tuple, list)):
-            loss = self._one(logits[0], labels)
-            for aux in logits[1:]:
-                loss = loss + self.aux_factor * self._one(aux, labels)
-            return loss
-        return self._one(logits, labels)
 
-
-class BinaryCrossEntropySmooth(nn.Cell):
+class BinaryCrossEntropySmooth(_ClassificationLoss):
     """Binary cross-entropy over one-hot (or soft) targets; int labels are one-hot encoded first.
 
     Args:
@@ -93,14 +100,6 @@ class BinaryCrossEntropySmooth(nn.Cell):
         return ops.binary_cross_entropy_with_logits(
             logits, labels, weight=self.weight, pos_weight=self.pos_weight, reduction=self.reduction
         )
-
-    def construct(self, logits: Union[Tensor, Tuple[Tensor, ...]], labels: Tensor) -> Tensor:
-        if isinstance(logits, (tuple, list)):
-            loss = self._one(logits[0], labels)
-            for aux in logits[1:]:
-                loss = loss + self.aux_factor * self._one(aux, labels)
-            return loss
-        return self._one(logits, labels)
 
 
 def create_loss(
