@@ -389,3 +389,14 @@ def test_demo_dataset_is_generated_once_and_learnable_shaped(tmp_path):
         open(os.path.join(other["root"], "train", "circle", "circle_0000.jpg"), "rb").read() == first
     )  # deterministic
     assert "demo" in list_datasets()
+
+
+def test_loader_reduces_workers_to_the_cpu_count(image_folder, caplog):
+    loader = create_loader(
+        create_dataset("imagenet", root=str(image_folder)),
+        6,
+        transform=create_transforms("imagenet", 32),
+        num_parallel_workers=64,
+    )
+    assert sum(len(b[1]) for b in _rows(loader)) == 18
+    assert any("exceeds this machine's" in r.message for r in caplog.records)

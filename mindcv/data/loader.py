@@ -1,6 +1,7 @@
 """``create_loader``: transforms, batching and batch-level MixUp / CutMix with soft targets."""
 
 import logging
+import os
 from typing import Any, List, Optional
 
 import mindspore as ms
@@ -47,7 +48,8 @@ def create_loader(
         num_classes: classes, for the one-hot soft targets.
         transform: image ops (default: ImageNet evaluation preprocessing, with a warning).
         target_transform: label ops (default: cast to int32).
-        num_parallel_workers: threads of the augmentation map (default 1; at most the CPU count).
+        num_parallel_workers: threads of the augmentation map (default 1; more than the CPU count is
+            reduced to it, with a warning).
         python_multiprocessing: run Python transforms in processes.
         separate: augmentation splits (JSD) are not supported: raises.
         label_smoothing: folded into the soft targets when MixUp/CutMix produce them (then the loss must
@@ -64,6 +66,11 @@ def create_loader(
     if not 0 <= label_smoothing < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     workers = num_parallel_workers or 1
+    cpus = os.cpu_count() or 1
+    if workers > cpus:
+        # recipes written for 8-GPU servers ask for 8 workers; MindSpore rejects more than the CPU count
+        _logger.warning("num_parallel_workers=%d exceeds this machine's %d CPUs; using %d", workers, cpus, cpus)
+        workers = cpus
     if transform is None:
         _logger.warning("create_loader: no transform given, using ImageNet evaluation preprocessing at 224")
         transform = create_transforms("imagenet", is_training=False)
