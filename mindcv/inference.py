@@ -1,0 +1,120 @@
+"""Classify image files: top-k class ids, scores and label names (the API behind ``infer.py``)."""
+
+import logging
+import os
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import ops
+
+from .data.image_folder import IMG_EXTENSIONS, decode_image
+from .data.transforms_factory import create_transforms
+from .models import create_model, get_pretrained_cfg, read_checkpoint
+from .models.model_factory import split_model_name_tag
+
+__all__ = ["Classifier", "imagenet_class_names", "collect_images"]
+
+_logger = logging.getLogger(__name__)
+
+
+def imagenet_class_names() -> List[str]:
+    """The 1000 ImageNet-1k class names, in class-index order."""
+    with open(os.path.join(os.path.dirname(__file__), "data", "imagenet_classes.txt")) as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def collect_images(inputs: Iterable[str]) -> List[str]:
+    """Expand files and folders (recursively, image extensions only) into a sorted file list."""
+    files: List[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for root, _, names in sorted(os.walk(item)):
+                files += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS)]
+        elif os.path.exists(item):
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"'{item}' does not exist")
+    return files
+
+
+class Classifier:
+    """A model plus its evaluation preprocessing and class names.
+
+    Args:
+        model_name: registered model (``"mnasnet_100"`` or with a weights tag).
+        ckpt_path: weights (a train.py checkpoint carries its class names and eval transform).
+        pretrained: use the published weights (ImageNet class names).
+        topk: how many classes per image.
+        batch_size: images per forward pass.
+        class_names: override the label names.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        ckpt_path: str = "",
+        pretrained: bool = False,
+        topk: int = 5,
+        batch_size: int = 16,
+        class_names: Optional[Sequence[str]] = None,
+    ) -> None:
+        meta: Dict = {}
+        if ckpt_path and ckpt_path.endswith((".ckpt", ".safetensors")):
+            _, meta = read_checkpoint(ckpt_path)
+        names = list(class_names or meta.get("class_names") or imagenet_class_names())
+        num_classes = int(meta.get("num_classes") or len(names))
+        self.model = create_model(model_name, num_classes=num_classes, pretrained=pretrained, checkpoint_path=ckpt_path)
+        self.model.set_train(False)
+        self.class_names = names if len(names) == num_classes else [str(i) for i in range(num_classes)]
+        transform = dict(meta.get("eval_transform") or {})
+        if not transform and pretrained:
+            cfg = get_pretrained_cfg(*split_model_name_tag(model_name))
+            transform = dict(
+                image_resize=cfg.input_size[-1],
+                interpolation=cfg.interpolation,
+                resize_size=cfg.eval_resize,
+                mean=list(cfg.mean),
+                std=list(cfg.std),
+            )
+        self.ops = create_transforms("imagenet", is_training=False, **transform)
+        self.topk = min(topk, num_classes)
+        self.batch_size = batch_size
+
+    def _preprocess(self, image: np.ndarray) -> np.ndarray:
+        for op in self.ops:
+            image = op(image)
+        return image
+
+    def predict(self, paths: Sequence[str]) -> List[Dict]:
+        """One record per file: ``{"file_name", "class_ids", "scores", "label_names"}``, or ``"error"`` for
+        an unreadable file (the others are still classified)."""
+        records: List[Dict] = []
+        batch, batch_records = [], []
+        for path in paths:
+            image, reason = decode_image(path)
+            if image is None:
+                _logger.warning("cannot classify '%s': %s", path, reason)
+                records.append({"file_name": path, "error": reason})
+                continue
+            record = {"file_name": path}
+            records.append(record)
+            batch.append(self._preprocess(image))
+            batch_records.append(record)
+            if len(batch) == self.batch_size:
+                self._run(batch, batch_records)
+                batch, batch_records = [], []
+        if batch:
+            self._run(batch, batch_records)
+        return records
+
+    def _run(self, batch: List[np.ndarray], records: List[Dict]) -> None:
+        logits = self.model(ms.Tensor(np.stack(batch).astype(np.float32)))
+        scores, ids = ops.topk(ops.softmax(logits, axis=-1), self.topk)
+        for record, s, i in zip(records, scores.asnumpy(), ids.asnumpy()):
+            record.update(
+                class_ids=[int(c) for c in i],
+                scores=[float(v) for v in s],
+                label_names=[self.class_names[c] for c in i],
+            )
