@@ -6,7 +6,10 @@ The machine is shared and noisy: modes are measured in one run, interleaved, and
 """
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import time
 
 import numpy as np
@@ -42,6 +45,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--torch-python", default="", help="a Python with torch+torchvision: adds torchvision eager")
     args = parser.parse_args()
     ms.set_device("CPU")
     graph = measure(args.model, ms.GRAPH_MODE, args.batch, args.size, args.repeats)
@@ -56,6 +60,18 @@ def main() -> None:
     print(f"  graph compile (first call minus a steady call): {graph['first_call_s'] - graph['median_s']:.2f} s")
     print(f"  GRAPH / PYNATIVE throughput: {graph['img_per_s'] / pynative['img_per_s']:.2f}x")
     print(f"  BN folding speed-up in GRAPH mode: {fused['img_per_s'] / graph['img_per_s']:.2f}x")
+    if args.torch_python:
+        alpha = {"mnasnet_050": 0.5, "mnasnet_075": 0.75, "mnasnet_100": 1.0, "mnasnet_130": 1.3}[args.model]
+        helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torchvision_eager.py")
+        run = subprocess.run(
+            [args.torch_python, helper, str(alpha), str(args.batch), str(args.size), str(args.repeats)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        tv = json.loads(run.stdout.strip().splitlines()[-1])
+        print(f"  torchvision eager (torch {tv['torch']}): {tv['img_per_s']:.1f} img/s")
+        print(f"  mindcv GRAPH+BN-fold / torchvision eager: {fused['img_per_s'] / tv['img_per_s']:.2f}x")
 
 
 if __name__ == "__main__":
