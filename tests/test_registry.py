@@ -30,6 +30,23 @@ def test_top_level_exports():
     ):
         assert getattr(mindcv, name) is getattr(mindcv.models, name)
     assert mindcv.mnasnet_100 is model_entrypoint("mnasnet_100")
+    # upstream mindcv exposes every factory and the common utilities at the top level too
+    for name in (
+        "create_dataset",
+        "create_transforms",
+        "create_loader",
+        "create_loss",
+        "create_optimizer",
+        "create_scheduler",
+        "CheckpointManager",
+        "set_seed",
+        "DownLoad",
+        "get_dataset_download_root",
+    ):
+        assert hasattr(mindcv, name) and name in mindcv.__all__, name
+    from mindcv.scheduler import dynamic_lr
+
+    assert callable(dynamic_lr.cosine_decay_lr)
 
 
 def test_listing_and_filters():

@@ -1,5 +1,22 @@
-"""Utilities: downloads, torch-file reading."""
+"""Utilities: downloads, checkpoints, EMA, train step, logging, seeding, runtime."""
 
+from .checkpoint_manager import CheckpointManager
 from .download import DownLoad, download_cached, get_cache_dir, get_default_download_root, set_default_download_root
+from .ema import EMA
+from .logger import set_logger
+from .random import set_seed
+from .train_step import NetWithLoss, TrainStep
 
-__all__ = ["DownLoad", "download_cached", "get_cache_dir", "get_default_download_root", "set_default_download_root"]
+__all__ = [
+    "CheckpointManager",
+    "DownLoad",
+    "download_cached",
+    "get_cache_dir",
+    "get_default_download_root",
+    "set_default_download_root",
+    "EMA",
+    "set_logger",
+    "set_seed",
+    "NetWithLoss",
+    "TrainStep",
+]
