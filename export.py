@@ -19,7 +19,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
-from mindcv.models import CheckpointError, create_model, read_checkpoint
+from mindcv.models import CheckpointError, create_model
+from mindcv.models.checkpoint import read_checkpoint_metadata
 
 
 def export_model(
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     ms.set_device("CPU")
     try:
-        meta = read_checkpoint(args.ckpt_path)[1] if args.ckpt_path.endswith((".ckpt", ".safetensors")) else {}
+        meta = read_checkpoint_metadata(args.ckpt_path)
         num_classes = args.num_classes or int(meta.get("num_classes") or 1000)
         model = create_model(
             args.model, num_classes=num_classes, pretrained=args.pretrained, checkpoint_path=args.ckpt_path

@@ -20,6 +20,7 @@ from mindcv.loss import create_loss
 from mindcv.models import CheckpointError, create_model
 from mindcv.models.checkpoint import read_checkpoint
 from mindcv.optim import create_optimizer
+from mindcv.optim.optim_factory import load_optimizer_state
 from mindcv.scheduler import create_scheduler
 from mindcv.utils.checkpoint_manager import CheckpointManager
 from mindcv.utils.ema import EMA
@@ -402,13 +403,7 @@ def resume(path: str, model, optimizer, ema, step):
         source=path,
         adapt=False,
     )
-    for p in optimizer.get_parameters():
-        key = f"optimizer.{p.name}"
-        if p.name.startswith("learning_rate"):
-            continue
-        if key not in tensors:
-            raise CheckpointError(f"'{path}' has no state for optimizer tensor '{p.name}' (different optimizer?)")
-        p.set_data(ms.Tensor(tensors[key], p.dtype))
+    load_optimizer_state(optimizer, {k: v for k, v in tensors.items() if k.startswith("optimizer.")}, path)
     if ema is not None:
         ema.load_state_dict(tensors)
     step.loss_scale.set_data(ms.Tensor(float(meta.get("loss_scale", 1.0)), ms.float32))

@@ -16,21 +16,13 @@ from config import ConfigError, explicit_keys, parse_args
 from mindcv.data import create_dataset, create_loader, create_transforms
 from mindcv.engine import evaluate
 from mindcv.models import CheckpointError, create_model, get_pretrained_cfg
-from mindcv.models.checkpoint import read_checkpoint
+from mindcv.models.checkpoint import read_checkpoint_metadata
 from mindcv.models.model_factory import split_model_name_tag
 from mindcv.utils.logger import set_logger
 from mindcv.utils.runtime import init_runtime
 
 logger = logging.getLogger("mindcv.validate")
 _TRANSFORM_KEYS = ("image_resize", "crop_pct", "interpolation", "mean", "std")
-
-
-def checkpoint_metadata(path: str) -> dict:
-    """Metadata of a checkpoint written by this package (empty for foreign files)."""
-    if not path or not path.endswith((".ckpt", ".safetensors")):
-        return {}
-    _, meta = read_checkpoint(path)
-    return meta
 
 
 def resolve_eval_transform(args, explicit, meta: dict) -> dict:
@@ -58,7 +50,7 @@ def main(args, explicit) -> dict:
     set_logger("mindcv", rank=runtime.rank)
     if args.pretrained and args.ckpt_path:
         raise ConfigError("pass either --pretrained or --ckpt_path, not both")
-    meta = checkpoint_metadata(args.ckpt_path)
+    meta = read_checkpoint_metadata(args.ckpt_path)
     if meta.get("model") and split_model_name_tag(args.model)[0] != meta["model"]:
         raise ConfigError(
             f"checkpoint '{args.ckpt_path}' was trained as '{meta['model']}', not '{args.model}': "

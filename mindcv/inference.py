@@ -11,7 +11,8 @@ from mindspore import ops
 
 from .data.image_folder import IMG_EXTENSIONS, decode_image
 from .data.transforms_factory import create_transforms
-from .models import create_model, get_pretrained_cfg, read_checkpoint
+from .models import create_model, get_pretrained_cfg
+from .models.checkpoint import read_checkpoint_metadata
 from .models.model_factory import split_model_name_tag
 
 __all__ = ["Classifier", "imagenet_class_names", "collect_images"]
@@ -60,9 +61,7 @@ class Classifier:
         batch_size: int = 16,
         class_names: Optional[Sequence[str]] = None,
     ) -> None:
-        meta: Dict = {}
-        if ckpt_path and ckpt_path.endswith((".ckpt", ".safetensors")):
-            _, meta = read_checkpoint(ckpt_path)
+        meta = read_checkpoint_metadata(ckpt_path)
         names = list(class_names or meta.get("class_names") or imagenet_class_names())
         num_classes = int(meta.get("num_classes") or len(names))
         self.model = create_model(model_name, num_classes=num_classes, pretrained=pretrained, checkpoint_path=ckpt_path)

@@ -27,6 +27,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "read_checkpoint",
+    "read_checkpoint_metadata",
     "detect_layout",
     "convert_state_dict",
     "source_bn_eps",
@@ -146,6 +147,13 @@ def _read_torch(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     tensors = {k: v for k, v in obj.items() if isinstance(v, np.ndarray)}
     meta = {k: v for k, v in obj.items() if not isinstance(v, np.ndarray)}
     return tensors, meta
+
+
+def read_checkpoint_metadata(path: str) -> Dict[str, Any]:
+    """Metadata stored with a checkpoint written by this package (``{}`` for foreign or PyTorch files)."""
+    if not path or not path.endswith((".ckpt", ".safetensors")):
+        return {}
+    return read_checkpoint(path)[1]
 
 
 # ---------------------------------------------------------------------------------------------------

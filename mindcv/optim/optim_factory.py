@@ -204,19 +204,26 @@ def create_optimizer(
     return optimizer
 
 
-def _restore_state(optimizer: nn.Optimizer, path: str) -> None:
-    from ..models.checkpoint import CheckpointError, read_checkpoint
+def load_optimizer_state(optimizer: nn.Optimizer, tensors: Dict[str, Any], source: str = "<state>") -> None:
+    """Copy saved optimizer state (moments, global step; names optionally prefixed ``optimizer.``) into ``optimizer``.
 
-    tensors, _ = read_checkpoint(path)
+    Raises:
+        CheckpointError: a state tensor of the optimizer is missing (e.g. saved by another optimizer).
+    """
+    from ..models.checkpoint import CheckpointError
+
     state = {k[len("optimizer.") :] if k.startswith("optimizer.") else k: v for k, v in tensors.items()}
-    names = [
-        p.name for p in optimizer.get_parameters() if p.name not in state and not p.name.startswith("learning_rate")
-    ]
-    missing = [n for n in names if n not in state]
+    params = [p for p in optimizer.get_parameters() if not p.name.startswith("learning_rate")]
+    missing = [p.name for p in params if p.name not in state]
     if missing:
         raise CheckpointError(
-            f"'{os.path.basename(path)}' has no optimizer state for {len(missing)} tensors, e.g. {missing[:3]}"
+            f"'{source}' has no optimizer state for {len(missing)} tensors, e.g. {missing[:3]} (different optimizer?)"
         )
-    for p in optimizer.get_parameters():
-        if p.name in state:
-            p.set_data(ms.Tensor(state[p.name], p.dtype))
+    for p in params:
+        p.set_data(ms.Tensor(state[p.name], p.dtype))
+
+
+def _restore_state(optimizer: nn.Optimizer, path: str) -> None:
+    from ..models.checkpoint import read_checkpoint
+
+    load_optimizer_state(optimizer, read_checkpoint(path)[0], os.path.basename(path))
