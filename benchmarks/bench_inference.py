@@ -64,7 +64,8 @@ def main() -> None:
         alpha = {"mnasnet_050": 0.5, "mnasnet_075": 0.75, "mnasnet_100": 1.0, "mnasnet_130": 1.3}[args.model]
         helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torchvision_eager.py")
         run = subprocess.run(
-            [args.torch_python, helper, str(alpha), str(args.batch), str(args.size), str(args.repeats)],
+            [args.torch_python, helper, "--alpha", str(alpha), "--batch", str(args.batch), "--size", str(args.size)]
+            + ["--repeats", str(args.repeats)],
             capture_output=True,
             text=True,
             check=True,

@@ -9,6 +9,7 @@ step (compile + run), the steady-state img/s and the GRAPH / PYNATIVE ratio.
 import argparse
 import statistics
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -20,7 +21,8 @@ from mindcv.optim import create_optimizer
 from mindcv.utils.train_step import NetWithLoss, TrainStep
 
 
-def measure(model_name: str, mode: int, batch: int, size: int, steps: int) -> dict:
+def build_train_step(model_name: str, mode: int, batch: int, size: int) -> Callable[[], float]:
+    """A closure running one optimizer step of ``model_name`` on a fixed random batch and returning the loss."""
     ms.set_context(mode=mode)
     ms.set_seed(0)
     model = create_model(model_name)
@@ -32,13 +34,18 @@ def measure(model_name: str, mode: int, batch: int, size: int, steps: int) -> di
     x = ms.Tensor(rng.standard_normal((batch, 3, size, size)).astype(np.float32))
     y = ms.Tensor(rng.integers(0, 1000, batch).astype(np.int32))
     noise = ms.Tensor(rng.random((batch, model.noise_width), dtype=np.float32))
+    return lambda: float(step(x, y, noise)[0].asnumpy())
+
+
+def measure(model_name: str, mode: int, batch: int, size: int, steps: int) -> dict:
+    run_step = build_train_step(model_name, mode, batch, size)
     t0 = time.perf_counter()
-    step(x, y, noise)[0].asnumpy()
+    run_step()
     first = time.perf_counter() - t0
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        step(x, y, noise)[0].asnumpy()
+        run_step()
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
     return {"first_s": first, "median_s": median, "img_per_s": batch / median}

@@ -1,47 +1,80 @@
-"""export.py: MindIR with a dynamic batch reproduces the model; ONNX export writes a file."""
+"""export.py: BN-folded MindIR and ONNX graphs with a dynamic batch reproduce the unfused model."""
 
 import os
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 
 import mindspore as ms
 from mindspore import nn
 
-from export import check_exported, export_model, main
+from export import check_exported, export_model, main, make_onnx_batch_dynamic
 from mindcv.models import create_model
+from mindcv.models.checkpoint import save_checkpoint
+from mindcv.models.fuse import fuse_bn
 
 
-def test_mindir_dynamic_batch_matches_the_model(tmp_path):
-    model = create_model("mnasnet_050", num_classes=7)
-    path = export_model(model, str(tmp_path / "m"), "MINDIR", image_size=64)
+def calibrated(name: str, num_classes: int):
+    """A model with non-trivial BN statistics (fresh ones make folding an identity) and its fused twin."""
+    model = create_model(name, num_classes=num_classes)
+    rng = np.random.default_rng(0)
+    for p in model.get_parameters():
+        if "moving_mean" in p.name or "beta" in p.name:
+            p.set_data(ms.Tensor(rng.normal(0, 0.1, p.shape).astype(np.float32)))
+        elif "moving_variance" in p.name or "gamma" in p.name:
+            p.set_data(ms.Tensor(rng.uniform(0.5, 1.5, p.shape).astype(np.float32)))
+    twin = create_model(name, num_classes=num_classes)
+    ms.load_param_into_net(twin, {p.name: ms.Parameter(p.value().copy(), name=p.name) for p in model.get_parameters()})
+    model.set_train(False)
+    return model, twin
+
+
+def relative_error(got: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(got - expected).max() / np.abs(expected).max())
+
+
+def test_bn_folded_mindir_with_dynamic_batch_matches_the_unfused_model(tmp_path):
+    reference, fused = calibrated("mnasnet_050", 7)
+    assert fuse_bn(fused) == 52
+    path = export_model(fused, str(tmp_path / "m"), "MINDIR", image_size=64)
     assert path.endswith(".mindir") and os.path.getsize(path) > 1_000_000
     graph = nn.GraphCell(ms.load(path))
     for batch in (1, 4):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 64, 64)).astype(np.float32)
-        assert np.abs(graph(ms.Tensor(x)).asnumpy() - model(ms.Tensor(x)).asnumpy()).max() < 1e-5
-    assert check_exported(model, path, 64) < 1e-5
+        expected = reference(ms.Tensor(x)).asnumpy()
+        assert np.abs(expected).max() > 1e-3
+        assert relative_error(graph(ms.Tensor(x)).asnumpy(), expected) < 1e-5
+    assert check_exported(fused, path, 64, reference=reference) < 1e-4
 
 
-def test_cli_exports_and_checks(tmp_path, capsys):
-    assert (
-        main(["--model", "mnasnet_050", "--num_classes", "5", "--image_size", "64", "--file_name", str(tmp_path / "x")])
-        == 0
-    )
-    assert "max |diff| =" in capsys.readouterr().out
+def test_onnx_export_has_no_batchnorm_and_a_dynamic_batch(tmp_path):
+    reference, fused = calibrated("mnasnet_small", 5)
+    fuse_bn(fused)
+    path = export_model(fused, str(tmp_path / "s"), "ONNX", image_size=64, batch_size=1)
+    assert make_onnx_batch_dynamic(path)
+    graph = onnx.load(path).graph
+    ops = {node.op_type for node in graph.node}
+    assert "BatchNormalization" not in ops and "Conv" in ops
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 64, 64)).astype(np.float32)
+        got = session.run(None, {session.get_inputs()[0].name: x})[0]
+        assert got.shape == (batch, 5)
+        assert relative_error(got, reference(ms.Tensor(x)).asnumpy()) < 1e-5
+
+
+def test_cli_exports_checks_and_rejects_bad_input(tmp_path, capsys):
+    reference, _ = calibrated("mnasnet_050", 5)
+    ckpt = str(tmp_path / "w.ckpt")
+    save_checkpoint(reference, ckpt, metadata={"num_classes": 5})
+    for fmt, ext in (("MINDIR", "mindir"), ("ONNX", "onnx")):
+        args = ["--model", "mnasnet_050", "--ckpt_path", ckpt, "--image_size", "64", "--format", fmt]
+        assert main(args + ["--file_name", str(tmp_path / "out" / fmt)]) == 0
+        out = capsys.readouterr().out
+        assert "folded 52 BatchNorm layers" in out and os.path.getsize(tmp_path / "out" / f"{fmt}.{ext}") > 1_000_000
+        # both batch sizes were checked against the unfused model
+        assert "batch 1: exported vs in-framework output" in out and "batch 3: exported" in out
     assert main(["--model", "mnasnet_050", "--ckpt_path", str(tmp_path / "nope.ckpt")]) == 2
-    code = main(
-        [
-            "--model",
-            "mnasnet_050",
-            "--num_classes",
-            "5",
-            "--image_size",
-            "64",
-            "--format",
-            "ONNX",
-            "--file_name",
-            str(tmp_path / "y"),
-        ]
-    )
-    assert code == 0 and os.path.getsize(tmp_path / "y.onnx") > 1_000_000
-    assert "cannot export ONNX with a dynamic batch" in capsys.readouterr().out
+    assert "nope.ckpt" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from mindspore import nn
 
 from mindcv.models import create_model, list_models
 from mindcv.models.mnasnet import NUM_PARAMS
+from mindcv.utils.model_stats import count_macs
 
 MODELS = list_models()
 SMALL = 64  # input size: enough for the five stride-2 stages, cheap on a 2-core CPU
@@ -201,3 +202,14 @@ def test_search_space_architectures_build_and_train(arch):
     loss, grads = ms.value_and_grad(forward, None, model.trainable_params())(x, y)
     assert np.isfinite(loss.asnumpy()) and len(grads) == len(model.trainable_params())
     assert model.arch_def == [s if "," not in s else s.split(",") for s in arch.split("|")]
+
+
+@pytest.mark.parametrize(
+    "name, mega_macs",
+    # computed from the layer tables in the reference (torchvision's published _ops for B1 0.5 / 1.0)
+    [("mnasnet_050", 104.5), ("mnasnet_100", 314.4), ("semnasnet_100", 311.6), ("mnasnet_small", 68.3)],
+)
+def test_macs_match_the_published_layer_table_counts(name, mega_macs):
+    model = create_model(name)
+    assert round(count_macs(model, 224) / 1e6, 1) == mega_macs
+    assert ms.get_context("mode") == ms.PYNATIVE_MODE  # restored

@@ -44,7 +44,12 @@ def _fuse_pairs(cell: nn.Cell, pairs: List[Tuple[str, str]]) -> int:
     for conv_name, bn_name in pairs:
         conv, bn = getattr(cell, conv_name), getattr(cell, bn_name)
         if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-            setattr(cell, conv_name, _fused_conv(conv, bn))
+            weight_name = conv.weight.name
+            fused = _fused_conv(conv, bn)
+            setattr(cell, conv_name, fused)
+            # a cell attached after construction gets only its attribute name as prefix; export needs unique names
+            fused.weight.name = weight_name
+            fused.bias.name = weight_name[: -len("weight")] + "bias"
             setattr(cell, bn_name, nn.Identity())
             count += 1
     return count

@@ -4,6 +4,7 @@ from .checkpoint_manager import CheckpointManager
 from .download import DownLoad, download_cached, get_cache_dir, get_default_download_root, set_default_download_root
 from .ema import EMA
 from .logger import set_logger
+from .model_stats import count_macs, count_params
 from .random import set_seed
 from .train_step import NetWithLoss, TrainStep
 
@@ -16,6 +17,8 @@ __all__ = [
     "set_default_download_root",
     "EMA",
     "set_logger",
+    "count_macs",
+    "count_params",
     "set_seed",
     "NetWithLoss",
     "TrainStep",
