@@ -12,7 +12,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-__all__ = ["create_parser", "parse_args", "save_args", "str2bool", "ConfigError", "_check_cfgs_in_parser"]
+__all__ = [
+    "create_parser",
+    "parse_args",
+    "save_args",
+    "str2bool",
+    "ConfigError",
+    "_check_cfgs_in_parser",
+    "architecture_kwargs",
+]
 
 
 class ConfigError(ValueError):
@@ -118,6 +126,13 @@ def create_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
     g = parser.add_argument_group("Model")
     g.add_argument("--model", type=str, default="mnasnet_100", help="registered model name")
+    g.add_argument(
+        "--arch",
+        type=_none_or(str),
+        default=None,
+        help="for model mnasnet_arch: an architecture string or file (e.g. search.py's top1.json)",
+    )
+    g.add_argument("--width_mult", type=_none_or(float), default=None, help="for model mnasnet_arch")
     g.add_argument("--num_classes", type=_none_or(int), default=None, help="default: from the dataset")
     g.add_argument("--in_channels", type=int, default=3)
     g.add_argument("--drop_rate", type=_none_or(float), default=None, help="default: the model's (0.2)")
@@ -302,3 +317,23 @@ def explicit_keys(args: Optional[Sequence[str]] = None) -> List[str]:
         if token.startswith("--"):
             keys.append(token[2:].split("=", 1)[0])
     return keys
+
+
+def architecture_kwargs(args: argparse.Namespace, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """``arch`` / ``width_mult`` for ``create_model``: from the options, else from a checkpoint's metadata.
+
+    Only ``mnasnet_arch`` takes them (the zoo variants fix their architecture and width).
+    """
+    meta = meta or {}
+    if args.model != "mnasnet_arch":
+        if args.arch is not None or args.width_mult is not None:
+            raise ConfigError(f"arch / width_mult apply to model 'mnasnet_arch' only, not '{args.model}'")
+        return {}
+    arch = args.arch or meta.get("arch")
+    if not arch:
+        raise ConfigError("model 'mnasnet_arch' needs --arch (an architecture string or a search.py top-k file)")
+    kwargs: Dict[str, Any] = {"arch": arch}
+    width = args.width_mult if args.width_mult is not None else (meta.get("width_mult") if not args.arch else None)
+    if width is not None:
+        kwargs["width_mult"] = width
+    return kwargs

@@ -13,11 +13,12 @@ import time
 import mindspore as ms
 import mindspore.dataset as ds
 
-from config import ConfigError, parse_args, save_args
+from config import ConfigError, architecture_kwargs, parse_args, save_args
 from mindcv.data import create_dataset, create_loader, create_transforms
 from mindcv.engine import EvalStep, NonFiniteLossError, evaluate, train_one_epoch
 from mindcv.loss import create_loss
 from mindcv.models import CheckpointError, create_model
+from mindcv.models.arch import format_arch_string
 from mindcv.models.checkpoint import read_checkpoint
 from mindcv.optim import create_optimizer
 from mindcv.optim.optim_factory import load_optimizer_state
@@ -125,6 +126,7 @@ def main(args) -> int:
 
     # model, loss, schedule, optimizer, train step
     set_seed(args.seed)  # initial weights depend on nothing but the seed (identical on every rank and launcher)
+    arch_kwargs = architecture_kwargs(args)
     model = create_model(
         args.model,
         num_classes=num_classes,
@@ -135,6 +137,7 @@ def main(args) -> int:
         bn_eps=args.bn_eps,
         pretrained=args.pretrained,
         checkpoint_path="" if args.resume else args.ckpt_path,
+        **arch_kwargs,
     )
     if args.amp_level != "O0":
         if args.device_target == "CPU":
@@ -202,6 +205,7 @@ def main(args) -> int:
             in_channels=args.in_channels,
             bn_eps=model.bn_eps,
             bn_momentum=args.bn_momentum,
+            **arch_kwargs,
         )
     eval_step = EvalStep(eval_model, topk=min(5, num_classes)) if val_loader is not None else None
 
@@ -265,6 +269,8 @@ def main(args) -> int:
 
     meta_base = {
         "model": args.model,
+        "arch": format_arch_string(model.arch_def),
+        "width_mult": model.width_mult,
         "num_classes": num_classes,
         "class_names": train_set.class_names,
         "bn_eps": model.bn_eps,

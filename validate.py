@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from config import ConfigError, explicit_keys, parse_args
+from config import ConfigError, architecture_kwargs, explicit_keys, parse_args
 from mindcv.data import create_dataset, create_loader, create_transforms
 from mindcv.engine import evaluate
 from mindcv.models import CheckpointError, create_model, get_pretrained_cfg
@@ -91,6 +91,7 @@ def main(args, explicit) -> dict:
         checkpoint_path=args.ckpt_path,
         ema=args.ema,
         bn_eps=args.bn_eps,
+        **architecture_kwargs(args, meta),
     )
     logger.info(
         "validating %s (%s) on %s/%s: %d images, %d batches, transform %s",

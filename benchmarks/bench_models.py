@@ -31,6 +31,7 @@ from bench_train import build_train_step  # noqa: E402
 from export import export_model, make_onnx_batch_dynamic  # noqa: E402
 from mindcv.models import create_model, list_models  # noqa: E402
 from mindcv.models.fuse import fuse_bn  # noqa: E402
+from mindcv.nas.latency import host_description, time_calls  # noqa: E402
 from mindcv.utils.model_stats import count_macs, count_params  # noqa: E402
 
 TORCHVISION_WIDTHS = {"mnasnet_050": 0.5, "mnasnet_075": 0.75, "mnasnet_100": 1.0, "mnasnet_130": 1.3}
@@ -38,16 +39,9 @@ HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torchvision_e
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Dict[str, float]:
-    """Median and p90 wall time of ``fn`` after ``warmup`` untimed calls (compilation happens there)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return {"median_s": statistics.median(times), "p90_s": times[int(round(0.9 * (len(times) - 1)))]}
+    """Median and p90 wall time (s) of ``fn`` after ``warmup`` untimed calls (compilation happens there)."""
+    r = time_calls(fn, warmup, repeats)
+    return {"median_s": r["median_ms"] / 1000.0, "p90_s": r["p90_ms"] / 1000.0}
 
 
 def inference(name: str, mode: int, size: int, batch: int, repeats: int) -> Dict[str, float]:
@@ -137,7 +131,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/models.md")
     args = parser.parse_args()
     ms.set_device("CPU")
-    names = args.models or list_models()
+    names = args.models or [m for m in list_models() if m != "mnasnet_arch"]
     modes = [("GRAPH", ms.GRAPH_MODE)] + ([] if args.no_pynative else [("PYNATIVE", ms.PYNATIVE_MODE)])
     with_onnx = onnx_sessions_available()
     tmp = tempfile.mkdtemp(prefix="bench_models_")
@@ -157,7 +151,7 @@ def main() -> None:
             row["ORT_b1"], row["ORT_bN"] = ort_times["ours"][1], ort_times["ours"][args.batch]
         rows[name] = row
 
-    host = platform_description()
+    host = f"{host_description()}, MindSpore {ms.__version__}"
     lines = [
         f"Host: {host}; fp32, {args.size}x{args.size}, BatchNorm folded for inference; latency = batch 1 "
         f"median / p90 in ms; throughput in img/s at batch {args.batch}; training = one RMSProp step at "
@@ -229,16 +223,6 @@ def ratio(ours: Optional[dict], theirs: Optional[dict]) -> str:
     if ours is None or theirs is None:
         return "–"
     return f"{theirs['median_s'] / ours['median_s']:.2f}x"
-
-
-def platform_description() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, MindSpore {ms.__version__}"
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import mindspore as ms
 
@@ -32,3 +33,26 @@ def _isolated_cache_and_seed(tmp_path, monkeypatch):
 
 def random_images(batch: int, size: int, channels: int = 3, seed: int = 0) -> ms.Tensor:
     return ms.Tensor(np.random.default_rng(seed).standard_normal((batch, channels, size, size)).astype(np.float32))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """3 classes of coloured squares/stripes/circles, 16 train + 6 val images each, 36x36 JPEGs."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:36, 0:36]
+    for split, n in (("train", 16), ("val", 7)):
+        for cls in ("blocks", "circles", "stripes"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                img = np.full((36, 36, 3), rng.integers(0, 80, 3), np.uint8)
+                if cls == "blocks":
+                    img[8:28, 8:28] = 220
+                elif cls == "circles":
+                    img[(yy - 18) ** 2 + (xx - 18) ** 2 < 100] = 220
+                else:
+                    img[(xx // 3) % 2 == 0] = 220
+                img = np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(folder / f"{i}.jpg", quality=92)
+    return str(root)

@@ -10,34 +10,10 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from mindcv.models.checkpoint import read_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """3 classes of coloured squares/stripes/circles, 16 train + 6 val images each, 36x36 JPEGs."""
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:36, 0:36]
-    for split, n in (("train", 16), ("val", 7)):
-        for cls in ("blocks", "circles", "stripes"):
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for i in range(n):
-                img = np.full((36, 36, 3), rng.integers(0, 80, 3), np.uint8)
-                if cls == "blocks":
-                    img[8:28, 8:28] = 220
-                elif cls == "circles":
-                    img[(yy - 18) ** 2 + (xx - 18) ** 2 < 100] = 220
-                else:
-                    img[(xx // 3) % 2 == 0] = 220
-                img = np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(folder / f"{i}.jpg", quality=92)
-    return str(root)
 
 
 def _common(data, out, mode, epochs=2, extra=()):

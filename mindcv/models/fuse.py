@@ -42,7 +42,7 @@ def _fused_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 def _fuse_pairs(cell: nn.Cell, pairs: List[Tuple[str, str]]) -> int:
     count = 0
     for conv_name, bn_name in pairs:
-        conv, bn = getattr(cell, conv_name), getattr(cell, bn_name)
+        conv, bn = getattr(cell, conv_name, None), getattr(cell, bn_name, None)
         if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
             weight_name = conv.weight.name
             fused = _fused_conv(conv, bn)

@@ -8,6 +8,8 @@ search space) is the same :class:`MnasNet` class built from a stage table of blo
 published weights.
 """
 
+import json
+import os
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
@@ -19,7 +21,7 @@ from .layers import BLOCK_CLASSES, Dropout, create_conv2d, make_norm_layer
 from .pretrained import MINDCV_BN_EPS, TORCH_BN_EPS, PretrainedCfg
 from .registry import register_model
 
-__all__ = ["MnasNet", "ARCH_DEFS", "build_mnasnet"]
+__all__ = ["MnasNet", "ARCH_DEFS", "build_mnasnet", "load_arch"]
 
 # Stage tables (timm notation; TF mnasnet_models.py / timm _gen_mnasnet_* / torchvision MNASNet).
 ARCH_DEFS: Dict[str, List[str]] = {
@@ -506,3 +508,57 @@ def mnasnet_small(pretrained: bool = False, num_classes: int = 1000, in_channels
     kwargs.setdefault("drop_rate", 0.0)
     kwargs.setdefault("stem_size", 8)
     return build_mnasnet("mnasnet_small", "small", pretrained, num_classes, in_channels, **kwargs)
+
+
+ARCH_FILE_KEYS = ("arch", "width_mult", "stem_size", "num_features", "drop_rate")
+
+
+def load_arch(arch: Union[str, ArchDef]) -> Tuple[ArchDef, Dict[str, Any]]:
+    """Resolve an ``arch`` argument into a stage table and the model settings stored with it.
+
+    Args:
+        arch: a key of :data:`ARCH_DEFS` (``"b1"``, ``"a1"``, ``"small"``), a ``|``-joined architecture string,
+            a list of block strings, or the path of an architecture file written by ``search.py`` (JSON with
+            ``"arch"`` and optionally ``width_mult``, ``stem_size``, ``num_features``, ``drop_rate``) or a
+            text file holding one architecture string.
+
+    Returns:
+        ``(stage table, settings)``; settings are empty unless they came from a file.
+    """
+    if not isinstance(arch, str):
+        return list(arch), {}
+    if arch in ARCH_DEFS:
+        return ARCH_DEFS[arch], {}
+    if os.path.isfile(arch):
+        with open(arch) as f:
+            text = f.read().strip()
+        if text.startswith("{"):
+            try:
+                spec = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"architecture file '{arch}' is not valid JSON: {err}") from err
+            if "arch" not in spec:
+                raise ValueError(f"architecture file '{arch}' has no \"arch\" entry (keys: {sorted(spec)})")
+            settings = {k: spec[k] for k in ARCH_FILE_KEYS[1:] if k in spec}
+            return parse_arch_string(spec["arch"]), settings
+        return parse_arch_string(text), {}
+    if "_" not in arch:
+        raise ValueError(
+            f"arch '{arch}' is neither a file, an architecture string nor one of {sorted(ARCH_DEFS)} "
+            "(an architecture string looks like 'ds_r1_k3_s1_c16_noskip|ir_r3_k3_s2_e3_c24|...')"
+        )
+    return parse_arch_string(arch), {}
+
+
+@register_model
+def mnasnet_arch(
+    pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, arch: Union[str, ArchDef] = "b1", **kwargs
+) -> nn.Cell:
+    """Any architecture of the block grammar, e.g. one found by ``search.py``.
+
+    ``create_model("mnasnet_arch", arch="search_out/top1.json")`` or
+    ``arch="ds_r1_k3_s1_c16_noskip|ir_r3_k3_s2_e3_c24|..."``; settings stored in an architecture file
+    (width multiplier, stem size) are defaults that keyword arguments override.
+    """
+    arch_def, settings = load_arch(arch)
+    return build_mnasnet("mnasnet_arch", arch_def, pretrained, num_classes, in_channels, **{**settings, **kwargs})

@@ -54,7 +54,7 @@ def infer_model_name(state_dict: Dict[str, np.ndarray], candidates: Optional[Lis
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
     num_classes = _classes(state_dict)
     matches = []
-    for name in candidates or list_models():
+    for name in candidates or [m for m in list_models() if m != "mnasnet_arch"]:
         model = create_model(name, num_classes=num_classes)
         if {p.name: tuple(p.shape) for p in model.get_parameters()} == shapes:
             matches.append(name)

@@ -1,0 +1,315 @@
+"""Latency on the target platform: measured whole-model latency and a per-layer lookup-table predictor.
+
+Both run MindSpore in graph mode at batch 1 with BatchNorm folded (the deployed form); compile time and
+warm-up calls are excluded, and the median of the timed calls is reported with p10/p90. Thread count
+is a process-wide MindSpore setting, so measurements run in a separate worker process
+(:class:`LatencyWorker`) with its own thread count, away from the training in the search process.
+
+The lookup table (FBNet / ProxylessNAS / ChamNet style) stores the latency of every distinct layer
+(block type, kernel, expansion, SE, residual, input/output channels, stride, input resolution) measured
+in isolation, plus the stem and head. A network's prediction is the sum of its layers' entries minus
+the per-call overhead that each isolated measurement includes once.
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import nn
+
+from ..models.arch import decode_arch_def, parse_arch_string, round_channels
+from ..models.fuse import fuse_bn
+from ..models.layers import BLOCK_CLASSES, ConvBnAct, make_norm_layer
+from ..models.mnasnet import MnasNet
+
+__all__ = ["host_description", "time_calls", "measure_model_latency", "LatencyTable", "LatencyWorker", "layer_keys"]
+
+
+def host_description() -> str:
+    """CPU model and core count (latency numbers do not transfer across machines)."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu} ({os.cpu_count()} logical cores), {platform.system()} {platform.machine()}"
+
+
+def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> Dict[str, float]:
+    """Wall time of ``fn`` in milliseconds: median, p10, p90 of ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    ordered = np.sort(times)
+    return {
+        "median_ms": float(statistics.median(times)),
+        "p10_ms": float(np.percentile(ordered, 10)),
+        "p90_ms": float(np.percentile(ordered, 90)),
+    }
+
+
+def _timed_cell(cell: nn.Cell, shape: Sequence[int], warmup: int, repeats: int) -> Dict[str, float]:
+    ms.set_context(mode=ms.GRAPH_MODE)
+    cell.set_train(False)
+    fuse_bn(cell)
+    x = ms.Tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    t0 = time.perf_counter()
+    cell(x).asnumpy()  # compiles
+    compile_s = time.perf_counter() - t0
+    result = time_calls(lambda: cell(x).asnumpy(), warmup, repeats)
+    result["compile_s"] = compile_s
+    return result
+
+
+def measure_model_latency(
+    arch: str,
+    width_mult: float = 1.0,
+    resolution: int = 224,
+    num_classes: int = 1000,
+    warmup: int = 5,
+    repeats: int = 30,
+    stem_size: int = 32,
+) -> Dict[str, float]:
+    """Measured batch-1 inference latency of a whole network in this process.
+
+    Args:
+        arch: ``|``-joined architecture string.
+        width_mult: width multiplier.
+        resolution: input height and width.
+        num_classes: classifier outputs.
+        warmup: untimed calls after compilation.
+        repeats: timed calls.
+        stem_size: stem channels before width scaling.
+
+    Returns:
+        ``{"median_ms", "p10_ms", "p90_ms", "compile_s"}``.
+    """
+    model = MnasNet(arch, num_classes=num_classes, width_mult=width_mult, stem_size=stem_size)
+    return _timed_cell(model, (1, 3, resolution, resolution), warmup, repeats)
+
+
+class _Head(nn.Cell):
+    """conv1x1 -> BN -> ReLU -> global pool -> dense, as at the end of every MnasNet."""
+
+    def __init__(self, in_chs: int, num_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = ConvBnAct(in_chs, num_features, 1, noskip=True, norm_layer=make_norm_layer())
+        self.classifier = nn.Dense(num_features, num_classes)
+
+    def construct(self, x):
+        return self.classifier(self.conv(x).mean(axis=(2, 3)))
+
+
+class _Overhead(nn.Cell):
+    """The cheapest graph: the per-call cost every isolated measurement contains once."""
+
+    def construct(self, x):
+        return x + 1.0
+
+
+def layer_keys(
+    arch: str,
+    width_mult: float,
+    resolution: int,
+    stem_size: int = 32,
+    num_features: int = 1280,
+    num_classes: int = 1000,
+) -> List[Tuple]:
+    """The lookup-table keys of a network: stem, every layer (with its input resolution), head."""
+    stages = decode_arch_def(parse_arch_string(arch))
+    size = (resolution + 1) // 2
+    in_chs = round_channels(stem_size, width_mult)
+    keys: List[Tuple] = [("stem", 3, in_chs, resolution)]
+    for blocks in stages:
+        for b in blocks:
+            out_chs = round_channels(b.out_chs, width_mult)
+            keys.append(
+                (b.block_type, b.kernel_size, float(b.exp_ratio), float(b.se_ratio), bool(b.noskip))
+                + (in_chs, out_chs, b.stride, size)
+            )
+            size = (size + b.stride - 1) // b.stride
+            in_chs = out_chs
+    keys.append(("head", in_chs, num_features, num_classes, size))
+    return keys
+
+
+def _key_cell(key: Tuple) -> Tuple[nn.Cell, Tuple[int, ...]]:
+    norm = make_norm_layer()
+    if key[0] == "stem":
+        _, cin, cout, size = key
+        return ConvBnAct(cin, cout, 3, stride=2, noskip=True, norm_layer=norm), (1, cin, size, size)
+    if key[0] == "head":
+        _, cin, features, classes, size = key
+        return _Head(cin, features, classes), (1, cin, size, size)
+    block_type, k, e, se, noskip, cin, cout, stride, size = key
+    cell = BLOCK_CLASSES[block_type](
+        cin, cout, k, stride=stride, exp_ratio=e, se_ratio=se, noskip=noskip, norm_layer=norm
+    )
+    return cell, (1, cin, size, size)
+
+
+def _key_str(key: Tuple) -> str:
+    return json.dumps(list(key))
+
+
+class LatencyTable:
+    """Per-layer latency lookup table, filled on demand and persisted as JSON.
+
+    Args:
+        path: JSON file to load from and save to (``None``: in memory only).
+        warmup: untimed calls per entry.
+        repeats: timed calls per entry.
+        threads: recorded with the table (measurements with another thread count are not comparable).
+    """
+
+    def __init__(self, path: Optional[str] = None, warmup: int = 5, repeats: int = 30, threads: int = 0) -> None:
+        self.path = path
+        self.warmup, self.repeats = warmup, repeats
+        self.entries: Dict[str, float] = {}
+        self.meta = {"host": host_description(), "threads": threads, "mindspore": ms.__version__}
+        if path and os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            if (
+                saved.get("meta", {}).get("threads") == threads
+                and saved.get("meta", {}).get("host") == self.meta["host"]
+            ):
+                self.entries = saved["entries"]
+        self._new = 0
+
+    def _measure(self, key: Tuple) -> float:
+        ks = _key_str(key)
+        if ks not in self.entries:
+            if key[0] == "overhead":
+                cell, shape = _Overhead(), (1, 3, 8, 8)
+            else:
+                cell, shape = _key_cell(key)
+            self.entries[ks] = _timed_cell(cell, shape, self.warmup, self.repeats)["median_ms"]
+            self._new += 1
+        return self.entries[ks]
+
+    def predict(self, arch: str, width_mult: float, resolution: int, **kwargs) -> float:
+        """Predicted whole-network latency (ms), measuring any missing entries first."""
+        overhead = self._measure(("overhead",))
+        keys = layer_keys(arch, width_mult, resolution, **kwargs)
+        total = sum(max(self._measure(k) - overhead, 0.0) for k in keys) + overhead
+        if self._new:
+            self.save()
+        return total
+
+    def save(self) -> None:
+        if not self.path:
+            return
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"meta": self.meta, "entries": self.entries}, f)
+        os.replace(tmp, self.path)
+        self._new = 0
+
+
+class LatencyWorker:
+    """A child process measuring latency with its own MindSpore thread count.
+
+    Args:
+        threads: CPU threads for MindSpore's kernels in the worker (1 imitates one big mobile core).
+        lut_path: JSON file of the per-layer lookup table.
+        warmup: untimed calls.
+        repeats: timed calls.
+    """
+
+    def __init__(self, threads: int = 1, lut_path: Optional[str] = None, warmup: int = 5, repeats: int = 30) -> None:
+        cmd = [sys.executable, "-m", "mindcv.nas.latency", "--threads", str(threads)]
+        cmd += ["--warmup", str(warmup), "--repeats", str(repeats)] + (["--lut", lut_path] if lut_path else [])
+        env = dict(os.environ, GLOG_v="3", PYTHONUNBUFFERED="1")
+        project = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (project, env.get("PYTHONPATH", "")) if p)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+        )
+        self.threads = threads
+
+    def request(self, **query) -> dict:
+        """Send one query (``kind="measure"`` or ``"lut"`` plus the model settings) and wait for the answer."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the latency worker exited with code {self.proc.returncode}")
+        self.proc.stdin.write(json.dumps(query) + "\n")
+        self.proc.stdin.flush()
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("the latency worker died (see the query above for the architecture)")
+            if line.startswith("{"):
+                answer = json.loads(line)
+                if "error" in answer:
+                    raise RuntimeError(f"latency worker: {answer['error']}")
+                return answer
+
+    def measure(self, arch: str, width_mult: float, resolution: int, **kwargs) -> dict:
+        return self.request(kind="measure", arch=arch, width_mult=width_mult, resolution=resolution, **kwargs)
+
+    def predict(self, arch: str, width_mult: float, resolution: int, **kwargs) -> dict:
+        return self.request(kind="lut", arch=arch, width_mult=width_mult, resolution=resolution, **kwargs)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def __enter__(self) -> "LatencyWorker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _serve(threads: int, lut_path: Optional[str], warmup: int, repeats: int) -> None:
+    ms.set_device("CPU")
+    if threads > 0:
+        ms.device_context.cpu.op_tuning.threads_num(threads)
+    table = LatencyTable(lut_path, warmup, repeats, threads)
+    host = host_description()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            query = json.loads(line)
+            kind = query.pop("kind")
+            if kind == "measure":
+                answer = measure_model_latency(warmup=warmup, repeats=repeats, **query)
+            elif kind == "lut":
+                t0 = time.perf_counter()
+                answer = {"predicted_ms": table.predict(**query), "seconds": time.perf_counter() - t0}
+            else:
+                raise ValueError(f"unknown query kind '{kind}'")
+            answer.update(host=host, threads=threads)
+        except Exception as err:  # reported to the parent, which raises with the message
+            answer = {"error": f"{type(err).__name__}: {err}"}
+        print(json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="latency worker: JSON queries on stdin, JSON answers on stdout")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lut", default=None)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    _serve(args.threads, args.lut, args.warmup, args.repeats)

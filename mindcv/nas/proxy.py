@@ -1,0 +1,200 @@
+"""The proxy task: train a candidate briefly and score it on a held-out split.
+
+The data comes from any :func:`~mindcv.data.create_dataset` source, decoded once at the proxy
+resolution into memory (every candidate sees exactly the same images), and a fixed fraction of the
+training split is held out for scoring (the analogue of the paper's 50K ImageNet hold-out). Training is
+deterministic per (architecture, seed): weights, data order, augmentation and dropout all derive from the
+seed, so a candidate's score is reproducible and can be cached by its canonical architecture string.
+"""
+
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+import mindspore as ms
+
+from ..data import create_dataset, create_loader, create_transforms
+from ..engine import EvalStep, make_noise
+from ..loss import create_loss
+from ..models.mnasnet import MnasNet
+from ..optim import create_optimizer
+from ..scheduler import create_scheduler
+from ..utils.random import set_seed
+from ..utils.train_step import NetWithLoss, TrainStep
+
+__all__ = ["ProxyTask", "ProxyConfig", "load_arrays"]
+
+
+@dataclass
+class ProxyConfig:
+    """Settings of the proxy task (the same for every candidate).
+
+    Args:
+        dataset: ``create_dataset`` name (``demo`` by default: generated, no download).
+        data_dir: dataset root (default: the dataset's cache folder).
+        image_size: proxy training resolution.
+        holdout: fraction of the training split held out for scoring (0: score on ``val_split``).
+        val_split: split scored when ``holdout`` is 0.
+        num_samples: use only this many training images (0: all), e.g. for smoke tests.
+        epochs: training epochs per candidate.
+        batch_size: batch size.
+        lr: peak learning rate (AdamW, cosine decay, no warm-up).
+        weight_decay: AdamW weight decay.
+        label_smoothing: cross-entropy label smoothing.
+        width_mult: width multiplier of every candidate (and of the reference networks).
+        drop_rate: classifier dropout.
+        bn_momentum: BatchNorm momentum (MindSpore convention; short training wants fast statistics).
+        seed: training seed (weights, data order, augmentation, dropout).
+    """
+
+    dataset: str = "demo"
+    data_dir: Optional[str] = None
+    image_size: int = 64
+    holdout: float = 0.25
+    val_split: str = "val"
+    num_samples: int = 0
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 0.004
+    weight_decay: float = 0.02
+    label_smoothing: float = 0.1
+    width_mult: float = 0.5
+    drop_rate: float = 0.1
+    bn_momentum: float = 0.9
+    seed: int = 0
+
+
+def load_arrays(name: str, root: Optional[str], split: str, image_size: int, limit: int = 0) -> Tuple[np.ndarray, ...]:
+    """Decode a dataset split once with the evaluation preprocessing: ``(images NCHW float32, labels int32)``."""
+    dataset = create_dataset(name, root=root, split=split, shuffle=False, download=False)
+    num_classes = dataset.num_classes()
+    loader = create_loader(dataset, 100, transform=create_transforms(name, image_resize=image_size, crop_pct=1.0))
+    images, labels = [], []
+    for x, y in loader.create_tuple_iterator(num_epochs=1, output_numpy=True):
+        images.append(x)
+        labels.append(y)
+    images, labels = np.concatenate(images), np.concatenate(labels).astype(np.int32)
+    if limit and limit < len(labels):
+        # a fixed random subset: the files are sorted by class, so a prefix would hold only the first classes
+        keep = np.sort(np.random.default_rng(54321).permutation(len(labels))[:limit])
+        images, labels = images[keep], labels[keep]
+    return images.astype(np.float32), labels, num_classes
+
+
+class ProxyTask:
+    """Train-and-score of candidates on one fixed in-memory dataset.
+
+    Args:
+        config: the proxy settings.
+    """
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        images, labels, self.num_classes = load_arrays(
+            config.dataset, config.data_dir, "train", config.image_size, config.num_samples
+        )
+        if config.holdout > 0:
+            order = np.random.default_rng(12345).permutation(len(labels))  # fixed, independent of the seed
+            cut = int(round(len(labels) * config.holdout))
+            held, kept = order[:cut], order[cut:]
+            self.train_x, self.train_y = images[kept], labels[kept]
+            self.val_x, self.val_y = images[held], labels[held]
+        else:
+            self.train_x, self.train_y = images, labels
+            self.val_x, self.val_y, _ = load_arrays(
+                config.dataset, config.data_dir, config.val_split, config.image_size
+            )
+        if len(self.train_y) < config.batch_size or len(self.val_y) == 0:
+            raise ValueError(
+                f"proxy data too small: {len(self.train_y)} training / {len(self.val_y)} held-out images "
+                f"for batch size {config.batch_size}"
+            )
+
+    def describe(self) -> str:
+        c = self.config
+        return (
+            f"proxy: {c.dataset} at {c.image_size}px, {len(self.train_y)} train / {len(self.val_y)} held-out images, "
+            f"{self.num_classes} classes, {c.epochs} epochs x batch {c.batch_size}, width x{c.width_mult}"
+        )
+
+    def _augment(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Random horizontal flip and a random crop from a 4-pixel reflection padding."""
+        flip = rng.random(len(batch)) < 0.5
+        batch = np.where(flip[:, None, None, None], batch[..., ::-1], batch)
+        pad = 4
+        padded = np.pad(batch, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect")
+        size = batch.shape[-1]
+        out = np.empty_like(batch)
+        for i, (dy, dx) in enumerate(rng.integers(0, 2 * pad + 1, size=(len(batch), 2))):
+            out[i] = padded[i, :, dy : dy + size, dx : dx + size]
+        return out
+
+    def evaluate(self, arch: str, seed: Optional[int] = None, epochs: Optional[int] = None) -> Dict[str, float]:
+        """Train ``arch`` from scratch and score it on the held-out images.
+
+        Args:
+            arch: ``|``-joined architecture string.
+            seed: training seed (default: the config's).
+            epochs: training epochs (default: the config's).
+
+        Returns:
+            ``{"accuracy"`` (top-1 %), ``"loss"`` (final training loss), ``"params"``, ``"train_seconds"}``.
+        """
+        c = self.config
+        seed = c.seed if seed is None else seed
+        epochs = c.epochs if epochs is None else epochs
+        start = time.perf_counter()
+        ms.set_context(mode=ms.GRAPH_MODE)
+        set_seed(seed)
+        model = MnasNet(
+            arch,
+            num_classes=self.num_classes,
+            width_mult=c.width_mult,
+            drop_rate=c.drop_rate,
+            bn_momentum=c.bn_momentum,
+        )
+        steps_per_epoch = len(self.train_y) // c.batch_size
+        schedule = create_scheduler(
+            steps_per_epoch,
+            "cosine_decay",
+            lr=c.lr,
+            min_lr=c.lr * 0.01,
+            warmup_epochs=0,
+            decay_epochs=epochs,
+            num_epochs=epochs,
+        )
+        optimizer = create_optimizer(model, "adamw", lr=schedule, weight_decay=c.weight_decay)
+        step = TrainStep(NetWithLoss(model, create_loss("CE", label_smoothing=c.label_smoothing)), optimizer)
+        step.set_train(True)
+        rng = np.random.default_rng([seed, 1])
+        losses = []
+        for epoch in range(epochs):
+            order = rng.permutation(len(self.train_y))
+            for i in range(steps_per_epoch):
+                idx = order[i * c.batch_size : (i + 1) * c.batch_size]
+                images = ms.Tensor(self._augment(self.train_x[idx], rng))
+                labels = ms.Tensor(self.train_y[idx])
+                noise = make_noise(seed, epoch * steps_per_epoch + i, len(idx), model.noise_width)
+                loss, _, _ = step(images, labels, noise)
+                losses.append(float(loss.asnumpy()))
+        if not np.isfinite(losses[-1]):
+            return {"accuracy": 0.0, "loss": float("nan"), "params": _params(model), "train_seconds": 0.0}
+        model.set_train(False)
+        evaluator = EvalStep(model, topk=1)
+        hits, count = 0.0, 0.0
+        for i in range(0, len(self.val_y), 200):
+            _, top1, _, n = evaluator(ms.Tensor(self.val_x[i : i + 200]), ms.Tensor(self.val_y[i : i + 200]))
+            hits += float(top1.asnumpy())
+            count += float(n.asnumpy())
+        return {
+            "accuracy": 100.0 * hits / count,
+            "loss": float(np.mean(losses[-steps_per_epoch:])),
+            "params": _params(model),
+            "train_seconds": time.perf_counter() - start,
+        }
+
+
+def _params(model) -> int:
+    return int(sum(p.size for p in model.trainable_params()))

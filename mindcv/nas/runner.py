@@ -1,0 +1,492 @@
+"""The MNAS search loop: propose, train on the proxy, measure latency, reward, learn; resumable.
+
+The state (every strategy's generator and learned parameters, every evaluated candidate, the cache of
+results by canonical architecture string) is written atomically to ``<output_dir>/state.json`` after
+each evaluated candidate, so a killed search restarts where it stopped and loses at most the candidate
+in progress. The strategies take turns (round robin), so machine noise and time of day hit them alike.
+"""
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from ..models.arch import format_arch_string
+from ..models.mnasnet import ARCH_DEFS
+from .latency import LatencyWorker, host_description
+from .proxy import ProxyConfig, ProxyTask
+from .reward import CONSTRAINTS, mnas_reward
+from .search_space import SearchSpace
+from .strategies import STRATEGIES, create_strategy
+
+__all__ = ["SearchConfig", "LatencyConfig", "RewardConfig", "run_search", "validate_lut", "spearman", "pareto_front"]
+
+_logger = logging.getLogger(__name__)
+REFERENCES = {"MnasNet-B1": "b1", "MnasNet-A1": "a1"}
+
+
+@dataclass
+class LatencyConfig:
+    """How candidates are timed.
+
+    Args:
+        mode: ``measured`` (whole network, the faithful way) or ``lut`` (per-layer lookup table).
+        resolution: input size of the latency measurement (deployment resolution, independent of the proxy's).
+        threads: MindSpore CPU threads in the timing process (1 imitates one big mobile core).
+        warmup: untimed calls after compilation.
+        repeats: timed calls (median reported).
+        target_ms: target latency T; default: the latency of MnasNet-B1 at the same width and settings.
+    """
+
+    mode: str = "measured"
+    resolution: int = 224
+    threads: int = 1
+    warmup: int = 5
+    repeats: int = 30
+    target_ms: Optional[float] = None
+
+
+@dataclass
+class RewardConfig:
+    """``constraint``: ``soft`` (alpha = beta = -0.07) or ``hard`` (alpha = 0, beta = -1); alpha/beta override."""
+
+    constraint: str = "soft"
+    alpha: Optional[float] = None
+    beta: Optional[float] = None
+
+    def exponents(self):
+        if self.constraint not in CONSTRAINTS:
+            raise ValueError(f"reward constraint must be one of {sorted(CONSTRAINTS)}, got '{self.constraint}'")
+        alpha, beta = CONSTRAINTS[self.constraint]
+        return (alpha if self.alpha is None else self.alpha, beta if self.beta is None else self.beta)
+
+
+@dataclass
+class SearchConfig:
+    """A whole search; ``search.py`` reads it from YAML (sections ``space``, ``proxy``, ``latency``, ``reward``).
+
+    Args:
+        output_dir: where the state, CSV, plots and top-k architecture files go.
+        budget: evaluated candidates per strategy.
+        strategies: strategy name -> its settings (``rl``, ``random``, ``evolution``).
+        top_k: architecture files written for the best candidates by reward.
+        seed: seed of the strategies.
+        confirm_seeds: extra proxy seeds on which the best candidate that beats B1 and B1 itself are retrained
+            at the end, to check that the win is not seed noise.
+    """
+
+    output_dir: str = "./nas_output"
+    budget: int = 30
+    strategies: Dict[str, Dict[str, Any]] = field(default_factory=lambda: {"rl": {}, "random": {}, "evolution": {}})
+    top_k: int = 5
+    seed: int = 0
+    confirm_seeds: List[int] = field(default_factory=list)
+    space: Dict[str, Any] = field(default_factory=dict)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (not the output folder or the budget, which may grow)."""
+        relevant = asdict(self)
+        for key in ("output_dir", "budget", "top_k", "confirm_seeds"):
+            relevant.pop(key)
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _atomic_json(path: str, data: Any) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+class _Evaluator:
+    """Proxy accuracy plus latency of an architecture, cached by its canonical string."""
+
+    def __init__(self, cfg: SearchConfig, cache: Dict[str, Dict], worker: LatencyWorker) -> None:
+        self.cfg = cfg
+        self.cache = cache
+        self.worker = worker
+        self._proxy: Optional[ProxyTask] = None
+
+    @property
+    def proxy(self) -> ProxyTask:
+        if self._proxy is None:  # decoding the data is skipped entirely when everything is cached
+            self._proxy = ProxyTask(self.cfg.proxy)
+            _logger.info(self._proxy.describe())
+        return self._proxy
+
+    def latency(self, arch: str) -> Dict[str, float]:
+        lat = self.cfg.latency
+        args = dict(width_mult=self.cfg.proxy.width_mult, resolution=lat.resolution)
+        if lat.mode == "measured":
+            m = self.worker.measure(arch, **args)
+            return {"latency_ms": m["median_ms"], "latency_p10_ms": m["p10_ms"], "latency_p90_ms": m["p90_ms"]}
+        if lat.mode == "lut":
+            p = self.worker.predict(arch, **args)
+            return {"latency_ms": p["predicted_ms"], "latency_p10_ms": math.nan, "latency_p90_ms": math.nan}
+        raise ValueError(f"latency mode must be 'measured' or 'lut', got '{lat.mode}'")
+
+    def __call__(self, arch: str) -> Dict[str, Any]:
+        if arch in self.cache:
+            return {**self.cache[arch], "cached": True}
+        result = {**self.proxy.evaluate(arch), **self.latency(arch)}
+        self.cache[arch] = result
+        return {**result, "cached": False}
+
+
+def pareto_front(points: List[tuple]) -> List[int]:
+    """Indices of the points (latency, accuracy) that no other point beats in both (lower latency, higher acc)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+
+    def ranks(v):
+        v = np.asarray(v, dtype=np.float64)
+        order = np.argsort(v, kind="mergesort")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v))
+        for value in np.unique(v):
+            tie = v == value
+            r[tie] = r[tie].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def run_search(cfg: SearchConfig, restart: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """Run (or resume) a search and write its outputs.
+
+    Args:
+        cfg: the search configuration.
+        restart: discard a previous state in ``cfg.output_dir`` instead of resuming it.
+        progress: show a progress bar.
+
+    Returns:
+        The summary that is also written to ``summary.json``.
+    """
+    for name in cfg.strategies:
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown search strategy '{name}'; valid: {sorted(STRATEGIES)}")
+    if cfg.budget < 1:
+        raise ValueError(f"budget must be >= 1 candidate per strategy, got {cfg.budget}")
+    alpha, beta = cfg.reward.exponents()
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    state_path = os.path.join(cfg.output_dir, "state.json")
+    space = SearchSpace(**cfg.space)
+    strategies = {
+        name: create_strategy(name, space, seed=cfg.seed * 100 + i, **(kwargs or {}))
+        for i, (name, kwargs) in enumerate(cfg.strategies.items())
+    }
+    state: Dict[str, Any] = {"fingerprint": cfg.fingerprint(), "records": [], "cache": {}, "references": {}}
+    if os.path.exists(state_path) and not restart:
+        with open(state_path) as f:
+            try:
+                saved = json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"'{state_path}' is corrupted ({err}); pass --restart to start over") from err
+        if saved.get("fingerprint") != state["fingerprint"]:
+            raise ValueError(
+                f"'{cfg.output_dir}' holds a search with different settings; use another output_dir or --restart"
+            )
+        state = saved
+        for name, strategy in strategies.items():
+            if name in state.get("strategies", {}):
+                strategy.load_state_dict(state["strategies"][name])
+        _logger.info("resuming: %d candidates already evaluated", len(state["records"]))
+    state["host"] = host_description()
+    state["config"] = asdict(cfg)
+
+    lat = cfg.latency
+    lut_path = os.path.join(cfg.output_dir, "latency_lut.json")
+    with LatencyWorker(lat.threads, lut_path, lat.warmup, lat.repeats) as worker:
+        evaluate = _Evaluator(cfg, state["cache"], worker)
+        for label, key in REFERENCES.items():
+            if label not in state["references"]:
+                arch = format_arch_string(ARCH_DEFS[key])
+                state["references"][label] = {"arch": arch, **evaluate(arch)}
+                _atomic_json(state_path, state)
+        target = lat.target_ms or state["references"]["MnasNet-B1"]["latency_ms"]
+        state["target_ms"] = target
+
+        names = list(strategies)
+        total = cfg.budget * len(names)
+        done = len(state["records"])
+        bar = tqdm(total=total, initial=min(done, total), desc="search", disable=not progress, dynamic_ncols=True)
+        while done < total:
+            name = names[done % len(names)]
+            strategy = strategies[name]
+            decisions = strategy.ask()
+            arch = space.arch_string(decisions)
+            result = evaluate(arch)
+            reward = mnas_reward(result["accuracy"], result["latency_ms"], target, alpha, beta)
+            strategy.tell(decisions, reward)
+            state["records"].append(
+                {
+                    "step": done,
+                    "strategy": name,
+                    "sample": done // len(names),
+                    "arch": arch,
+                    "decisions": decisions,
+                    "reward": reward,
+                    **result,
+                }
+            )
+            state["strategies"] = {n: s.state_dict() for n, s in strategies.items()}
+            _atomic_json(state_path, state)
+            done += 1
+            best = max(r["reward"] for r in state["records"])
+            bar.set_postfix(
+                strategy=name, acc=f"{result['accuracy']:.1f}", lat=f"{result['latency_ms']:.1f}ms", best=f"{best:.2f}"
+            )
+            bar.update(1)
+            write_csv(state, os.path.join(cfg.output_dir, "candidates.csv"))
+        bar.close()
+        summary = summarize(cfg, state, evaluate)
+    _atomic_json(state_path, state)
+    return summary
+
+
+CSV_FIELDS = [
+    "step", "strategy", "sample", "reward", "accuracy", "latency_ms", "latency_p10_ms", "latency_p90_ms",
+    "params", "loss", "train_seconds", "cached", "arch",
+]  # fmt: skip
+
+
+def write_csv(state: Dict[str, Any], path: str) -> None:
+    """Every evaluated candidate (and the references, strategy ``reference``) as one CSV row."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for label, ref in state["references"].items():
+            writer.writerow({**ref, "strategy": f"reference:{label}", "step": -1, "sample": -1})
+        for record in state["records"]:
+            writer.writerow(record)
+    os.replace(tmp, path)
+
+
+def summarize(cfg: SearchConfig, state: Dict[str, Any], evaluate: _Evaluator) -> Dict[str, Any]:
+    """Top-k architecture files, the comparison with B1, per-strategy reward statistics and the plots."""
+    records = state["records"]
+    b1 = state["references"]["MnasNet-B1"]
+    unique: Dict[str, Dict] = {}
+    for r in sorted(records, key=lambda r: -r["reward"]):
+        unique.setdefault(r["arch"], r)
+    top = list(unique.values())[: cfg.top_k]
+    top_files = []
+    for rank, r in enumerate(top, 1):
+        path = os.path.join(cfg.output_dir, f"top{rank}.json")
+        _atomic_json(
+            path,
+            {
+                "arch": r["arch"],
+                "width_mult": cfg.proxy.width_mult,
+                "reward": r["reward"],
+                "proxy_accuracy": r["accuracy"],
+                "latency_ms": r["latency_ms"],
+                "found_by": r["strategy"],
+                "usage": f"create_model('mnasnet_arch', arch='{path}')",
+            },
+        )
+        top_files.append(path)
+
+    per_strategy = {}
+    for name in cfg.strategies:
+        rewards = [r["reward"] for r in records if r["strategy"] == name]
+        quarter = rewards[-max(1, len(rewards) // 4) :] if rewards else []
+        per_strategy[name] = {
+            "evaluated": len(rewards),
+            "mean_reward": float(np.mean(rewards)) if rewards else math.nan,
+            "mean_reward_last_quarter": float(np.mean(quarter)) if quarter else math.nan,
+            "best_reward": float(max(rewards)) if rewards else math.nan,
+        }
+    # architectures at most as slow as B1 and more accurate on the proxy
+    beating = sorted(
+        (r for r in unique.values() if r["latency_ms"] <= b1["latency_ms"] and r["accuracy"] > b1["accuracy"]),
+        key=lambda r: -r["accuracy"],
+    )
+    summary: Dict[str, Any] = {
+        "host": state["host"],
+        "target_ms": state["target_ms"],
+        "references": {
+            k: {f: v[f] for f in ("accuracy", "latency_ms", "params", "arch")} for k, v in state["references"].items()
+        },
+        "strategies": per_strategy,
+        "evaluated": len(records),
+        "distinct_architectures": len(unique),
+        "cache_hits": sum(1 for r in records if r.get("cached")),
+        "top": [{k: r[k] for k in ("arch", "reward", "accuracy", "latency_ms", "strategy")} for r in top],
+        "top_files": top_files,
+        "beats_b1": [{k: r[k] for k in ("arch", "accuracy", "latency_ms", "strategy")} for r in beating[:5]],
+    }
+    if beating and cfg.confirm_seeds:
+        summary["confirmation"] = _confirm(beating[0]["arch"], b1["arch"], cfg.confirm_seeds, evaluate)
+    _atomic_json(os.path.join(cfg.output_dir, "summary.json"), summary)
+    try:
+        summary["plots"] = plot_search(state, cfg.output_dir)
+    except ImportError:
+        _logger.warning("matplotlib is not installed (pip install mindcv[plot]): no plots written")
+    _atomic_json(os.path.join(cfg.output_dir, "summary.json"), summary)
+    return summary
+
+
+def _confirm(arch: str, b1_arch: str, seeds: List[int], evaluate: _Evaluator) -> Dict[str, Any]:
+    """Retrain the winner and B1 on more seeds and re-time both, interleaved, on the same proxy."""
+    out = {"seeds": list(seeds), "candidate": {"arch": arch}, "MnasNet-B1": {"arch": b1_arch}}
+    for key, a in (("candidate", arch), ("MnasNet-B1", b1_arch)):
+        accs = [evaluate.cache[a]["accuracy"]] + [evaluate.proxy.evaluate(a, seed=s)["accuracy"] for s in seeds]
+        out[key]["accuracies"] = accs
+        out[key]["mean_accuracy"] = float(np.mean(accs))
+    latencies = {"candidate": [], "MnasNet-B1": []}
+    for _ in range(3):
+        for key, a in (("candidate", arch), ("MnasNet-B1", b1_arch)):
+            latencies[key].append(evaluate.latency(a)["latency_ms"])
+    for key in latencies:
+        out[key]["latency_ms_repeats"] = latencies[key]
+        out[key]["median_latency_ms"] = float(np.median(latencies[key]))
+    return out
+
+
+def plot_search(state: Dict[str, Any], output_dir: str) -> List[str]:
+    """``pareto.png`` (accuracy vs latency, front, B1 and A1 marked) and ``reward_curve.png`` per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = state["records"]
+    names = sorted({r["strategy"] for r in records})
+    colors = dict(zip(names, ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"]))
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name in names:
+        pts = [(r["latency_ms"], r["accuracy"]) for r in records if r["strategy"] == name]
+        ax.scatter(*zip(*pts), s=18, alpha=0.6, color=colors[name], label=name)
+    everything = [(r["latency_ms"], r["accuracy"]) for r in records]
+    everything += [(v["latency_ms"], v["accuracy"]) for v in state["references"].values()]
+    front = sorted(everything[i] for i in pareto_front(everything))
+    ax.step(*zip(*front), where="post", color="black", linewidth=1, label="Pareto front")
+    for (label, ref), marker in zip(state["references"].items(), ["*", "P"]):
+        ax.scatter(
+            [ref["latency_ms"]],
+            [ref["accuracy"]],
+            marker=marker,
+            s=220,
+            color="red",
+            edgecolor="black",
+            zorder=5,
+            label=f"{label} (same width)",
+        )
+    ax.axvline(state["target_ms"], color="gray", linestyle=":", label=f"target T = {state['target_ms']:.1f} ms")
+    pareto_path = _save(
+        fig,
+        ax,
+        "measured latency (ms, batch 1)",
+        "proxy accuracy (%)",
+        "MNAS search: accuracy vs latency",
+        os.path.join(output_dir, "pareto.png"),
+    )
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in names:
+        rewards = np.array([r["reward"] for r in records if r["strategy"] == name])
+        window = max(1, min(8, len(rewards) // 4))
+        running = np.convolve(rewards, np.ones(window) / window, mode="valid")
+        ax.plot(np.arange(len(rewards)), rewards, ".", color=colors[name], alpha=0.3)
+        ax.plot(np.arange(window - 1, len(rewards)), running, color=colors[name], label=f"{name} (mean of {window})")
+    curve_path = _save(
+        fig,
+        ax,
+        "candidate of the strategy",
+        "reward ACC x (LAT/T)^w",
+        "reward per strategy",
+        os.path.join(output_dir, "reward_curve.png"),
+    )
+    return [pareto_path, curve_path]
+
+
+def _save(fig, ax, xlabel: str, ylabel: str, title: str, path: str) -> str:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def validate_lut(cfg: SearchConfig, num_archs: int = 20, seed: int = 1234, progress: bool = True) -> Dict[str, Any]:
+    """Accuracy of the lookup-table predictor against measured latency on random architectures.
+
+    Writes ``lut_report.json`` and ``lut_accuracy.png`` into the output folder.
+
+    Returns:
+        MAPE (raw, and after one scale factor fitted on MnasNet-B1) and Spearman rank correlation.
+    """
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    space = SearchSpace(**cfg.space)
+    rng = np.random.default_rng(seed)
+    archs = [format_arch_string(ARCH_DEFS["b1"]), format_arch_string(ARCH_DEFS["a1"])]
+    archs += [space.arch_string(space.sample(rng)) for _ in range(num_archs)]
+    lat = cfg.latency
+    rows = []
+    with LatencyWorker(lat.threads, os.path.join(cfg.output_dir, "latency_lut.json"), lat.warmup, lat.repeats) as w:
+        for arch in tqdm(archs, desc="LUT vs measured", disable=not progress):
+            args = dict(width_mult=cfg.proxy.width_mult, resolution=lat.resolution)
+            measured = w.measure(arch, **args)["median_ms"]
+            predicted = w.predict(arch, **args)["predicted_ms"]
+            rows.append({"arch": arch, "measured_ms": measured, "predicted_ms": predicted})
+    measured = np.array([r["measured_ms"] for r in rows[2:]])
+    predicted = np.array([r["predicted_ms"] for r in rows[2:]])
+    scale = rows[0]["measured_ms"] / rows[0]["predicted_ms"]  # calibrated on B1 only, not on the test archs
+    report = {
+        "host": host_description(),
+        "threads": lat.threads,
+        "resolution": lat.resolution,
+        "width_mult": cfg.proxy.width_mult,
+        "num_archs": len(measured),
+        "mape_percent": float(np.mean(np.abs(predicted - measured) / measured) * 100),
+        "mape_percent_calibrated_on_b1": float(np.mean(np.abs(predicted * scale - measured) / measured) * 100),
+        "spearman": spearman(predicted, measured),
+        "rows": rows,
+    }
+    _atomic_json(os.path.join(cfg.output_dir, "lut_report.json"), report)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.scatter(measured, predicted, s=20)
+        lim = [0, max(measured.max(), predicted.max()) * 1.1]
+        ax.plot(lim, lim, "k:", linewidth=1)
+        ax.set_xlabel("measured latency (ms)")
+        ax.set_ylabel("lookup-table prediction (ms)")
+        ax.set_title(f"MAPE {report['mape_percent']:.1f}%, Spearman {report['spearman']:.3f}")
+        fig.tight_layout()
+        fig.savefig(os.path.join(cfg.output_dir, "lut_accuracy.png"), dpi=120)
+        plt.close(fig)
+    except ImportError:
+        pass
+    return report

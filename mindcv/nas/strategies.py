@@ -1,0 +1,182 @@
+"""Search strategies with one interface: ``ask()`` a decision vector, ``tell()`` its reward.
+
+* :class:`ReinforceController`: the paper's reinforcement learning over the decision sequence, as
+  REINFORCE with a moving-average baseline and an entropy bonus on independent per-decision logits
+  (TuNAS's controller; the paper's RNN + PPO is replaced by the simpler estimator the issue allows).
+* :class:`RandomSearch`: uniform sampling, the honest baseline.
+* :class:`RegularizedEvolution`: aging evolution (Real et al. 2019): tournament selection, one-decision
+  mutation, the oldest member dies.
+
+Every strategy keeps its random generator and learned state in ``state_dict()`` (JSON-serialisable), so
+a search restored from disk proposes exactly what the uninterrupted search would have proposed.
+"""
+
+from collections import deque
+from typing import Dict, List
+
+import numpy as np
+
+from .search_space import Decisions, SearchSpace
+
+__all__ = ["Strategy", "RandomSearch", "RegularizedEvolution", "ReinforceController", "create_strategy", "STRATEGIES"]
+
+
+class Strategy:
+    """Base class: a seeded generator plus ``ask``/``tell``."""
+
+    name = "strategy"
+
+    def __init__(self, space: SearchSpace, seed: int = 0) -> None:
+        self.space = space
+        self.rng = np.random.default_rng(seed)
+
+    def ask(self) -> Decisions:
+        raise NotImplementedError
+
+    def tell(self, decisions: Decisions, reward: float) -> None:
+        """Learn from one evaluated candidate (no-op for strategies that do not learn)."""
+
+    def state_dict(self) -> Dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+
+class RandomSearch(Strategy):
+    """Uniformly random architectures."""
+
+    name = "random"
+
+    def ask(self) -> Decisions:
+        return self.space.sample(self.rng)
+
+
+class RegularizedEvolution(Strategy):
+    """Aging evolution.
+
+    Args:
+        space: the search space.
+        seed: generator seed.
+        population: population size (the first ``population`` candidates are random).
+        tournament: members sampled per selection; the best of them is the parent.
+    """
+
+    name = "evolution"
+
+    def __init__(self, space: SearchSpace, seed: int = 0, population: int = 8, tournament: int = 3) -> None:
+        super().__init__(space, seed)
+        if population < 2 or not 1 <= tournament <= population:
+            raise ValueError(f"need population >= 2 and 1 <= tournament <= population, got {population}, {tournament}")
+        self.population_size = population
+        self.tournament = tournament
+        self.population: deque = deque()
+
+    def ask(self) -> Decisions:
+        if len(self.population) < self.population_size:
+            return self.space.sample(self.rng)
+        members = [self.population[i] for i in self.rng.choice(len(self.population), self.tournament, replace=False)]
+        parent = max(members, key=lambda m: m[1])[0]
+        return self.space.mutate(parent, self.rng)
+
+    def tell(self, decisions: Decisions, reward: float) -> None:
+        self.population.append((list(decisions), float(reward)))
+        if len(self.population) > self.population_size:
+            self.population.popleft()
+
+    def state_dict(self) -> Dict:
+        return {**super().state_dict(), "population": [list(m) for m in self.population]}
+
+    def load_state_dict(self, state: Dict) -> None:
+        super().load_state_dict(state)
+        self.population = deque((list(d), float(r)) for d, r in state["population"])
+
+
+class ReinforceController(Strategy):
+    """Policy-gradient controller over the decision sequence.
+
+    The policy is one softmax per decision (7 blocks x 6 decisions). After each candidate:
+    ``logits += lr * (advantage * grad log p(decisions) + entropy_weight * grad H)``, with
+    ``advantage = (reward - baseline) / scale``; the baseline is an exponential moving average of the
+    rewards and ``scale`` a moving average of their absolute deviation, so ``lr`` does not depend on the
+    reward's units.
+
+    Args:
+        space: the search space.
+        seed: generator seed.
+        lr: policy learning rate.
+        baseline_decay: EMA decay of the reward baseline (0.95 as in ENAS/autogluon).
+        entropy_weight: entropy bonus (keeps exploring).
+    """
+
+    name = "rl"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        lr: float = 0.3,
+        baseline_decay: float = 0.9,
+        entropy_weight: float = 1e-3,
+    ) -> None:
+        super().__init__(space, seed)
+        self.lr = lr
+        self.baseline_decay = baseline_decay
+        self.entropy_weight = entropy_weight
+        self.logits: List[np.ndarray] = [np.zeros(n) for n in space.num_choices]
+        self.baseline = None
+        self.scale = None
+        self.updates = 0
+
+    def probabilities(self) -> List[np.ndarray]:
+        out = []
+        for logit in self.logits:
+            e = np.exp(logit - logit.max())
+            out.append(e / e.sum())
+        return out
+
+    def ask(self) -> Decisions:
+        return [int(self.rng.choice(len(p), p=p)) for p in self.probabilities()]
+
+    def entropy(self) -> float:
+        return float(sum(-(p * np.log(p + 1e-12)).sum() for p in self.probabilities()))
+
+    def tell(self, decisions: Decisions, reward: float) -> None:
+        if self.baseline is None:
+            self.baseline, self.scale = float(reward), 0.0
+            return
+        deviation = abs(reward - self.baseline)
+        self.scale = deviation if self.scale == 0.0 else 0.9 * self.scale + 0.1 * deviation
+        advantage = (reward - self.baseline) / max(self.scale, 1e-8)
+        for logit, p, choice in zip(self.logits, self.probabilities(), decisions):
+            grad_logp = -p
+            grad_logp[choice] += 1.0
+            log_p = np.log(p + 1e-12)
+            grad_entropy = -p * (log_p - (p * log_p).sum())  # d H / d logits
+            logit += self.lr * (advantage * grad_logp + self.entropy_weight * grad_entropy)
+        self.baseline = self.baseline_decay * self.baseline + (1 - self.baseline_decay) * float(reward)
+        self.updates += 1
+
+    def state_dict(self) -> Dict:
+        return {
+            **super().state_dict(),
+            "logits": [logit.tolist() for logit in self.logits],
+            "baseline": self.baseline,
+            "scale": self.scale,
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: Dict) -> None:
+        super().load_state_dict(state)
+        self.logits = [np.array(v, dtype=np.float64) for v in state["logits"]]
+        self.baseline, self.scale, self.updates = state["baseline"], state["scale"], state["updates"]
+
+
+STRATEGIES = {"rl": ReinforceController, "random": RandomSearch, "evolution": RegularizedEvolution}
+
+
+def create_strategy(name: str, space: SearchSpace, seed: int = 0, **kwargs) -> Strategy:
+    """Build a strategy by name (``rl``, ``random``, ``evolution``) with its keyword settings."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown search strategy '{name}'; valid: {sorted(STRATEGIES)}")
+    return STRATEGIES[name](space, seed=seed, **kwargs)
