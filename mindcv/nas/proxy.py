@@ -20,7 +20,6 @@ from ..engine import EvalStep, make_noise
 from ..loss import create_loss
 from ..models.mnasnet import MnasNet
 from ..optim import create_optimizer
-from ..scheduler import create_scheduler
 from ..utils.random import set_seed
 from ..utils.train_step import NetWithLoss, TrainStep
 
@@ -40,8 +39,10 @@ class ProxyConfig:
         num_samples: use only this many training images (0: all), e.g. for smoke tests.
         epochs: training epochs per candidate.
         batch_size: batch size.
-        lr: peak learning rate (AdamW, cosine decay, no warm-up).
-        weight_decay: AdamW weight decay.
+        opt: optimizer name for :func:`~mindcv.optim.create_optimizer` (momentum 0.9 where it applies).
+        lr: peak learning rate (linear warm-up, then cosine decay).
+        warmup_epochs: warm-up length in epochs (may be fractional).
+        weight_decay: weight decay (not applied to BN and biases).
         label_smoothing: cross-entropy label smoothing.
         width_mult: width multiplier of every candidate (and of the reference networks).
         drop_rate: classifier dropout.
@@ -57,7 +58,9 @@ class ProxyConfig:
     num_samples: int = 0
     epochs: int = 3
     batch_size: int = 64
+    opt: str = "adamw"
     lr: float = 0.004
+    warmup_epochs: float = 0.0
     weight_decay: float = 0.02
     label_smoothing: float = 0.1
     width_mult: float = 0.5
@@ -156,16 +159,19 @@ class ProxyTask:
             bn_momentum=c.bn_momentum,
         )
         steps_per_epoch = len(self.train_y) // c.batch_size
-        schedule = create_scheduler(
-            steps_per_epoch,
-            "cosine_decay",
-            lr=c.lr,
-            min_lr=c.lr * 0.01,
-            warmup_epochs=0,
-            decay_epochs=epochs,
-            num_epochs=epochs,
+        total = steps_per_epoch * epochs
+        warmup = int(round(c.warmup_epochs * steps_per_epoch))
+        schedule = [
+            (
+                c.lr * (i + 1) / warmup
+                if i < warmup
+                else c.lr * 0.01 + 0.5 * c.lr * 0.99 * (1 + np.cos(np.pi * (i - warmup) / max(total - warmup, 1)))
+            )
+            for i in range(total)
+        ]
+        optimizer = create_optimizer(
+            model, c.opt, lr=schedule, weight_decay=c.weight_decay, weight_decay_filter="norm_and_bias"
         )
-        optimizer = create_optimizer(model, "adamw", lr=schedule, weight_decay=c.weight_decay)
         step = TrainStep(NetWithLoss(model, create_loss("CE", label_smoothing=c.label_smoothing)), optimizer)
         step.set_train(True)
         rng = np.random.default_rng([seed, 1])
