@@ -82,6 +82,14 @@ def run_exported(path: str, x: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
+def exported_difference(reference: nn.Cell, path: str, image_size: int, batch: int, in_channels: int = 3):
+    """``(max-abs, relative)`` difference between the exported graph and ``reference`` on a random batch."""
+    x = np.random.default_rng(batch).standard_normal((batch, in_channels, image_size, image_size)).astype(np.float32)
+    expected = reference(ms.Tensor(x)).asnumpy()
+    diff = float(np.abs(run_exported(path, x) - expected).max())
+    return diff, diff / max(float(np.abs(expected).max()), 1e-30)
+
+
 def check_exported(
     model: nn.Cell,
     path: str,
@@ -91,9 +99,7 @@ def check_exported(
     reference: Optional[nn.Cell] = None,
 ) -> float:
     """Max-abs difference between the exported graph and ``reference`` (default: ``model``) on a random batch."""
-    x = np.random.default_rng(0).standard_normal((batch, in_channels, image_size, image_size)).astype(np.float32)
-    expected = (reference or model)(ms.Tensor(x)).asnumpy()
-    return float(np.abs(run_exported(path, x) - expected).max())
+    return exported_difference(reference or model, path, image_size, batch, in_channels)[0]
 
 
 def _twin(model_name: str, source: nn.Cell, num_classes: int) -> nn.Cell:
@@ -152,11 +158,7 @@ def main(argv=None) -> int:
     try:
         worst = 0.0
         for batch in (1, 3) if dynamic else (batch_size,):
-            x = np.random.default_rng(batch).standard_normal((batch, 3, args.image_size, args.image_size))
-            x = x.astype(np.float32)
-            expected = reference(ms.Tensor(x)).asnumpy()
-            diff = float(np.abs(run_exported(path, x) - expected).max())
-            relative = diff / max(float(np.abs(expected).max()), 1e-30)
+            diff, relative = exported_difference(reference, path, args.image_size, batch)
             worst = max(worst, relative)
             print(f"batch {batch}: exported vs in-framework output: max |diff| = {diff:.3e} (relative {relative:.2e})")
     except ImportError:

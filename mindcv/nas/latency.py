@@ -161,6 +161,14 @@ def _key_cell(key: Tuple) -> Tuple[nn.Cell, Tuple[int, ...]]:
     return cell, (1, cin, size, size)
 
 
+def write_json_atomic(path: str, data) -> None:
+    """Write JSON so that a crash never leaves a half-written file at ``path``."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
 def _key_str(key: Tuple) -> str:
     return json.dumps(list(key))
 
@@ -213,10 +221,7 @@ class LatencyTable:
     def save(self) -> None:
         if not self.path:
             return
-        tmp = f"{self.path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump({"meta": self.meta, "entries": self.entries}, f)
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, {"meta": self.meta, "entries": self.entries})
         self._new = 0
 
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..models.arch import format_arch_string
 from ..models.mnasnet import ARCH_DEFS
-from .latency import LatencyWorker, host_description
+from .latency import LatencyWorker, host_description, write_json_atomic
 from .proxy import ProxyConfig, ProxyTask
 from .reward import CONSTRAINTS, mnas_reward
 from .search_space import SearchSpace
@@ -99,13 +99,6 @@ class SearchConfig:
         for key in ("output_dir", "budget", "top_k", "confirm_seeds"):
             relevant.pop(key)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _atomic_json(path: str, data: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 class _Evaluator:
@@ -222,7 +215,7 @@ def run_search(cfg: SearchConfig, restart: bool = False, progress: bool = True) 
             if label not in state["references"]:
                 arch = format_arch_string(ARCH_DEFS[key])
                 state["references"][label] = {"arch": arch, **evaluate(arch)}
-                _atomic_json(state_path, state)
+                write_json_atomic(state_path, state)
         target = lat.target_ms or state["references"]["MnasNet-B1"]["latency_ms"]
         state["target_ms"] = target
 
@@ -250,7 +243,7 @@ def run_search(cfg: SearchConfig, restart: bool = False, progress: bool = True) 
                 }
             )
             state["strategies"] = {n: s.state_dict() for n, s in strategies.items()}
-            _atomic_json(state_path, state)
+            write_json_atomic(state_path, state)
             done += 1
             best = max(r["reward"] for r in state["records"])
             bar.set_postfix(
@@ -260,7 +253,7 @@ def run_search(cfg: SearchConfig, restart: bool = False, progress: bool = True) 
             write_csv(state, os.path.join(cfg.output_dir, "candidates.csv"))
         bar.close()
         summary = summarize(cfg, state, evaluate)
-    _atomic_json(state_path, state)
+    write_json_atomic(state_path, state)
     return summary
 
 
@@ -294,7 +287,7 @@ def summarize(cfg: SearchConfig, state: Dict[str, Any], evaluate: _Evaluator) ->
     top_files = []
     for rank, r in enumerate(top, 1):
         path = os.path.join(cfg.output_dir, f"top{rank}.json")
-        _atomic_json(
+        write_json_atomic(
             path,
             {
                 "arch": r["arch"],
@@ -339,12 +332,11 @@ def summarize(cfg: SearchConfig, state: Dict[str, Any], evaluate: _Evaluator) ->
     }
     if beating and cfg.confirm_seeds:
         summary["confirmation"] = _confirm(beating[0]["arch"], b1["arch"], cfg.confirm_seeds, evaluate)
-    _atomic_json(os.path.join(cfg.output_dir, "summary.json"), summary)
     try:
         summary["plots"] = plot_search(state, cfg.output_dir)
     except ImportError:
         _logger.warning("matplotlib is not installed (pip install mindcv[plot]): no plots written")
-    _atomic_json(os.path.join(cfg.output_dir, "summary.json"), summary)
+    write_json_atomic(os.path.join(cfg.output_dir, "summary.json"), summary)
     return summary
 
 
@@ -470,7 +462,7 @@ def validate_lut(cfg: SearchConfig, num_archs: int = 20, seed: int = 1234, progr
         "spearman": spearman(predicted, measured),
         "rows": rows,
     }
-    _atomic_json(os.path.join(cfg.output_dir, "lut_report.json"), report)
+    write_json_atomic(os.path.join(cfg.output_dir, "lut_report.json"), report)
     try:
         import matplotlib
 
