@@ -4,6 +4,8 @@ from typing import Optional, Tuple, Union
 
 from mindspore import Tensor, nn, ops
 
+from ..errors import InvalidArgumentError
+
 __all__ = ["create_loss", "LOSSES", "CrossEntropySmooth", "BinaryCrossEntropySmooth"]
 
 LOSSES = ("ce", "bce")
@@ -126,11 +128,11 @@ def create_loss(
     """
     key = name.lower()
     if key not in LOSSES:
-        raise ValueError(f"unknown loss '{name}'; valid: {', '.join(n.upper() for n in LOSSES)}")
+        raise InvalidArgumentError(f"unknown loss '{name}'; valid: {', '.join(n.upper() for n in LOSSES)}")
     if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        raise InvalidArgumentError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        raise InvalidArgumentError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if key == "ce":
         return CrossEntropySmooth(label_smoothing, aux_factor, reduction, weight)
     return BinaryCrossEntropySmooth(label_smoothing, aux_factor, reduction, weight)

@@ -32,6 +32,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import List, Sequence, Tuple, Union
 
+from ..errors import InvalidArgumentError
+
 __all__ = [
     "BlockArgs",
     "BLOCK_TYPES",
@@ -77,9 +79,9 @@ def _number(text: str, token: str, block_str: str, kind=int) -> Union[int, float
     try:
         value = kind(text)
     except ValueError:
-        raise ValueError(f"block string '{block_str}': token '{token}' needs a {kind.__name__} value") from None
+        raise InvalidArgumentError(f"block string '{block_str}': token '{token}' needs a {kind.__name__} value") from None
     if value < 0:
-        raise ValueError(f"block string '{block_str}': token '{token}' must not be negative")
+        raise InvalidArgumentError(f"block string '{block_str}': token '{token}' must not be negative")
     return value
 
 
@@ -96,11 +98,11 @@ def decode_block_str(block_str: str) -> Tuple[BlockArgs, int]:
         ValueError: unknown block type or token, missing kernel/channels, or an invalid value.
     """
     if not isinstance(block_str, str) or not block_str:
-        raise ValueError(f"block string must be a non-empty str, got {block_str!r}")
+        raise InvalidArgumentError(f"block string must be a non-empty str, got {block_str!r}")
     tokens = block_str.split("_")
     block_type = tokens[0]
     if block_type not in BLOCK_TYPES:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"block string '{block_str}': unknown block type '{block_type}'; valid: {', '.join(BLOCK_TYPES)}"
         )
     opts = {"r": 1, "s": 1, "e": 1.0, "se": 0.0}
@@ -108,7 +110,7 @@ def decode_block_str(block_str: str) -> Tuple[BlockArgs, int]:
     for tok in tokens[1:]:
         m = _TOKEN_RE.match(tok)
         if not m or (m.group(1) in ("skip", "noskip") and m.group(2)):
-            raise ValueError(f"block string '{block_str}': unknown token '{tok}'; valid tokens: {_VALID_TOKENS}")
+            raise InvalidArgumentError(f"block string '{block_str}': unknown token '{tok}'; valid tokens: {_VALID_TOKENS}")
         key, value = m.group(1), m.group(2)
         if key == "noskip":
             noskip = True
@@ -120,17 +122,17 @@ def decode_block_str(block_str: str) -> Tuple[BlockArgs, int]:
             opts[key] = _number(value, tok, block_str, int)
     for required in ("k", "c"):
         if required not in opts:
-            raise ValueError(f"block string '{block_str}': missing '{required}<int>' token")
+            raise InvalidArgumentError(f"block string '{block_str}': missing '{required}<int>' token")
     if opts["k"] % 2 == 0 or opts["k"] < 1:
-        raise ValueError(f"block string '{block_str}': kernel size must be odd and >= 1, got {opts['k']}")
+        raise InvalidArgumentError(f"block string '{block_str}': kernel size must be odd and >= 1, got {opts['k']}")
     if opts["s"] not in (1, 2):
-        raise ValueError(f"block string '{block_str}': stride must be 1 or 2, got {opts['s']}")
+        raise InvalidArgumentError(f"block string '{block_str}': stride must be 1 or 2, got {opts['s']}")
     if opts["r"] < 1 or opts["c"] < 1:
-        raise ValueError(f"block string '{block_str}': repeats and channels must be >= 1")
+        raise InvalidArgumentError(f"block string '{block_str}': repeats and channels must be >= 1")
     if block_type == "ir" and opts["e"] <= 0:
-        raise ValueError(f"block string '{block_str}': expansion ratio must be > 0")
+        raise InvalidArgumentError(f"block string '{block_str}': expansion ratio must be > 0")
     if opts["se"] >= 1.0 + 1e-9:
-        raise ValueError(f"block string '{block_str}': SE ratio must be in [0, 1], got {opts['se']}")
+        raise InvalidArgumentError(f"block string '{block_str}': SE ratio must be in [0, 1], got {opts['se']}")
     args = BlockArgs(
         block_type=block_type,
         kernel_size=opts["k"],
@@ -184,7 +186,7 @@ def decode_arch_def(arch_def: ArchDef) -> List[List[BlockArgs]]:
     if isinstance(arch_def, str):
         raise TypeError("arch_def must be a list of stages; use parse_arch_string() for a '|'-joined string")
     if len(arch_def) == 0:
-        raise ValueError("arch_def must contain at least one stage")
+        raise InvalidArgumentError("arch_def must contain at least one stage")
     stages = []
     for stage in arch_def:
         stage_strs = [stage] if isinstance(stage, str) else list(stage)
@@ -235,7 +237,7 @@ def parse_arch_string(arch: str) -> List[Union[str, List[str]]]:
     for stage in arch.split("|"):
         strs = [s.strip() for s in stage.split(",") if s.strip()]
         if not strs:
-            raise ValueError(f"architecture string {arch!r} has an empty stage")
+            raise InvalidArgumentError(f"architecture string {arch!r} has an empty stage")
         for s in strs:
             decode_block_str(s)
         stages.append(strs[0] if len(strs) == 1 else strs)

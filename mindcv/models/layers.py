@@ -10,6 +10,7 @@ from typing import Callable
 
 from mindspore import Tensor, nn, ops
 
+from ..errors import InvalidArgumentError
 from .arch import se_channels
 
 __all__ = [
@@ -54,7 +55,7 @@ def create_conv2d(
         The ``nn.Conv2d`` cell.
     """
     if pad_type not in PAD_TYPES:
-        raise ValueError(f"pad_type must be one of {PAD_TYPES}, got {pad_type!r}")
+        raise InvalidArgumentError(f"pad_type must be one of {PAD_TYPES}, got {pad_type!r}")
     if pad_type == "same":
         pad = dict(pad_mode="same")
     elif kernel_size == 1:
@@ -82,9 +83,9 @@ def bn_momentum_from_torch(torch_momentum: float) -> float:
 def make_norm_layer(momentum: float = 0.99, eps: float = 1e-3) -> Callable[[int], nn.Cell]:
     """A BatchNorm2d factory in MindSpore's momentum convention (see :func:`bn_momentum_from_torch`)."""
     if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"bn_momentum must be in [0, 1] (MindSpore convention), got {momentum}")
+        raise InvalidArgumentError(f"bn_momentum must be in [0, 1] (MindSpore convention), got {momentum}")
     if eps <= 0:
-        raise ValueError(f"bn_eps must be > 0, got {eps}")
+        raise InvalidArgumentError(f"bn_eps must be > 0, got {eps}")
     return partial(nn.BatchNorm2d, momentum=momentum, eps=eps)
 
 
@@ -104,7 +105,7 @@ class Dropout(nn.Cell):
     def __init__(self, p: float = 0.0, per_sample: bool = False) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
-            raise ValueError(f"drop probability must be in [0, 1), got {p}")
+            raise InvalidArgumentError(f"drop probability must be in [0, 1), got {p}")
         self.p = float(p)
         self.per_sample = per_sample
         self.dropout = nn.Dropout(p=self.p)

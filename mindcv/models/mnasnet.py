@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 from mindspore import Tensor, nn
 from mindspore.common import initializer as init
 
+from ..errors import InvalidArgumentError
 from .arch import ArchDef, BlockArgs, decode_arch_def, encode_arch_def, parse_arch_string, round_channels
 from .layers import BLOCK_CLASSES, Dropout, create_conv2d, make_norm_layer
 from .pretrained import MINDCV_BN_EPS, TORCH_BN_EPS, PretrainedCfg
@@ -95,11 +96,11 @@ class MnasNet(nn.Cell):
         if isinstance(arch_def, str):
             arch_def = parse_arch_string(arch_def)
         if num_classes < 0 or in_channels < 1:
-            raise ValueError(f"num_classes must be >= 0 and in_channels >= 1, got {num_classes}, {in_channels}")
+            raise InvalidArgumentError(f"num_classes must be >= 0 and in_channels >= 1, got {num_classes}, {in_channels}")
         if width_mult <= 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult}")
+            raise InvalidArgumentError(f"width_mult must be > 0, got {width_mult}")
         if not 0.0 <= drop_rate < 1.0 or not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_rate and drop_path_rate must be in [0, 1), got {drop_rate}, {drop_path_rate}")
+            raise InvalidArgumentError(f"drop_rate and drop_path_rate must be in [0, 1), got {drop_rate}, {drop_path_rate}")
         stages = decode_arch_def(arch_def)
         self.arch_def = encode_arch_def(stages)
         self.num_classes = num_classes
@@ -157,7 +158,7 @@ class MnasNet(nn.Cell):
             num_classes: new number of classes.
         """
         if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+            raise InvalidArgumentError(f"num_classes must be >= 0, got {num_classes}")
         self.num_classes = num_classes
         if num_classes > 0:
             dense = nn.Dense(self.num_features, num_classes)
@@ -536,14 +537,14 @@ def load_arch(arch: Union[str, ArchDef]) -> Tuple[ArchDef, Dict[str, Any]]:
             try:
                 spec = json.loads(text)
             except json.JSONDecodeError as err:
-                raise ValueError(f"architecture file '{arch}' is not valid JSON: {err}") from err
+                raise InvalidArgumentError(f"architecture file '{arch}' is not valid JSON: {err}") from err
             if "arch" not in spec:
-                raise ValueError(f"architecture file '{arch}' has no \"arch\" entry (keys: {sorted(spec)})")
+                raise InvalidArgumentError(f"architecture file '{arch}' has no \"arch\" entry (keys: {sorted(spec)})")
             settings = {k: spec[k] for k in ARCH_FILE_KEYS[1:] if k in spec}
             return parse_arch_string(spec["arch"]), settings
         return parse_arch_string(text), {}
     if "_" not in arch:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"arch '{arch}' is neither a file, an architecture string nor one of {sorted(ARCH_DEFS)} "
             "(an architecture string looks like 'ds_r1_k3_s1_c16_noskip|ir_r3_k3_s2_e3_c24|...')"
         )

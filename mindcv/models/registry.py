@@ -10,6 +10,8 @@ import sys
 from collections import defaultdict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Union
 
+from ..errors import InvalidArgumentError, UnknownModelError
+
 __all__ = [
     "register_model",
     "list_models",
@@ -52,7 +54,7 @@ def register_model(fn: Callable) -> Callable:
     module_name = fn.__module__.split(".")[-1]
     model_name = fn.__name__
     if model_name in _model_entrypoints:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"model '{model_name}' is already registered (by module '{_model_to_module[model_name]}'); "
             "choose another function name"
         )
@@ -131,7 +133,7 @@ def model_entrypoint(model_name: str) -> Callable:
         RuntimeError: the model is not registered (the message lists the valid names).
     """
     if model_name not in _model_entrypoints:
-        raise RuntimeError(unknown_model_message(model_name))
+        raise UnknownModelError(unknown_model_message(model_name))
     return _model_entrypoints[model_name]
 
 
@@ -152,7 +154,7 @@ def get_pretrained_cfg(model_name: str, tag: Optional[str] = None) -> Any:
     if tag:
         tags = _model_pretrained_tags.get(model_name, {})
         if tag not in tags:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"model '{model_name}' has no pretrained tag '{tag}'; available: {', '.join(tags) or 'none'}"
             )
         return tags[tag]

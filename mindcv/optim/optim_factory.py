@@ -10,6 +10,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, nn
 
+from ..errors import InvalidArgumentError
 from .lamb import Lamb
 from .lion import Lion
 
@@ -43,7 +44,7 @@ class AdamW(nn.AdamWeightDecay):
     def __init__(self, params, learning_rate=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, loss_scale=1.0):
         super().__init__(params, learning_rate, beta1, beta2, eps, weight_decay)
         if loss_scale <= 0:
-            raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
+            raise InvalidArgumentError(f"loss_scale must be > 0, got {loss_scale}")
         self.loss_scale = float(loss_scale)
         self.need_scale = loss_scale != 1.0
         self.reciprocal_scale = ms.Tensor(1.0 / loss_scale, ms.float32)
@@ -83,7 +84,7 @@ def _adamw(params, lr, momentum, nesterov, eps, loss_scale, beta1=0.9, beta2=0.9
 
 def _lamb(params, lr, momentum, nesterov, eps, loss_scale, beta1=0.9, beta2=0.999, **kw):
     if loss_scale != 1.0:
-        raise ValueError("lamb does not support loss_scale != 1 (scale the loss in the train step instead)")
+        raise InvalidArgumentError("lamb does not support loss_scale != 1 (scale the loss in the train step instead)")
     return Lamb(params, learning_rate=lr, beta1=beta1, beta2=beta2, eps=eps, **kw)
 
 
@@ -173,13 +174,13 @@ def create_optimizer(
     """
     name = opt.lower()
     if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer '{opt}'; valid: {', '.join(list_optimizers())}")
+        raise InvalidArgumentError(f"unknown optimizer '{opt}'; valid: {', '.join(list_optimizers())}")
     if weight_decay_filter not in WEIGHT_DECAY_FILTERS:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"unknown weight_decay_filter '{weight_decay_filter}'; valid: {', '.join(WEIGHT_DECAY_FILTERS)}"
         )
     if loss_scale <= 0:
-        raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
+        raise InvalidArgumentError(f"loss_scale must be > 0, got {loss_scale}")
     info = OPTIMIZERS[name]
     no_wd: Sequence[str] = ()
     if isinstance(model_or_params, nn.Cell):

@@ -9,6 +9,8 @@ same name; ``lr`` / ``eta_max``, ``steps_per_epoch`` and ``epochs`` are keyword-
 import math
 from typing import Callable, List, Optional, Sequence
 
+from ..errors import InvalidArgumentError
+
 __all__ = [
     "constant_lr",
     "linear_lr",
@@ -181,7 +183,7 @@ def one_cycle_lr(
 ) -> List[float]:
     """PyTorch's ``OneCycleLR`` (per step)."""
     if anneal_strategy not in ("cos", "linear"):
-        raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
+        raise InvalidArgumentError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
     total = steps_per_epoch * epochs
     initial = max_lr / div_factor
     final = initial / final_div_factor
@@ -235,7 +237,7 @@ def cyclic_lr(
         elif mode == "exp_range":
             scale_fn, scale_mode = (lambda x: gamma**x), "iterations"
         else:
-            raise ValueError(f"mode must be triangular, triangular2 or exp_range, got {mode!r}")
+            raise InvalidArgumentError(f"mode must be triangular, triangular2 or exp_range, got {mode!r}")
     lrs = []
     for step in range(steps_per_epoch * epochs):
         cycle = math.floor(1 + step / total_size)

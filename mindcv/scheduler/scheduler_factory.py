@@ -3,6 +3,7 @@
 import logging
 from typing import List, Optional, Sequence
 
+from ..errors import InvalidArgumentError
 from . import dynamic_lr
 
 __all__ = ["create_scheduler", "SCHEDULERS"]
@@ -63,12 +64,12 @@ def create_scheduler(
     """
     name = scheduler.lower()
     if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler '{scheduler}'; valid: {', '.join(SCHEDULERS)}")
+        raise InvalidArgumentError(f"unknown scheduler '{scheduler}'; valid: {', '.join(SCHEDULERS)}")
     if steps_per_epoch < 1 or num_epochs < 1:
-        raise ValueError(f"steps_per_epoch and num_epochs must be >= 1, got {steps_per_epoch}, {num_epochs}")
+        raise InvalidArgumentError(f"steps_per_epoch and num_epochs must be >= 1, got {steps_per_epoch}, {num_epochs}")
     if name in ("one_cycle", "cyclic"):
         if warmup_epochs:
-            raise ValueError(f"scheduler '{name}' has its own ramp-up; set warmup_epochs to 0")
+            raise InvalidArgumentError(f"scheduler '{name}' has its own ramp-up; set warmup_epochs to 0")
         if name == "one_cycle":
             return dynamic_lr.one_cycle_lr(
                 lr,
@@ -80,7 +81,7 @@ def create_scheduler(
         half = max(1, steps_per_epoch * num_epochs // (2 * num_cycles))
         return dynamic_lr.cyclic_lr(min_lr, lr, half, half, steps_per_epoch=steps_per_epoch, epochs=num_epochs)
     if warmup_epochs >= num_epochs:
-        raise ValueError(f"warmup_epochs ({warmup_epochs}) must be smaller than num_epochs ({num_epochs})")
+        raise InvalidArgumentError(f"warmup_epochs ({warmup_epochs}) must be smaller than num_epochs ({num_epochs})")
     if name.startswith("cosine") or name.startswith("warmup_cosine"):
         if warmup_epochs + decay_epochs * num_cycles > num_epochs:
             _logger.warning("warmup_epochs + decay_epochs * num_cycles > num_epochs: the cosine is cut short")
@@ -105,6 +106,6 @@ def create_scheduler(
         main = [max(v, min_lr) for v in fn(int(decay_epochs), decay_rate, lr=lr, **common)]
     else:  # multi_step_decay
         if not milestones:
-            raise ValueError("multi_step_decay needs milestones (a list of epochs)")
+            raise InvalidArgumentError("multi_step_decay needs milestones (a list of epochs)")
         main = dynamic_lr.multi_step_lr(list(milestones), decay_rate, lr=lr, **common)
     return warmup + main
