@@ -7,10 +7,15 @@ error), unknown YAML keys are rejected by name, and bool / list / tuple options 
 """
 
 import argparse
+import difflib
+import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
+
+from mindcv.errors import MindcvError
+from mindcv.utils.atomic import atomic_write
 
 __all__ = [
     "create_parser",
@@ -20,10 +25,14 @@ __all__ = [
     "ConfigError",
     "_check_cfgs_in_parser",
     "architecture_kwargs",
+    "explicit_keys",
+    "check_args",
+    "read_yaml",
+    "UniqueKeySafeLoader",
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(MindcvError, ValueError):
     """A recipe or command line is invalid (the message names the key and what is expected)."""
 
 
@@ -46,7 +55,32 @@ def _none_or(kind):
         return kind(value)
 
     convert.__name__ = f"optional {kind.__name__}"
+    convert.kind = kind  # the checks after parsing find float options through it
     return convert
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """``allow_abbrev=False`` (``--crop`` is not taken for ``--crop_pct``: the explicit-key detection of
+    validate.py and the parser must agree) and a "did you mean" for unrecognized options."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            options = sorted({o for a in self._actions for o in a.option_strings if o.startswith("--")})
+            hints = []
+            for token in message.split(":", 1)[1].split():
+                name = token.split("=", 1)[0]
+                if not name.startswith("--") or name in options:
+                    continue
+                close = [o for o in options if o.startswith(name)] or difflib.get_close_matches(name, options, n=3)
+                if close:
+                    hints.append(f"{name}: did you mean {' or '.join(close[:3])}?")
+            if hints:
+                message += " (" + "; ".join(hints) + " options must be spelled out in full)"
+        super().error(message)
 
 
 def _flag(group, name: str, default: bool, help_text: str) -> None:
@@ -55,11 +89,13 @@ def _flag(group, name: str, default: bool, help_text: str) -> None:
 
 def create_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """``(config_parser, parser)``: the first reads only ``-c/--config``, the second every option."""
-    parser_config = argparse.ArgumentParser(description="Config", add_help=False)
+    parser_config = _ArgumentParser(description="Config", add_help=False, allow_abbrev=False)
     parser_config.add_argument(
         "-c", "--config", type=str, default="", help="YAML recipe; its values become the defaults"
     )
-    parser = argparse.ArgumentParser(description="mindcv MnasNet training / validation", parents=[parser_config])
+    parser = _ArgumentParser(
+        description="mindcv MnasNet training / validation", parents=[parser_config], allow_abbrev=False
+    )
 
     g = parser.add_argument_group("System")
     g.add_argument("--mode", type=int, default=0, choices=[0, 1], help="0: GRAPH_MODE, 1: PYNATIVE_MODE")
@@ -146,7 +182,8 @@ def create_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     _flag(g, "--resume", False, "resume training from --ckpt_path (weights, optimizer, EMA, epoch, step)")
     _flag(g, "--resume_opt", False, "upstream name of --resume")
     g.add_argument("--keep_checkpoint_max", type=int, default=10)
-    g.add_argument("--ckpt_save_dir", type=str, default="./ckpt")
+    g.add_argument("--ckpt_save_dir", type=str, default="./ckpt", help="output folder of the run (one run per folder)")
+    _flag(g, "--overwrite", False, "start a new run in a folder holding another run's checkpoints (they are deleted)")
     g.add_argument("--ckpt_save_interval", type=int, default=1)
     g.add_argument("--ckpt_save_policy", type=_none_or(str), default="latest_k", choices=[None, "latest_k", "top_k"])
     g.add_argument("--epoch_size", type=int, default=90, help="number of epochs")
@@ -202,6 +239,7 @@ def create_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     g.add_argument(
         "--result_file", type=_none_or(str), default=None, help="validate.py: also write the JSON result here"
     )
+    _flag(g, "--random_weights", False, "validate.py: evaluate a model without weights on purpose")
     return parser_config, parser
 
 
@@ -250,15 +288,94 @@ def _convert(action: argparse.Action, key: str, value: Any, source: str) -> Any:
     return converted
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping."""
+
+    def __init__(self, key: Any, line: int, first_line: int, mark) -> None:
+        super().__init__(None, None, f"duplicate key {key!r} at line {line} (first at line {first_line})", mark)
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class UniqueKeySafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key repeated in one mapping (PyYAML silently keeps the last).
+
+    Keys brought in by a merge (``<<: *anchor``) may still be overridden, as YAML intends.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: Dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # unhashable key: the base class reports it
+                    continue
+                line = key_node.start_mark.line + 1
+                if first is not None:
+                    raise DuplicateKeyError(key, line, first, key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_error_text(err: yaml.YAMLError) -> str:
+    """One line: PyYAML's messages span several lines and quote the input."""
+    mark = getattr(err, "problem_mark", None)
+    if isinstance(err, yaml.MarkedYAMLError) and mark is not None:
+        text = f"line {mark.line + 1}, column {mark.column + 1}: {err.problem}"
+        if err.context:
+            where = f" at line {err.context_mark.line + 1}" if err.context_mark is not None else ""
+            text += f" ({err.context}{where})"
+        return text
+    return " ".join(str(err).split())
+
+
+def read_yaml(path: str, what: str = "config file") -> Any:
+    """Read a YAML file strictly: UTF-8 only, no duplicate keys, every error a one-line :class:`ConfigError`.
+
+    Args:
+        path: the file.
+        what: how the messages call it.
+
+    Raises:
+        ConfigError: missing or unreadable file, bytes that are not UTF-8 (with the byte offset), invalid YAML
+            (with line and column), a key repeated in one mapping (with both lines).
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} '{path}' does not exist")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ConfigError(f"{what} '{path}' cannot be read: {err.strerror or err}") from None
+    skip = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # a UTF-8 byte order mark is allowed
+    try:
+        text = data[skip:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        offset = err.start + skip
+        raise ConfigError(
+            f"{what} '{path}' is not UTF-8 text: byte 0x{data[offset]:02x} at byte offset {offset} "
+            f"({err.reason}); save it as UTF-8"
+        ) from None
+    try:
+        return yaml.load(text, Loader=UniqueKeySafeLoader)
+    except DuplicateKeyError as err:
+        raise ConfigError(
+            f"{what} '{path}': key {err.key!r} is given twice (line {err.first_line} and line {err.line}); " "keep one"
+        ) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} '{path}' is not valid YAML: {_yaml_error_text(err)}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} '{path}' is nested too deeply") from None
+
+
 def load_yaml(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
     """Read, check and convert a YAML recipe."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file '{path}' does not exist")
-    try:
-        with open(path) as f:
-            cfg = yaml.safe_load(f) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
+    cfg = read_yaml(path)
+    if cfg is None:
+        cfg = {}
     if not isinstance(cfg, dict):
         raise ConfigError(f"config file '{path}' must be a mapping of option: value, got {type(cfg).__name__}")
     try:
@@ -271,22 +388,173 @@ def load_yaml(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
     return {k: _convert(actions[k], k, v, path) for k, v in cfg.items()}
 
 
-def parse_args(args: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse ``args`` (default: ``sys.argv``): code defaults, then the ``-c`` YAML, then the command line.
+# -- checks of the final values (YAML and command line alike) ------------------------------------------------------
+def _each(pred: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """A predicate on every element of a list option (or on a single value)."""
+    return lambda v: all(x is None or pred(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
+
+
+def _ordered_positive(v) -> bool:
+    return len(v) == 2 and 0 < v[0] <= v[1]
+
+
+# option -> (valid?, what is valid); ``None`` values (unset optional options) are not checked
+_RANGES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+    **{
+        key: (lambda v: v >= 1, "an integer >= 1")
+        for key in (
+            "batch_size",
+            "epoch_size",
+            "num_parallel_workers",
+            "val_interval",
+            "ckpt_save_interval",
+            "keep_checkpoint_max",
+            "gradient_accumulation_steps",
+            "image_resize",
+            "num_samples",
+            "num_classes",
+            "in_channels",
+            "num_cycles",
+        )
+    },
+    "log_interval": (lambda v: v >= 0, "an integer >= 0 (0: no log lines)"),
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "aug_repeats": (lambda v: v >= 0, "an integer >= 0"),
+    **{
+        key: (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]")
+        for key in ("hflip", "vflip", "re_prob", "cutmix_prob")
+    },
+    "label_smoothing": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "crop_pct": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "loss_scale": (lambda v: v > 0, "> 0"),
+    "clip_value": (lambda v: v > 0, "> 0"),
+    "ema_decay": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "bn_momentum": (lambda v: 0.0 <= v <= 1.0, "in [0, 1] (MindSpore convention, e.g. 0.99)"),
+    "drop_rate": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "drop_path_rate": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "warmup_epochs": (lambda v: v >= 0, "an integer >= 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "momentum": (lambda v: v >= 0, ">= 0"),
+    "lr": (lambda v: v >= 0, "a finite number >= 0"),
+    "min_lr": (lambda v: v >= 0, "a finite number >= 0"),
+    "warmup_factor": (lambda v: v >= 0, "a finite number >= 0"),
+    "decay_epochs": (lambda v: v > 0, "> 0"),
+    "mixup": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "cutmix": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "eps": (lambda v: v > 0, "> 0"),
+    "bn_eps": (lambda v: v > 0, "> 0"),
+    "width_mult": (lambda v: v > 0, "> 0"),
+    "scale": (_ordered_positive, "two numbers 0 < min <= max"),
+    "ratio": (_ordered_positive, "two numbers 0 < min <= max"),
+    "re_scale": (_ordered_positive, "two numbers 0 < min <= max"),
+    "re_ratio": (_ordered_positive, "two numbers 0 < min <= max"),
+    "color_jitter": (_each(lambda x: x >= 0), "numbers >= 0"),
+    "std": (_each(lambda x: x > 0), "numbers > 0"),
+    "multi_step_decay_milestones": (_each(lambda x: x >= 0), "epochs >= 0"),
+}
+
+
+def _float_kind(action: argparse.Action) -> bool:
+    return action.type is float or getattr(action.type, "kind", None) is float
+
+
+def check_args(args: argparse.Namespace, sources: Optional[Dict[str, str]] = None) -> None:
+    """Check the final values of the options (after YAML and command line are merged).
+
+    Every float option must be finite; the options of :data:`_RANGES` must lie in their range; ``model``
+    must be a registered model.
+
+    Args:
+        args: the parsed options.
+        sources: option -> where its value came from (a YAML path or ``command line``), for the messages.
 
     Raises:
-        ConfigError: an unreadable or invalid YAML (unknown key, wrong type, bad choice).
+        ConfigError: naming the option, its value, where it was set and what is valid.
     """
+    sources = sources or {}
+
+    def fail(key: str, value: Any, valid: str) -> None:
+        where = sources.get(key, "default")
+        raise ConfigError(f"{where}: '{key}' must be {valid}, got {value!r}")
+
+    _, parser = create_parser()
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if value is None or not _float_kind(action):
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(v is not None and not math.isfinite(v) for v in values):
+            fail(action.dest, value, "a finite number" + (" (or a list of them)" if action.nargs else ""))
+    for key, (valid, text) in _RANGES.items():
+        value = getattr(args, key, None)
+        if value is not None and not valid(value):
+            fail(key, value, text)
+    _check_model(args.model, sources.get("model", "default"))
+
+
+def _check_model(model: str, where: str) -> None:
+    """``model`` (optionally ``name.tag``) must be registered (imports mindcv, hence MindSpore)."""
+    from mindcv.models.model_factory import split_model_name_tag
+    from mindcv.models.registry import get_pretrained_cfg, is_model, list_models
+
+    name, tag = split_model_name_tag(model)
+    if not is_model(name):
+        close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(
+            f"{where}: 'model' must be a registered model name, got {model!r}{hint} "
+            f'(list them with mindcv.list_models(): python -c "import mindcv; print(mindcv.list_models())")'
+        )
+    if tag:
+        try:
+            get_pretrained_cfg(name, tag)
+        except ValueError as err:
+            raise ConfigError(f"{where}: 'model' {model!r}: {err}") from None
+
+
+# -- parsing -------------------------------------------------------------------------------------------------------
+_UNSET = object()  # default of every option when finding the options given on the command line
+
+
+def _command_line_keys(remaining: Sequence[str]) -> List[str]:
+    """Options that the command line sets, as argparse itself matched them (``--key value``, ``--key=value``,
+    a bare ``--flag``): parse with every default replaced by a sentinel and keep what is not the sentinel."""
+    _, parser = create_parser()
+    parser.set_defaults(**{a.dest: _UNSET for a in parser._actions if a.default is not argparse.SUPPRESS})
+    parsed = parser.parse_args(list(remaining))
+    return [k for k, v in vars(parsed).items() if v is not _UNSET and k != "config"]
+
+
+def _parse(args: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Dict[str, str]]:
+    """The merged options and, for every explicitly set option, its source (YAML path or ``command line``)."""
     parser_config, parser = create_parser()
     known, remaining = parser_config.parse_known_args(args)
+    sources: Dict[str, str] = {}
     if known.config:
         cfg = load_yaml(known.config, parser)
         parser.set_defaults(**cfg)
         parser.set_defaults(config=known.config)
+        sources.update((k, known.config) for k in cfg)
     parsed = parser.parse_args(remaining)
     if isinstance(parsed.color_jitter, list) and len(parsed.color_jitter) == 1:
         parsed.color_jitter = parsed.color_jitter[0]
     parsed.resume = bool(parsed.resume or parsed.resume_opt)
+    sources.update((k, "command line") for k in _command_line_keys(remaining))
+    return parsed, sources
+
+
+def parse_args(args: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse ``args`` (default: ``sys.argv``): code defaults, then the ``-c`` YAML, then the command line.
+
+    The final values are checked (:func:`check_args`), whether they came from the YAML or the command line.
+
+    Raises:
+        ConfigError: an unreadable or invalid YAML (not UTF-8, duplicate or unknown key, wrong type, bad
+            choice), or a final value out of its range, not finite, or an unknown model.
+        SystemExit: argparse's error on the command line itself (unknown or abbreviated option, bad value).
+    """
+    parsed, sources = _parse(args)
+    check_args(parsed, sources)
     return parsed
 
 
@@ -294,12 +562,9 @@ def save_args(args: argparse.Namespace, filepath: str, rank: Optional[int] = 0) 
     """Write the effective configuration as YAML (on rank 0, or when not distributed)."""
     if rank not in (0, None):
         return
-    os.makedirs(os.path.dirname(os.path.abspath(filepath)), exist_ok=True)
     values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(vars(args).items())}
-    tmp = filepath + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(filepath) as f:
         yaml.safe_dump(values, f, default_flow_style=False, sort_keys=True)
-    os.replace(tmp, filepath)
 
 
 def parser_defaults() -> Dict[str, Any]:
@@ -309,14 +574,13 @@ def parser_defaults() -> Dict[str, Any]:
 
 
 def explicit_keys(args: Optional[Sequence[str]] = None) -> List[str]:
-    """Options set by the YAML recipe or the command line (not left at their code default)."""
-    parser_config, parser = create_parser()
-    known, remaining = parser_config.parse_known_args(args)
-    keys = list(load_yaml(known.config, parser)) if known.config else []
-    for token in remaining:
-        if token.startswith("--"):
-            keys.append(token[2:].split("=", 1)[0])
-    return keys
+    """Options set by the YAML recipe or the command line (not left at their code default).
+
+    Derived from the parsers themselves, not by scanning tokens: YAML keys as loaded, command-line options as
+    argparse matched them (``--key value``, ``--key=value``, bare flags; abbreviations are rejected).
+    """
+    _, sources = _parse(args)
+    return list(sources)
 
 
 def architecture_kwargs(args: argparse.Namespace, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:

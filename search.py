@@ -12,51 +12,174 @@ train with ``python train.py -c <recipe> --model mnasnet_arch --arch top1.json``
 """
 
 import argparse
+import collections.abc
 import dataclasses
 import json
 import logging
+import math
 import sys
+import typing
 from typing import Any, Dict
 
-import yaml
+import numpy as np
 
 import mindspore as ms
 
+from config import ConfigError, read_yaml
 from mindcv.nas.proxy import ProxyConfig
+from mindcv.nas.reward import CONSTRAINTS
 from mindcv.nas.runner import LatencyConfig, RewardConfig, SearchConfig, run_search, validate_lut
+from mindcv.nas.search_space import SearchSpace
+from mindcv.nas.strategies import STRATEGIES, create_strategy
 
 SECTIONS = {"proxy": ProxyConfig, "latency": LatencyConfig, "reward": RewardConfig}
 
+# key -> (valid?, what is valid), per section ("" is the top level); checked after the types
+_RANGES = {
+    "": {
+        "budget": (lambda v: v >= 1, ">= 1 (candidates per strategy)"),
+        "top_k": (lambda v: v >= 0, ">= 0"),
+        "seed": (lambda v: v >= 0, ">= 0"),
+        "confirm_seeds": (lambda v: all(s >= 0 for s in v), "a list of seeds >= 0"),
+    },
+    "proxy": {
+        "image_size": (lambda v: v >= 8, ">= 8"),
+        "holdout": (lambda v: 0 <= v < 1, "in [0, 1) (0: score on val_split)"),
+        "num_samples": (lambda v: v >= 0, ">= 0 (0: all)"),
+        "epochs": (lambda v: v >= 1, ">= 1"),
+        "batch_size": (lambda v: v >= 1, ">= 1"),
+        "lr": (lambda v: v >= 0, ">= 0"),
+        "warmup_epochs": (lambda v: v >= 0, ">= 0"),
+        "weight_decay": (lambda v: v >= 0, ">= 0"),
+        "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        "width_mult": (lambda v: v > 0, "> 0"),
+        "drop_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        "bn_momentum": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "seed": (lambda v: v >= 0, ">= 0"),
+    },
+    "latency": {
+        "mode": (lambda v: v in ("measured", "lut"), "'measured' or 'lut'"),
+        "resolution": (lambda v: v >= 8, ">= 8"),
+        "threads": (lambda v: v >= 0, ">= 0 (0: MindSpore's default)"),
+        "warmup": (lambda v: v >= 0, ">= 0"),
+        "repeats": (lambda v: v >= 1, ">= 1"),
+        "target_ms": (lambda v: v is None or v > 0, "> 0 or null (the latency of MnasNet-B1)"),
+    },
+    "reward": {"constraint": (lambda v: v in CONSTRAINTS, f"one of {sorted(CONSTRAINTS)}")},
+}
 
-def _build(cls, values: Dict[str, Any], where: str):
+
+_PLURALS = {int: "integers", float: "finite numbers", str: "strings"}
+
+
+def _type_error(value: Any, hint: Any) -> str:
+    """What is wrong with ``value`` for the annotation ``hint`` ("" if it fits)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return ""
+        return _type_error(value, next(a for a in args if a is not type(None)))
+    if hint is Any:
+        return ""
+    if hint is bool:
+        return "" if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return "" if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "a number"
+        return "" if math.isfinite(value) else "a finite number"
+    if hint is str:
+        return "" if isinstance(value, str) else "a string"
+    if origin in (list, collections.abc.Sequence):
+        if not isinstance(value, list):
+            return "a list"
+        if any(_type_error(v, args[0]) for v in value):
+            return f"a list of {_PLURALS.get(args[0], 'values')}"
+        return ""
+    if origin is dict:
+        if not isinstance(value, dict):
+            return "a mapping"
+        if not all(isinstance(k, str) for k in value):
+            return "a mapping with string keys"
+        return ""
+    return ""
+
+
+def _build(cls, values: Any, path: str, section: str = "") -> Dict[str, Any]:
+    """Check a mapping against the dataclass ``cls``: known keys, value types, ranges (``section``: its key)."""
+    name = f"'{section}'" if section else "the top level"
     if not isinstance(values, dict):
-        raise ValueError(f"'{where}' must be a mapping, got {type(values).__name__}")
+        raise ConfigError(f"{path}: {name} must be a mapping, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(set(values) - set(fields), key=str)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in '{where}'; valid: {sorted(fields)}")
+        raise ConfigError(f"{path}: unknown key(s) {unknown} in {name}; valid: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    prefix = f"{section}." if section else ""
+    for key, value in values.items():
+        if key in SECTIONS and not section:
+            continue
+        problem = _type_error(value, hints[key])
+        if problem:
+            raise ConfigError(f"{path}: '{prefix}{key}' must be {problem}, got {value!r}")
+        check = _RANGES.get(section, {}).get(key)
+        if check is not None and value is not None and not check[0](value):
+            raise ConfigError(f"{path}: '{prefix}{key}' must be {check[1]}, got {value!r}")
     return values
 
 
-def load_config(path: str, overrides: Dict[str, Any]) -> SearchConfig:
-    """Read a search YAML strictly: unknown keys and wrong sections are errors that name the key."""
+def _check_space_and_strategies(cfg: SearchConfig, where: str) -> None:
+    """Build the search space and every strategy once, so that a bad setting fails now, naming its key."""
+    unknown = sorted(set(cfg.strategies) - set(STRATEGIES), key=str)
+    if unknown or not cfg.strategies:
+        raise ConfigError(f"{where}: 'strategies' must name some of {sorted(STRATEGIES)}, got {sorted(cfg.strategies)}")
+    _build(SearchSpace, cfg.space, where, "space")
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ValueError(f"config file '{path}' does not exist") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"config file '{path}' is not valid YAML: {err}") from None
+        space = SearchSpace(**cfg.space)
+        for decisions in ([0] * len(space.num_choices), [n - 1 for n in space.num_choices]):
+            space.arch_string(decisions)
+        space.sample(np.random.default_rng(0))
+    except (TypeError, ValueError, KeyError, IndexError) as err:
+        raise ConfigError(f"{where}: 'space' is invalid: {' '.join(str(err).split())}") from None
+    for name, kwargs in cfg.strategies.items():
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ConfigError(f"{where}: 'strategies.{name}' must be a mapping of settings, got {kwargs!r}")
+        for key, value in (kwargs or {}).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{where}: 'strategies.{name}.{key}' must be a finite number, got {value!r}")
+        try:
+            create_strategy(name, space, seed=0, **(kwargs or {}))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{where}: 'strategies.{name}' is invalid: {' '.join(str(err).split())}") from None
+
+
+def load_config(path: str, overrides: Dict[str, Any]) -> SearchConfig:
+    """Read a search YAML strictly: unknown keys and wrong sections are errors that name the key.
+
+    Also rejected, each as one line (:class:`~config.ConfigError`, a ValueError): a file that is missing or not
+    UTF-8 (with the byte offset), invalid YAML, a key given twice (with both lines), a value of the wrong type,
+    out of range or not finite, an invalid search space or strategy setting.
+    """
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
     _build(SearchConfig, raw, path)
     kwargs = dict(raw)
     for section, cls in SECTIONS.items():
-        kwargs[section] = cls(**_build(cls, raw.get(section) or {}, f"{path}: {section}"))
+        values = raw.get(section)
+        kwargs[section] = cls(**_build(cls, {} if values is None else values, path, section))
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    return SearchConfig(**kwargs)
+    _build(SearchConfig, {k: v for k, v in kwargs.items() if k not in SECTIONS}, path)
+    cfg = SearchConfig(**kwargs)
+    _check_space_and_strategies(cfg, path)
+    return cfg
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("-c", "--config", required=True, help="search YAML (see configs/nas/)")
     parser.add_argument("--output_dir", default=None)
     parser.add_argument("--budget", type=int, default=None, help="candidates per strategy")
@@ -78,8 +201,8 @@ def main(argv=None) -> int:
             )
             return 0
         summary = run_search(cfg, restart=args.restart, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"search.py: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        print(f"search.py: {' '.join(str(err).split())}", file=sys.stderr)  # one line
         return 2
     print(json.dumps({k: summary[k] for k in ("target_ms", "strategies", "top", "beats_b1")}, indent=1))
     print(f"outputs in {cfg.output_dir}: candidates.csv, summary.json, top*.json, pareto.png, reward_curve.png")

@@ -54,7 +54,9 @@ def randomise_bn(model: torch.nn.Module, gen: torch.Generator, size: int) -> Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--models", nargs="+", required=True)
     parser.add_argument("--num-classes", type=int, default=1000)

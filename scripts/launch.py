@@ -174,7 +174,9 @@ def run(cmd: List[str], log_dir: Optional[str], grace: float, watch_msrun: bool)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--launcher", choices=["msrun", "mpirun", "none"], required=True)
     parser.add_argument("--device", choices=["CPU", "GPU", "Ascend"], default="CPU")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="[NUM_WORKERS] CONFIG [options ...]")

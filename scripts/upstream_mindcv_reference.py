@@ -19,7 +19,9 @@ import mindspore as ms
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default="mnasnet_050")
     parser.add_argument("--num-classes", type=int, default=1000)

@@ -53,7 +53,9 @@ def compare(reference_json: str, mode: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("folder")
     parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     parser.add_argument("--tolerance", type=float, default=1e-4)

@@ -128,3 +128,170 @@ def test_every_shipped_search_config_parses():
     for path in configs:
         cfg = load_config(path, {})
         assert cfg.budget >= 1 and cfg.strategies and cfg.latency.mode in ("measured", "lut"), path
+
+
+# -- hardening: abbreviations, explicit keys, duplicate keys, encodings, models, ranges, non-finite numbers --------
+
+
+def test_abbreviated_options_are_rejected_with_the_full_name(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--crop", "0.95"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --crop 0.95" in err and "--crop_pct" in err
+    with pytest.raises(SystemExit):
+        parse_args(["--conf", "x.yaml"])  # not taken for -c/--config either
+    for parser in create_parser():
+        assert parser.allow_abbrev is False
+    assert parse_args(["--crop_pct=0.95"]).crop_pct == 0.95
+
+
+def test_explicit_keys_follow_the_parser(tmp_path):
+    from config import explicit_keys
+
+    recipe = _yaml(tmp_path, "batch_size: 64\nmodel: mnasnet_075\n")
+    keys = explicit_keys(["-c", recipe, "--crop_pct=0.95", "--ema", "--lr", "0.1", "--scale", "0.2", "1.0"])
+    assert sorted(keys) == ["batch_size", "crop_pct", "ema", "lr", "model", "scale"]
+    assert explicit_keys(["--crop_pct", "0.875"]) == ["crop_pct"]  # equal to the default, still explicit
+    assert explicit_keys([]) == [] and "config" not in explicit_keys(["-c", recipe])
+    with pytest.raises(SystemExit):
+        explicit_keys(["--crop", "0.95"])
+
+
+def test_validate_keeps_an_explicit_crop_pct_over_the_checkpoint():
+    from config import explicit_keys
+    from validate import resolve_eval_transform
+
+    argv = ["--crop_pct=0.95"]
+    resolved = resolve_eval_transform(parse_args(argv), explicit_keys(argv), {"eval_transform": {"crop_pct": 0.5}})
+    assert resolved["crop_pct"] == 0.95
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("lr: 0.1\nbatch_size: 4\nlr: 0.2\n", r"key 'lr' is given twice \(line 1 and line 3\)"),
+        ("scale: [0.1, 1.0]\nema: true\nema: false\n", r"key 'ema' is given twice \(line 2 and line 3\)"),
+    ],
+)
+def test_duplicate_yaml_keys_are_rejected_naming_key_and_lines(tmp_path, text, needle):
+    with pytest.raises(ConfigError, match=needle):
+        parse_args(["-c", _yaml(tmp_path, text)])
+
+
+def test_yaml_merge_keys_may_still_be_overridden():
+    from config import UniqueKeySafeLoader
+
+    data = yaml.load("base: &b {x: 1, y: 2}\nchild:\n  <<: *b\n  y: 3\n", Loader=UniqueKeySafeLoader)
+    assert data["child"] == {"x": 1, "y": 3}
+    with pytest.raises(yaml.YAMLError, match="duplicate key 'x'"):
+        yaml.load("a:\n  x: 1\n  x: 2\n", Loader=UniqueKeySafeLoader)  # nested mappings too
+
+
+def test_non_utf8_yaml_names_the_file_and_byte_offset(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"\xff\xfe lr: 1")
+    with pytest.raises(ConfigError, match=r"latin1\.yaml' is not UTF-8 text: byte 0xff at byte offset 0"):
+        parse_args(["-c", str(path)])
+    path.write_bytes("model: mnasnet_100\n# caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="byte 0xe9 at byte offset 24"):
+        parse_args(["-c", str(path)])
+    path.write_bytes(b"\xef\xbb\xbflr: 0.5\n")  # a UTF-8 byte order mark is fine
+    assert parse_args(["-c", str(path)]).lr == 0.5
+
+
+@pytest.mark.parametrize("source", ["yaml", "cli"])
+def test_unknown_model_is_rejected_with_close_matches(tmp_path, source):
+    argv = ["-c", _yaml(tmp_path, "model: mnasnet_10\n")] if source == "yaml" else ["--model", "mnasnet_10"]
+    with pytest.raises(ConfigError) as exc:
+        parse_args(argv)
+    message = str(exc.value)
+    assert "'model'" in message and "'mnasnet_10'" in message and "did you mean" in message
+    assert "'mnasnet_100'" in message and "mindcv.list_models()" in message
+    with pytest.raises(ConfigError, match="no pretrained tag 'nope'"):
+        parse_args(["--model", "mnasnet_100.nope"])
+
+
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("batch_size", 0, "'batch_size' must be an integer >= 1, got 0"),
+        ("epoch_size", 0, "'epoch_size' must be an integer >= 1"),
+        ("num_parallel_workers", 0, "'num_parallel_workers' must be an integer >= 1"),
+        ("val_interval", 0, "'val_interval' must be an integer >= 1"),
+        ("ckpt_save_interval", 0, "'ckpt_save_interval' must be an integer >= 1"),
+        ("keep_checkpoint_max", 0, "'keep_checkpoint_max' must be an integer >= 1"),
+        ("gradient_accumulation_steps", 0, "'gradient_accumulation_steps' must be an integer >= 1"),
+        ("image_resize", 0, "'image_resize' must be an integer >= 1"),
+        ("log_interval", -1, "'log_interval' must be an integer >= 0"),
+        ("hflip", 1.5, r"'hflip' must be a probability in \[0, 1\], got 1.5"),
+        ("vflip", -0.1, r"'vflip' must be a probability in \[0, 1\]"),
+        ("re_prob", 2, r"'re_prob' must be a probability in \[0, 1\]"),
+        ("cutmix_prob", 1.01, r"'cutmix_prob' must be a probability in \[0, 1\]"),
+        ("label_smoothing", 1.0, r"'label_smoothing' must be in \[0, 1\), got 1.0"),
+        ("crop_pct", 0, r"'crop_pct' must be in \(0, 1\], got 0.0"),
+        ("crop_pct", 1.2, r"'crop_pct' must be in \(0, 1\]"),
+        ("loss_scale", 0, "'loss_scale' must be > 0"),
+        ("clip_value", -1, "'clip_value' must be > 0"),
+        ("ema_decay", 1.5, r"'ema_decay' must be in \[0, 1\]"),
+        ("warmup_epochs", -1, "'warmup_epochs' must be an integer >= 0"),
+        ("weight_decay", -1e-4, "'weight_decay' must be >= 0"),
+        ("momentum", -0.9, "'momentum' must be >= 0"),
+        ("lr", -1, "'lr' must be a finite number >= 0, got -1.0"),
+        ("min_lr", -1e-6, "'min_lr' must be a finite number >= 0"),
+        ("warmup_factor", -0.1, "'warmup_factor' must be a finite number >= 0"),
+        ("scale", "[0.9, 0.1]", "'scale' must be two numbers 0 < min <= max"),
+    ],
+)
+@pytest.mark.parametrize("source", ["yaml", "cli"])
+def test_out_of_range_values_are_rejected_naming_the_option(tmp_path, key, value, needle, source):
+    if source == "yaml":
+        argv, where = ["-c", _yaml(tmp_path, f"{key}: {value}\n")], "r.yaml"
+    else:
+        values = yaml.safe_load(str(value))
+        if isinstance(values, list):
+            argv = [f"--{key}", *map(str, values)]
+        else:
+            argv = [f"--{key}={values}"]  # "--min_lr -1e-06" would read as an option to argparse
+        where = "command line"
+    with pytest.raises(ConfigError, match=needle) as exc:
+        parse_args(argv)
+    assert where in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "text", ["lr: .nan", "lr: nan", "lr: .inf", "lr: -.inf", "min_lr: .nan", "warmup_factor: .inf"]
+)
+def test_non_finite_learning_rates_are_rejected(tmp_path, text):
+    with pytest.raises(ConfigError, match=r"must be a finite number"):
+        parse_args(["-c", _yaml(tmp_path, text + "\n")])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1"])
+def test_non_finite_or_negative_lr_on_the_command_line(value):
+    with pytest.raises(ConfigError, match=f"command line: 'lr' must be a finite number.*got {value}"):
+        parse_args([f"--lr={value}"])
+
+
+def test_every_float_option_must_be_finite(tmp_path):
+    _, parser = create_parser()
+    floats = [a.dest for a in parser._actions if a.type is float or getattr(a.type, "kind", None) is float]
+    assert {"lr", "decay_rate", "aux_factor", "cycle_decay", "mean", "color_jitter", "bn_eps"} <= set(floats)
+    for key in floats:
+        action = next(a for a in parser._actions if a.dest == key)
+        value = "[.nan, 1.0]" if action.nargs == 2 else ("[.inf]" if action.nargs == "+" else ".inf")
+        with pytest.raises(ConfigError, match=f"'{key}' must be a finite number"):
+            parse_args(["-c", _yaml(tmp_path, f"{key}: {value}\n")])
+
+
+def test_a_huge_but_finite_lr_is_accepted(tmp_path):
+    assert parse_args(["-c", _yaml(tmp_path, "lr: 1e8\n")]).lr == 1e8  # divergence is handled in training
+    assert parse_args(["--lr", "1e8"]).lr == 1e8
+    assert parse_args(["--lr", "0"]).lr == 0.0
+
+
+def test_yaml_errors_are_one_line(tmp_path):
+    for text in ("lr: [\n", "a: b: c\n", "lr: 0.1\nlr: 0.2\n", "x: !!python/object:os.system ls\n"):
+        with pytest.raises(ConfigError) as exc:
+            parse_args(["-c", _yaml(tmp_path, text)])
+        assert "\n" not in str(exc.value)

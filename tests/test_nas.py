@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -11,9 +13,20 @@ import pytest
 from mindcv.models import create_model
 from mindcv.models.arch import format_arch_string
 from mindcv.models.mnasnet import ARCH_DEFS, NUM_PARAMS
-from mindcv.nas.latency import LatencyTable, layer_keys
+from mindcv.nas.latency import LatencyTable, LatencyTableError, layer_keys, read_latency_table
 from mindcv.nas.reward import mnas_reward
-from mindcv.nas.runner import pareto_front, run_search, spearman
+from mindcv.nas.runner import (
+    REFERENCES,
+    SearchStateError,
+    StateMismatchError,
+    _check_lut_file,
+    _discard_state,
+    load_state,
+    pareto_front,
+    run_search,
+    spearman,
+    write_csv,
+)
 from mindcv.nas.search_space import SearchSpace
 from mindcv.nas.strategies import RandomSearch, RegularizedEvolution, ReinforceController, create_strategy
 from search import load_config
@@ -191,3 +204,383 @@ def test_smoke_search_writes_outputs_resumes_and_retrains(tmp_path, tiny_data):
         timeout=600,
     )
     assert val.returncode == 0, val.stderr[-3000:]
+
+
+# -- hardening: the search config, the saved state and the latency table are checked before use ------------------
+
+
+def _search_config(tmp_path):
+    return load_config(SMOKE, {"output_dir": str(tmp_path / "search")})
+
+
+def _valid_state(cfg, lut_mode=False):
+    """A state shaped exactly as run_search writes it, built without training or timing anything."""
+    space = SearchSpace(**cfg.space)
+    strategies = {
+        name: create_strategy(name, space, seed=cfg.seed * 100 + i, **(kwargs or {}))
+        for i, (name, kwargs) in enumerate(cfg.strategies.items())
+    }
+    names = list(strategies)
+
+    def full(i):
+        p10, p90 = (float("nan"), float("nan")) if lut_mode else (9.0 + i, 11.0 + i)
+        loss = float("nan") if i == 2 else 1.0 + i  # a diverged candidate records NaN
+        return dict(accuracy=30.0 + i, loss=loss, params=1000 + i, train_seconds=0.5 * i, latency_ms=10.0 + i,
+                    latency_p10_ms=p10, latency_p90_ms=p90)  # fmt: skip
+
+    cache, references = {}, {}
+    for j, (label, key) in enumerate(REFERENCES.items()):
+        arch = format_arch_string(ARCH_DEFS[key])
+        cache[arch] = full(j)
+        references[label] = {"arch": arch, **full(j), "cached": False}
+    records = []
+    for step in range(len(names) * cfg.budget):
+        name = names[step % len(names)]
+        decisions = strategies[name].ask()
+        arch = space.arch_string(decisions)
+        cached = arch in cache
+        cache.setdefault(arch, full(step))
+        res = cache[arch]
+        reward = mnas_reward(res["accuracy"], res["latency_ms"], 10.0)
+        strategies[name].tell(decisions, reward)
+        records.append(
+            {
+                "step": step,
+                "strategy": name,
+                "sample": step // len(names),
+                "arch": arch,
+                "decisions": decisions,
+                "reward": reward,
+                **res,
+                "cached": cached,
+            }
+        )
+    return {
+        "fingerprint": cfg.fingerprint(),
+        "records": records,
+        "cache": cache,
+        "references": references,
+        "strategies": {n: s.state_dict() for n, s in strategies.items()},
+        "host": "test host",
+        "config": asdict(cfg),
+        "target_ms": 10.0,
+    }
+
+
+def _write_state(cfg, state):
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    path = os.path.join(cfg.output_dir, "state.json")
+    with open(path, "w") as f:
+        json.dump(state, f)
+    return path
+
+
+def _use(cfg, state, strategies):
+    """What run_search does with a resumed state after loading it (without training or timing)."""
+    target = state["references"]["MnasNet-B1"]["latency_ms"] if "MnasNet-B1" in state["references"] else 10.0
+    for strategy in strategies.values():
+        decisions = strategy.ask()
+        strategy.tell(decisions, 1.0)
+        strategy.state_dict()
+    for entry in list(state["cache"].values()) + state["records"] + list(state["references"].values()):
+        mnas_reward(entry["accuracy"], entry["latency_ms"], target)
+        f"{entry['accuracy']:.1f} {entry['latency_ms']:.1f}"
+    if state["records"]:
+        max(r["reward"] for r in state["records"])
+        sorted(state["records"], key=lambda r: -r["reward"])
+    write_csv(state, os.path.join(cfg.output_dir, "candidates.csv"))
+    points = [(r["latency_ms"], r["accuracy"]) for r in state["records"]]
+    pareto_front(points + [(v["latency_ms"], v["accuracy"]) for v in state["references"].values()])
+
+
+@pytest.mark.parametrize("lut_mode", [False, True])
+def test_valid_state_loads_and_restores_the_strategies(tmp_path, lut_mode):
+    cfg = _search_config(tmp_path)
+    state = _valid_state(cfg, lut_mode)
+    path = _write_state(cfg, state)
+    space = SearchSpace(**cfg.space)
+    strategies = {n: create_strategy(n, space, seed=123, **(k or {})) for n, k in cfg.strategies.items()}
+    loaded = load_state(path, cfg, space, strategies)
+    assert len(loaded["records"]) == len(state["records"])
+    for name, strategy in strategies.items():
+        assert json.dumps(strategy.state_dict()) == json.dumps(state["strategies"][name])
+    _use(cfg, loaded, strategies)
+
+
+_DELETE = object()
+
+
+def _damage(path, value):
+    """Set (or, with ``_DELETE``, remove) the value at a JSON path; ``value`` may be computed from the state."""
+
+    def apply(state):
+        target = state
+        for key in path[:-1]:
+            target = target[key]
+        if value is _DELETE:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = value(state) if callable(value) else value
+        return state
+
+    return apply
+
+
+def _other_arch(state):
+    archs = [r["arch"] for r in state["records"] if r["arch"] != state["records"][0]["arch"]]
+    return archs[0]
+
+
+B1, RL, EVO = "MnasNet-B1", ("strategies", "rl"), ("strategies", "evolution")
+MALFORMED = [  # (id, damage, the JSON path and problem the message must name)
+    ("list instead of object", lambda s: [s], r"at \$: expected an object"),
+    ("record is a string", _damage(["records", 0], "ir_r1_k3_s1_c16"), r"at \$\.records\[0\]: expected an object"),
+    ("records missing", _damage(["records"], _DELETE), r"at \$\.records: missing"),
+    ("records not a list", _damage(["records"], {}), r"at \$\.records: expected a list"),
+    ("accuracy as a string", _damage(["records", 0, "accuracy"], "92.1"),
+     r"\$\.records\[0\]\.accuracy: expected a number, got '92.1'"),
+    ("accuracy above 100", _damage(["records", 1, "accuracy"], 250.0), r"\$\.records\[1\]\.accuracy: expected a num"),
+    ("negative latency", _damage(["records", 0, "latency_ms"], -3.0), r"\$\.records\[0\]\.latency_ms: expected a num"),
+    ("NaN latency", _damage(["references", B1, "latency_ms"], float("nan")),
+     r"\$\.references\[\"MnasNet-B1\"\]\.latency_ms: expected a number, got NaN"),
+    ("infinite reward", _damage(["records", 2, "reward"], float("inf")),
+     r"\$\.records\[2\]\.reward: expected a finite"),
+    ("arch does not parse", _damage(["records", 0, "arch"], "ir_r1_k4_s3"),
+     r"\$\.records\[0\]\.arch: not an architecture string"),
+    ("arch not of its decisions", _damage(["records", 0, "arch"], _other_arch),
+     r"\$\.records\[0\]\.arch: does not match the record's decisions"),
+    ("decisions out of range", _damage(["records", 0, "decisions"], [99] * 42),
+     r"\$\.records\[0\]\.decisions\[0\]: expected an integer in \[0, 3\]"),
+    ("bool as an integer", _damage(["records", 0, "params"], True), r"\$\.records\[0\]\.params: expected an integer"),
+    ("step out of order", _damage(["records", 1, "step"], 7), r"\$\.records\[1\]\.step"),
+    ("unknown strategy", _damage(["records", 0, "strategy"], "bayes"), r"\$\.records\[0\]\.strategy: expected one of"),
+    ("cache key not an arch", _damage(["cache", "hello"], lambda s: s["records"][0]),
+     r"\$\.cache\.hello: not an architecture string"),
+    ("cache entry missing a key", lambda s: _damage(["cache", s["records"][0]["arch"], "loss"], _DELETE)(s),
+     r"\$\.cache\[.*\]\.loss: missing"),
+    ("unknown reference", _damage(["references", "ResNet"], lambda s: s["references"][B1]),
+     r"\$\.references\.ResNet: expected one of"),
+    ("reference of another network", _damage(["references", B1, "arch"], lambda s: s["records"][0]["arch"]),
+     r"\$\.references\[\"MnasNet-B1\"\]\.arch: expected the MnasNet-B1"),
+    ("fingerprint not a string", _damage(["fingerprint"], 5), r"\$\.fingerprint: expected a string"),
+    ("rng state garbage", _damage(["strategies", "random", "rng"], 5),
+     r"\$\.strategies\.random\.rng: expected an object"),
+    ("rng state negative", _damage([*RL, "rng", "state", "state"], -1), r"\$\.strategies\.rl\.rng\.state\.state"),
+    ("logits of the wrong size", _damage([*RL, "logits"], [[0.0]] * 42),
+     r"\$\.strategies\.rl\.logits\[0\]: expected a list of 4"),
+    ("baseline as a string", _damage([*RL, "baseline"], "high"), r"\$\.strategies\.rl\.baseline: expected a number"),
+    ("population member a string", _damage([*EVO, "population", 0], "x"),
+     r"\$\.strategies\.evolution\.population\[0\]: expected a list"),
+    ("population too large", _damage([*EVO, "population"], lambda s: s["strategies"]["evolution"]["population"] * 5),
+     r"population: expected at most 2"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("mutate, needle", [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
+def test_malformed_state_gives_the_clear_message(tmp_path, mutate, needle):
+    cfg = _search_config(tmp_path)
+    path = _write_state(cfg, mutate(_valid_state(cfg)))
+    with pytest.raises(SearchStateError, match=needle) as exc:
+        load_state(path, cfg, SearchSpace(**cfg.space))
+    message = str(exc.value)
+    assert path in message and "pass --restart to start over" in message and "state.json.corrupt-<time>" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"{", b"\xff\xfe{}", b"[" * 100000, b'{"fingerprint": 1' + b"1" * 5000 + b"}"]
+)
+def test_unparsable_state_gives_the_clear_message(tmp_path, content):
+    cfg = _search_config(tmp_path)
+    os.makedirs(cfg.output_dir)
+    path = os.path.join(cfg.output_dir, "state.json")
+    open(path, "wb").write(content)
+    with pytest.raises(SearchStateError, match=r"is corrupted \(not valid JSON.*pass --restart to start over"):
+        load_state(path, cfg, SearchSpace(**cfg.space))
+
+
+def test_state_of_other_settings_is_refused_not_called_corrupted(tmp_path):
+    cfg = _search_config(tmp_path)
+    state = _valid_state(cfg)
+    state["fingerprint"] = "0" * 16
+    path = _write_state(cfg, state)
+    with pytest.raises(StateMismatchError, match="different settings"):
+        load_state(path, cfg, SearchSpace(**cfg.space))
+
+
+def test_restart_keeps_a_corrupted_state_aside(tmp_path):
+    cfg = _search_config(tmp_path)
+    path = _write_state(cfg, [1, 2, 3])
+    _discard_state(path, cfg, SearchSpace(**cfg.space))
+    assert not os.path.exists(path)
+    kept = [f for f in os.listdir(cfg.output_dir) if f.startswith("state.json.corrupt-")]
+    assert len(kept) == 1 and json.load(open(os.path.join(cfg.output_dir, kept[0]))) == [1, 2, 3]
+    path = _write_state(cfg, _valid_state(cfg))  # a valid state is simply overwritten later, not moved
+    _discard_state(path, cfg, SearchSpace(**cfg.space))
+    assert os.path.exists(path)
+
+
+_ODD_VALUES = [None, True, False, 0, -1, 1, 2**70, -1e300, 0.5, 1e308, float("nan"), float("inf"), float("-inf"), "",
+               "x", "ir_r1_k3_s1_c16", "92.1", [], [0], [None], {}, {"a": 1}, [[0.0]]]  # fmt: skip
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from _paths(child, prefix + (key,))
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            yield from _paths(child, prefix + (i,))
+
+
+def _mutate(state, rng):
+    """One random damage: replace a value, delete a key or element, change a container's shape."""
+    paths = [p for p in _paths(state) if p and p[0] not in ("host", "config", "target_ms")]
+    path = paths[int(rng.integers(len(paths)))]
+    parent = state
+    for key in path[:-1]:
+        parent = parent[key]
+    key, kind = path[-1], int(rng.integers(6))
+    old = parent[key]
+    if kind == 0 or kind == 1:
+        parent[key] = _ODD_VALUES[int(rng.integers(len(_ODD_VALUES)))]
+    elif kind == 2:
+        del parent[key]
+    elif kind == 3:
+        parent[key] = [old]
+    elif kind == 4 and isinstance(old, (int, float)) and not isinstance(old, bool):
+        parent[key] = -old if rng.random() < 0.5 else old * 1000
+    elif kind == 5 and isinstance(old, list) and old:
+        parent[key] = old[: int(rng.integers(len(old)))] + old
+    else:
+        parent[key] = str(old)
+    return state
+
+
+def test_fuzzed_states_load_correctly_or_give_the_clear_message(tmp_path):
+    cfg = _search_config(tmp_path)
+    space = SearchSpace(**cfg.space)
+    valid = json.dumps(_valid_state(cfg))
+    rng = np.random.default_rng(2024)
+    outcomes = {"loaded": 0, "corrupted": 0, "mismatch": 0}
+    for trial in range(400):
+        state = json.loads(valid)
+        for _ in range(int(rng.integers(1, 4))):
+            state = _mutate(state, rng) if isinstance(state, dict) else state
+        path = _write_state(cfg, state)
+        strategies = {n: create_strategy(n, space, seed=1, **(k or {})) for n, k in cfg.strategies.items()}
+        try:
+            loaded = load_state(path, cfg, space, strategies)
+        except SearchStateError as err:
+            assert path in str(err) and "pass --restart to start over" in str(err), (trial, str(err))
+            outcomes["corrupted"] += 1
+            continue
+        except StateMismatchError:
+            outcomes["mismatch"] += 1
+            continue
+        _use(cfg, loaded, strategies)  # a state that passed the checks must be usable
+        outcomes["loaded"] += 1
+    assert outcomes["corrupted"] > 200 and outcomes["loaded"] > 0, outcomes
+
+
+# -- the latency lookup table on disk ---------------------------------------------------------------------------
+
+_LUT_OK = {
+    "meta": {"host": "h", "threads": 1, "mindspore": "2.10.0"},
+    "entries": {'["overhead"]': 0.05, '["stem", 3, 8, 64]': 0.2},
+}
+
+
+@pytest.mark.parametrize(
+    "table, needle",
+    [
+        ([], r"at \$: expected an object"),
+        ({"entries": {}}, r"at \$\.meta: missing"),
+        ({**_LUT_OK, "meta": []}, r"at \$\.meta: expected an object"),
+        ({**_LUT_OK, "meta": {"host": "h", "threads": "1"}}, r"at \$\.meta\.threads: expected an integer"),
+        ({**_LUT_OK, "entries": [1, 2]}, r"at \$\.entries: expected an object"),
+        ({**_LUT_OK, "entries": {'["overhead"]': "fast"}}, r"\$\.entries\[.*overhead.*\]: expected a number"),
+        ({**_LUT_OK, "entries": {'["overhead"]': -1.0}}, r"expected a number in \[0\.0, inf\]"),
+        ({**_LUT_OK, "entries": {'["overhead"]': float("nan")}}, r"expected a number, got NaN"),
+        ({**_LUT_OK, "entries": {"overhead": 0.1}}, r"the key is not a layer key"),
+    ],
+)
+def test_malformed_latency_table_is_rejected_and_set_aside(tmp_path, table, needle, caplog):
+    path = str(tmp_path / "latency_lut.json")
+    with open(path, "w") as f:
+        json.dump(table, f)
+    with pytest.raises(LatencyTableError, match=needle) as exc:
+        read_latency_table(path)
+    assert path in str(exc.value)
+    with pytest.raises(LatencyTableError):
+        LatencyTable(path, threads=1)  # never silently used
+    _check_lut_file(path)  # what run_search / validate_lut do before starting the worker
+    assert not os.path.exists(path) and any(f.startswith("latency_lut.json.corrupt-") for f in os.listdir(tmp_path))
+    assert "re-measured" in caplog.text
+
+
+def test_valid_latency_table_is_read(tmp_path):
+    path = str(tmp_path / "latency_lut.json")
+    open(path, "w").write("{ not json")
+    with pytest.raises(LatencyTableError, match="not valid JSON"):
+        read_latency_table(path)
+    with open(path, "w") as f:
+        json.dump(_LUT_OK, f)
+    assert read_latency_table(path)["entries"] == _LUT_OK["entries"]
+    _check_lut_file(path)
+    assert os.path.exists(path)
+
+
+# -- search.py's config ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("budget: 2\nbudget: 3\n", r"key 'budget' is given twice \(line 1 and line 2\)"),
+        ("proxy:\n  lr: 0.1\n  lr: 0.2\n", r"key 'lr' is given twice \(line 2 and line 3\)"),
+        ("budget: abc\n", r"'budget' must be an integer, got 'abc'"),
+        ("budget: 0\n", r"'budget' must be >= 1"),
+        ("proxy: {lr: .nan}\n", r"'proxy\.lr' must be a finite number, got nan"),
+        ("proxy: [1]\n", r"'proxy' must be a mapping, got list"),
+        ("latency: {mode: fast}\n", r"'latency\.mode' must be 'measured' or 'lut', got 'fast'"),
+        ("latency: {target_ms: -1}\n", r"'latency\.target_ms' must be > 0"),
+        ("reward: {constraint: strict}\n", r"'reward\.constraint' must be one of"),
+        ("reward: {alpha: .inf}\n", r"'reward\.alpha' must be a finite number"),
+        ("space: {chanels: [1]}\n", r"unknown key\(s\) \['chanels'\] in 'space'"),
+        ("space: {channels: [a, b, c, d, e, f, g]}\n", r"'space\.channels' must be a list of finite numbers"),
+        ("space: {channels: [16, 24]}\n", r"'space' is invalid: channels, repeats and strides"),
+        ("strategies: {bayes: {}}\n", r"'strategies' must name some of"),
+        ("strategies: {rl: {lrr: 1}}\n", r"'strategies\.rl' is invalid: .*lrr"),
+        ("strategies: {rl: {lr: .nan}}\n", r"'strategies\.rl\.lr' must be a finite number"),
+        ("strategies: {evolution: {population: 1}}\n", r"'strategies\.evolution' is invalid: need population >= 2"),
+        ("confirm_seeds: [1, x]\n", r"'confirm_seeds' must be a list of integers"),
+        ("- 1\n", r"the top level must be a mapping"),
+        ("budget: [\n", r"is not valid YAML: line 2"),
+    ],
+)
+def test_bad_search_configs_are_one_line_errors_with_exit_code_2(tmp_path, capsys, text, needle):
+    from search import main
+
+    path = tmp_path / "search.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=needle) as exc:
+        load_config(str(path), {})
+    assert "\n" not in str(exc.value)
+    assert main(["-c", str(path), "--no_progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("search.py: ") and "\n" not in err and re.search(needle, err)
+
+
+def test_non_utf8_search_config_and_cli_overrides(tmp_path, capsys):
+    from search import main
+
+    path = tmp_path / "search.yaml"
+    path.write_bytes(b"\xff\xfe budget: 1")
+    with pytest.raises(ValueError, match=r"search\.yaml' is not UTF-8 text: byte 0xff at byte offset 0"):
+        load_config(str(path), {})
+    with pytest.raises(ValueError, match=r"'budget' must be >= 1"):
+        load_config(SMOKE, {"budget": 0})
+    with pytest.raises(SystemExit):
+        main(["-c", SMOKE, "--budg", "3"])  # abbreviations are not accepted

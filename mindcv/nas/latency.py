@@ -29,8 +29,18 @@ from ..models.arch import decode_arch_def, parse_arch_string, round_channels
 from ..models.fuse import fuse_bn
 from ..models.layers import BLOCK_CLASSES, ConvBnAct, make_norm_layer
 from ..models.mnasnet import MnasNet
+from .state import SearchStateError, StateChecker, read_json
 
-__all__ = ["host_description", "time_calls", "measure_model_latency", "LatencyTable", "LatencyWorker", "layer_keys"]
+__all__ = [
+    "host_description",
+    "time_calls",
+    "measure_model_latency",
+    "LatencyTable",
+    "LatencyTableError",
+    "LatencyWorker",
+    "layer_keys",
+    "read_latency_table",
+]
 
 
 def host_description() -> str:
@@ -173,6 +183,43 @@ def _key_str(key: Tuple) -> str:
     return json.dumps(list(key))
 
 
+class LatencyTableError(SearchStateError):
+    """A lookup-table file that is not JSON or not of the table's shape."""
+
+
+def read_latency_table(path: str) -> Dict:
+    """Read and check a lookup-table file: ``{"meta": {"host": str, "threads": int, ...}, "entries": {key: ms}}``
+    where every key is a JSON list starting with the layer kind and every latency a finite number >= 0.
+
+    Raises:
+        LatencyTableError: naming the file and the JSON path of the first bad value.
+    """
+    hint = "delete it to re-measure the table"
+
+    def corrupted(where: str, problem: str) -> LatencyTableError:
+        return LatencyTableError(f"latency table '{path}' is corrupted at {where}: {problem}; {hint}")
+
+    saved = read_json(path, lambda reason: LatencyTableError(f"latency table '{path}' is corrupted ({reason}); {hint}"))
+    c = StateChecker(corrupted)
+    c.obj(saved, "$", ("meta", "entries"))
+    meta = c.obj(saved["meta"], "$.meta", ("host", "threads"))
+    c.text(meta["host"], "$.meta.host")
+    c.integer(meta["threads"], "$.meta.threads", 0)
+    if "mindspore" in meta:
+        c.text(meta["mindspore"], "$.meta.mindspore")
+    entries = c.obj(saved["entries"], "$.entries")
+    for key, value in entries.items():
+        where = f"$.entries[{json.dumps(key)}]"
+        try:
+            parsed = json.loads(key)
+        except ValueError:
+            parsed = None
+        if not (isinstance(parsed, list) and parsed and isinstance(parsed[0], str)):
+            c.fail(where, "the key is not a layer key (a JSON list starting with the layer kind)")
+        c.number(value, where, 0.0)
+    return saved
+
+
 class LatencyTable:
     """Per-layer latency lookup table, filled on demand and persisted as JSON.
 
@@ -189,13 +236,9 @@ class LatencyTable:
         self.entries: Dict[str, float] = {}
         self.meta = {"host": host_description(), "threads": threads, "mindspore": ms.__version__}
         if path and os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
-            if (
-                saved.get("meta", {}).get("threads") == threads
-                and saved.get("meta", {}).get("host") == self.meta["host"]
-            ):
-                self.entries = saved["entries"]
+            saved = read_latency_table(path)
+            if saved["meta"]["threads"] == threads and saved["meta"]["host"] == self.meta["host"]:
+                self.entries = dict(saved["entries"])
         self._new = 0
 
     def _measure(self, key: Tuple) -> float:
@@ -287,7 +330,7 @@ def _serve(threads: int, lut_path: Optional[str], warmup: int, repeats: int) -> 
     ms.set_device("CPU")
     if threads > 0:
         ms.device_context.cpu.op_tuning.threads_num(threads)
-    table = LatencyTable(lut_path, warmup, repeats, threads)
+    table = None  # read on the first lookup-table query (a bad file is then reported to the parent)
     host = host_description()
     for line in sys.stdin:
         if not line.strip():
@@ -298,6 +341,8 @@ def _serve(threads: int, lut_path: Optional[str], warmup: int, repeats: int) -> 
             if kind == "measure":
                 answer = measure_model_latency(warmup=warmup, repeats=repeats, **query)
             elif kind == "lut":
+                if table is None:
+                    table = LatencyTable(lut_path, warmup, repeats, threads)
                 t0 = time.perf_counter()
                 answer = {"predicted_ms": table.predict(**query), "seconds": time.perf_counter() - t0}
             else:
@@ -311,7 +356,9 @@ def _serve(threads: int, lut_path: Optional[str], warmup: int, repeats: int) -> 
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description="latency worker: JSON queries on stdin, JSON answers on stdout")
+    parser = argparse.ArgumentParser(
+        description="latency worker: JSON queries on stdin, JSON answers on stdout", allow_abbrev=False
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lut", default=None)
     parser.add_argument("--warmup", type=int, default=5)

@@ -20,13 +20,25 @@ from tqdm import tqdm
 
 from ..models.arch import format_arch_string
 from ..models.mnasnet import ARCH_DEFS
-from .latency import LatencyWorker, host_description, write_json_atomic
+from .latency import LatencyTableError, LatencyWorker, host_description, read_latency_table, write_json_atomic
 from .proxy import ProxyConfig, ProxyTask
 from .reward import CONSTRAINTS, mnas_reward
 from .search_space import SearchSpace
+from .state import RESTART_HINT, InputError, SearchStateError, StateChecker, check_search_state, read_json, set_aside
 from .strategies import STRATEGIES, create_strategy
 
-__all__ = ["SearchConfig", "LatencyConfig", "RewardConfig", "run_search", "validate_lut", "spearman", "pareto_front"]
+__all__ = [
+    "SearchConfig",
+    "LatencyConfig",
+    "RewardConfig",
+    "run_search",
+    "load_state",
+    "validate_lut",
+    "spearman",
+    "pareto_front",
+    "SearchStateError",
+    "StateMismatchError",
+]
 
 _logger = logging.getLogger(__name__)
 REFERENCES = {"MnasNet-B1": "b1", "MnasNet-A1": "a1"}
@@ -164,6 +176,77 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+class StateMismatchError(InputError):
+    """``output_dir`` holds a (well-formed) state of a search with other settings."""
+
+
+def load_state(
+    path: str, cfg: SearchConfig, space: SearchSpace, strategies: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
+    """Read a saved search state, check its whole schema, and load the strategies' state into ``strategies``.
+
+    Args:
+        path: the ``state.json``.
+        cfg: the configuration of the search that resumes it.
+        space: its search space.
+        strategies: name -> strategy (default: fresh ones built from ``cfg``); restored in place.
+
+    Returns:
+        The state.
+
+    Raises:
+        SearchStateError: the file is not JSON or has the wrong shape anywhere (the message names the file,
+            the JSON path of the bad value and how to start over).
+        StateMismatchError: the state belongs to a search with different settings.
+    """
+    hint = RESTART_HINT.format(name=os.path.basename(path))
+
+    def corrupted(where: str, problem: str) -> SearchStateError:
+        return SearchStateError(f"'{path}' is corrupted at {where}: {problem}; {hint}")
+
+    saved = read_json(path, lambda reason: SearchStateError(f"'{path}' is corrupted ({reason}); {hint}"))
+    checker = StateChecker(corrupted)
+    checker.obj(saved, "$", ("fingerprint",))
+    checker.text(saved["fingerprint"], "$.fingerprint")
+    if saved["fingerprint"] != cfg.fingerprint():
+        raise StateMismatchError(
+            f"'{cfg.output_dir}' holds a search with different settings; use another output_dir or --restart"
+        )
+    if strategies is None:
+        strategies = {
+            name: create_strategy(name, space, seed=cfg.seed * 100 + i, **(kwargs or {}))
+            for i, (name, kwargs) in enumerate(cfg.strategies.items())
+        }
+    references = {label: format_arch_string(ARCH_DEFS[key]) for label, key in REFERENCES.items()}
+    check_search_state(saved, checker, strategies, space, references)
+    for name, strategy_state in saved.get("strategies", {}).items():
+        try:
+            strategies[name].load_state_dict(strategy_state)
+        except Exception as err:  # noqa: BLE001 - anything the checks above missed is still corruption
+            raise corrupted(f"$.strategies.{name}", f"{type(err).__name__}: {err}") from None
+    return saved
+
+
+def _discard_state(path: str, cfg: SearchConfig, space: SearchSpace) -> None:
+    """``--restart``: the old state is overwritten, but a corrupted one is first kept for inspection."""
+    try:
+        load_state(path, cfg, space)
+    except SearchStateError:
+        _logger.warning("discarding the corrupted '%s' (kept as %s)", path, set_aside(path))
+    except StateMismatchError:
+        pass
+
+
+def _check_lut_file(path: str) -> None:
+    """A malformed lookup table is never used: it is set aside (kept for inspection) and re-measured."""
+    if not os.path.exists(path):
+        return
+    try:
+        read_latency_table(path)
+    except LatencyTableError as err:
+        _logger.warning("%s; kept as %s, the lookup table is re-measured", err, set_aside(path))
+
+
 def run_search(cfg: SearchConfig, restart: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Run (or resume) a search and write its outputs.
 
@@ -189,26 +272,19 @@ def run_search(cfg: SearchConfig, restart: bool = False, progress: bool = True) 
         for i, (name, kwargs) in enumerate(cfg.strategies.items())
     }
     state: Dict[str, Any] = {"fingerprint": cfg.fingerprint(), "records": [], "cache": {}, "references": {}}
-    if os.path.exists(state_path) and not restart:
-        with open(state_path) as f:
-            try:
-                saved = json.load(f)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"'{state_path}' is corrupted ({err}); pass --restart to start over") from err
-        if saved.get("fingerprint") != state["fingerprint"]:
-            raise ValueError(
-                f"'{cfg.output_dir}' holds a search with different settings; use another output_dir or --restart"
-            )
-        state = saved
-        for name, strategy in strategies.items():
-            if name in state.get("strategies", {}):
-                strategy.load_state_dict(state["strategies"][name])
-        _logger.info("resuming: %d candidates already evaluated", len(state["records"]))
+    if os.path.exists(state_path):
+        if restart:
+            _discard_state(state_path, cfg, space)
+        else:
+            state = load_state(state_path, cfg, space, strategies)
+            _logger.info("resuming: %d candidates already evaluated", len(state["records"]))
     state["host"] = host_description()
     state["config"] = asdict(cfg)
 
     lat = cfg.latency
     lut_path = os.path.join(cfg.output_dir, "latency_lut.json")
+    if lat.mode == "lut":
+        _check_lut_file(lut_path)
     with LatencyWorker(lat.threads, lut_path, lat.warmup, lat.repeats) as worker:
         evaluate = _Evaluator(cfg, state["cache"], worker)
         for label, key in REFERENCES.items():
@@ -442,7 +518,9 @@ def validate_lut(cfg: SearchConfig, num_archs: int = 20, seed: int = 1234, progr
     archs += [space.arch_string(space.sample(rng)) for _ in range(num_archs)]
     lat = cfg.latency
     rows = []
-    with LatencyWorker(lat.threads, os.path.join(cfg.output_dir, "latency_lut.json"), lat.warmup, lat.repeats) as w:
+    lut_path = os.path.join(cfg.output_dir, "latency_lut.json")
+    _check_lut_file(lut_path)
+    with LatencyWorker(lat.threads, lut_path, lat.warmup, lat.repeats) as w:
         for arch in tqdm(archs, desc="LUT vs measured", disable=not progress):
             args = dict(width_mult=cfg.proxy.width_mult, resolution=lat.resolution)
             measured = w.measure(arch, **args)["median_ms"]

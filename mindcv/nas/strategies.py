@@ -42,6 +42,17 @@ class Strategy:
     def load_state_dict(self, state: Dict) -> None:
         self.rng.bit_generator.state = state["rng"]
 
+    def check_state_dict(self, state, checker, where: str) -> None:
+        """Check a ``state_dict`` read from disk before :meth:`load_state_dict` uses it.
+
+        Args:
+            state: the parsed JSON value.
+            checker: a :class:`~mindcv.nas.state.StateChecker` (raises on the first problem).
+            where: JSON path of ``state`` in its file.
+        """
+        checker.obj(state, where, ("rng",))
+        checker.rng_state(state["rng"], f"{where}.rng", type(self.rng.bit_generator).__name__)
+
 
 class RandomSearch(Strategy):
     """Uniformly random architectures."""
@@ -90,6 +101,15 @@ class RegularizedEvolution(Strategy):
     def load_state_dict(self, state: Dict) -> None:
         super().load_state_dict(state)
         self.population = deque((list(d), float(r)) for d, r in state["population"])
+
+    def check_state_dict(self, state, checker, where: str) -> None:
+        super().check_state_dict(state, checker, where)
+        checker.obj(state, where, ("population",))
+        members = checker.array(state["population"], f"{where}.population", max_length=self.population_size)
+        for i, member in enumerate(members):
+            checker.array(member, f"{where}.population[{i}]", length=2)
+            checker.decisions(member[0], f"{where}.population[{i}][0]", self.space.num_choices)
+            checker.number(member[1], f"{where}.population[{i}][1]")
 
 
 class ReinforceController(Strategy):
@@ -170,6 +190,22 @@ class ReinforceController(Strategy):
         super().load_state_dict(state)
         self.logits = [np.array(v, dtype=np.float64) for v in state["logits"]]
         self.baseline, self.scale, self.updates = state["baseline"], state["scale"], state["updates"]
+
+    def check_state_dict(self, state, checker, where: str) -> None:
+        super().check_state_dict(state, checker, where)
+        checker.obj(state, where, ("logits", "baseline", "scale", "updates"))
+        sizes = self.space.num_choices
+        logits = checker.array(state["logits"], f"{where}.logits", length=len(sizes))
+        for i, (row, n) in enumerate(zip(logits, sizes)):
+            checker.array(row, f"{where}.logits[{i}]", length=n)
+            for j, value in enumerate(row):
+                checker.number(value, f"{where}.logits[{i}][{j}]")
+        if (state["baseline"] is None) != (state["scale"] is None):
+            checker.fail(f"{where}.scale", "baseline and scale must both be null (no reward yet) or both numbers")
+        if state["baseline"] is not None:
+            checker.number(state["baseline"], f"{where}.baseline")
+            checker.number(state["scale"], f"{where}.scale", 0.0)
+        checker.integer(state["updates"], f"{where}.updates", 0)
 
 
 STRATEGIES = {"rl": ReinforceController, "random": RandomSearch, "evolution": RegularizedEvolution}
