@@ -2,23 +2,52 @@
 
 Prints the top-k classes of each image and writes one JSON record per image
 (``{"class_ids", "scores", "file_name", "label_names"}``) to ``--output`` (default ``predictions.json``).
-Unreadable files are reported by path and do not stop the others. Label names come from the checkpoint
-(custom datasets) or the bundled ImageNet-1k names.
+Unreadable files (corrupt, not an image, or above ``--max_image_pixels``, which are never decoded) get an
+``"error"`` record instead, do not stop the others, and are listed as ``<path>\t<reason>`` lines in
+``--unreadable_log`` (default: ``<output without extension>.unreadable.tsv`` next to the records; written
+only when there is something to report, replacing the report of an earlier run). Label names come from the
+checkpoint (custom datasets) or the bundled ImageNet-1k names.
 """
 
 import argparse
 import json
 import logging
+import os
 import sys
 
 import mindspore as ms
 
+from mindcv.data.image_folder import MAX_IMAGE_PIXELS, UnreadableFiles
 from mindcv.inference import Classifier, collect_images
-from mindcv.models import CheckpointError
+from mindcv.errors import InvalidArgumentError
+from mindcv.utils.atomic import atomic_write
+from mindcv.utils.cli import call_cli
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def unreadable_report_path(output: str) -> str:
+    """Default unreadable-file report of ``--output`` (``predictions.json`` -> ``predictions.unreadable.tsv``)."""
+    return os.path.splitext(output)[0] + ".unreadable.tsv"
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Classify as the command line says; user errors print one line and return 2."""
+    return call_cli("infer.py", _infer, argv)
+
+
+def _infer(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("inputs", nargs="+", help="image files and/or folders")
     parser.add_argument("--model", required=True, help="registered model name")
     parser.add_argument("--ckpt_path", default="", help="weights (any format create_model reads)")
@@ -27,29 +56,49 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
     parser.add_argument("--output", default="predictions.json", help="JSON file of all records")
+    parser.add_argument(
+        "--unreadable_log",
+        default=None,
+        help="TSV report of unreadable files (default: <output without extension>.unreadable.tsv)",
+    )
+    parser.add_argument(
+        "--max_image_pixels",
+        type=_positive_int,
+        default=MAX_IMAGE_PIXELS,
+        help="images whose header claims more pixels are reported, never decoded (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     ms.set_device(args.device_target)
-    try:
-        files = collect_images(args.inputs)
-        classifier = Classifier(args.model, args.ckpt_path, args.pretrained, args.topk, args.batch_size)
-    except (FileNotFoundError, CheckpointError, ValueError, RuntimeError) as err:
-        print(f"infer.py: {err}", file=sys.stderr)
-        return 2
+    files = collect_images(args.inputs)
     if not files:
-        print("infer.py: no images found in the inputs", file=sys.stderr)
-        return 2
-    records = classifier.predict(files)
+        raise InvalidArgumentError(f"no images found in {', '.join(args.inputs)}")
+    if not (args.ckpt_path or args.pretrained):  # a random network's "predictions" are not a result
+        raise InvalidArgumentError("no weights: pass --ckpt_path <weight file> or --pretrained")
+    classifier = Classifier(
+        args.model,
+        args.ckpt_path,
+        args.pretrained,
+        args.topk,
+        args.batch_size,
+        max_image_pixels=args.max_image_pixels,
+    )
+    report_path = args.unreadable_log or unreadable_report_path(args.output)
+    report = UnreadableFiles(report_path, overwrite=True)  # a stale report of an earlier run must not remain
+    records = classifier.predict(files, report=report)
     for r in records:
         if "error" in r:
             print(f"{r['file_name']}: UNREADABLE ({r['error']})")
         else:
             best = ", ".join(f"{n} {s:.3f}" for n, s in zip(r["label_names"], r["scores"]))
             print(f"{r['file_name']}: {best}")
-    with open(args.output, "w") as f:
+    with atomic_write(args.output) as f:
         json.dump(records, f, indent=1)
     failed = sum("error" in r for r in records)
-    print(f"{len(records) - failed} classified, {failed} unreadable; records in {args.output}")
+    print(
+        f"{len(records) - failed} classified, {failed} unreadable; records in {args.output}"
+        + (f", unreadable files listed in {report_path}" if failed else "")
+    )
     return 0
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import ops
 
-from .data.image_folder import IMG_EXTENSIONS, decode_image
+from .data.image_folder import IMG_EXTENSIONS, UnreadableFiles, decode_image, resolve_max_image_pixels
 from .data.transforms_factory import create_transforms
 from .models import create_model, get_pretrained_cfg
 from .models.checkpoint import read_checkpoint_metadata
@@ -50,6 +50,8 @@ class Classifier:
         topk: how many classes per image.
         batch_size: images per forward pass.
         class_names: override the label names.
+        max_image_pixels: images whose header claims more pixels are reported as unreadable by path and never
+            decoded (default ``mindcv.data.image_folder.MAX_IMAGE_PIXELS``, PIL's 89,478,485).
     """
 
     def __init__(
@@ -60,7 +62,9 @@ class Classifier:
         topk: int = 5,
         batch_size: int = 16,
         class_names: Optional[Sequence[str]] = None,
+        max_image_pixels: Optional[int] = None,
     ) -> None:
+        self.max_image_pixels = resolve_max_image_pixels(max_image_pixels)
         meta = read_checkpoint_metadata(ckpt_path)
         names = list(class_names or meta.get("class_names") or imagenet_class_names())
         num_classes = int(meta.get("num_classes") or len(names))
@@ -86,20 +90,34 @@ class Classifier:
             image = op(image)
         return image
 
-    def predict(self, paths: Sequence[str]) -> List[Dict]:
+    def predict(self, paths: Sequence[str], report: Optional[UnreadableFiles] = None) -> List[Dict]:
         """One record per file: ``{"file_name", "class_ids", "scores", "label_names"}``, or ``"error"`` for
-        an unreadable file (the others are still classified)."""
+        an unreadable file (the others are still classified).
+
+        Any per-file failure (unreadable or oversized file, decoder error, an image the preprocessing cannot
+        handle) becomes that file's ``"error"``, and is also recorded in ``report`` if given.
+        """
         records: List[Dict] = []
         batch, batch_records = [], []
         for path in paths:
-            image, reason = decode_image(path)
+            image, reason = decode_image(path, self.max_image_pixels)
+            if image is not None:
+                try:
+                    image = self._preprocess(image)
+                except MemoryError:
+                    image, reason = None, "out of memory while preprocessing this image"
+                except Exception as err:  # noqa: BLE001  (one odd image must not stop the others)
+                    image, reason = None, f"preprocessing failed ({type(err).__name__}: {err})"
             if image is None:
-                _logger.warning("cannot classify '%s': %s", path, reason)
+                if report is not None:
+                    report.record(path, reason)
+                else:
+                    _logger.warning("cannot classify '%s': %s", path, reason)
                 records.append({"file_name": path, "error": reason})
                 continue
             record = {"file_name": path}
             records.append(record)
-            batch.append(self._preprocess(image))
+            batch.append(image)
             batch_records.append(record)
             if len(batch) == self.batch_size:
                 self._run(batch, batch_records)

@@ -3,8 +3,14 @@
 import gzip
 import hashlib
 import http.server
+import io
 import os
+import struct
+import subprocess
+import sys
 import threading
+import time
+import zlib
 
 import numpy as np
 import pytest
@@ -14,6 +20,7 @@ import mindspore.dataset.vision as vision
 
 from mindcv.data import (
     ShardSampler,
+    UnreadableFiles,
     UnreadableImageError,
     create_dataset,
     create_loader,
@@ -240,6 +247,42 @@ def test_download_checks_md5_and_reports_offline(tmp_path, monkeypatch):
         httpd.server_close()
 
 
+def test_a_hostile_dataset_archive_is_refused_and_writes_nothing_outside(tmp_path, monkeypatch):
+    """A CIFAR archive whose member is '/abs/…' or '../…' (tarfile.extractall writes both) is refused whole."""
+    import io
+    import tarfile
+
+    from mindcv.utils.download import UnsafeArchiveError
+
+    serve, root = tmp_path / "serve", tmp_path / "data" / "cifar10"
+    serve.mkdir()
+    outside = tmp_path / "escaped.bin"
+    for name, member in (("abs.tar.gz", str(outside)), ("dots.tar.gz", "../../escaped.bin")):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            info = tarfile.TarInfo(member)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+        (serve / name).write_bytes(buffer.getvalue())
+    handler_cls = type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: handler_cls(*a, directory=str(serve)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}/"
+    spec = standard_datasets.DATASET_SPECS["cifar10"]
+    try:
+        for name in ("abs.tar.gz", "dots.tar.gz"):
+            urls = ((base + name, hashlib.md5((serve / name).read_bytes()).hexdigest()),)
+            monkeypatch.setitem(
+                standard_datasets.DATASET_SPECS, "cifar10", spec.__class__(**{**spec.__dict__, "urls": urls})
+            )
+            with pytest.raises(UnsafeArchiveError, match=name):
+                standard_datasets.download_standard_dataset("cifar10", str(root))
+            assert not outside.exists() and not (tmp_path / "data" / "escaped.bin").exists()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one(image_folder):
     transform = create_transforms("imagenet", 32, is_training=True)
     for mixup, cutmix in ((0.2, 0.0), (0.0, 1.0), (0.2, 1.0)):
@@ -400,3 +443,485 @@ def test_loader_reduces_workers_to_the_cpu_count(image_folder, caplog):
     )
     assert sum(len(b[1]) for b in _rows(loader)) == 18
     assert any("exceeds this machine's" in r.message for r in caplog.records)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# hardening: symbolic links, decompression bombs, decoder errors, where reports go
+
+
+def _img(path, h=12, w=12, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _labelled(samples, split):
+    """``{relative path: label}``, asserting that no path appears twice."""
+    rel = [(os.path.relpath(p, split), label) for p, label in samples]
+    assert len({p for p, _ in rel}) == len(rel), f"duplicate samples: {rel}"
+    return dict(rel)
+
+
+def _reported(unreadable):
+    return {p: r for p, r in unreadable.entries()}
+
+
+@pytest.fixture
+def two_classes(tmp_path):
+    """root/train/{a,b}/ with 3 images each (a also has sub/s.jpg)."""
+    split = tmp_path / "root" / "train"
+    for cls in ("a", "b"):
+        for i in range(3):
+            _img(split / cls / f"{i}.jpg", seed=i)
+    _img(split / "a" / "sub" / "s.jpg")
+    return split
+
+
+def test_symlink_to_an_ancestor_neither_loops_nor_relabels(two_classes):
+    split = two_classes
+    (split / "a" / "up").symlink_to(split)  # the split root: would put b's images under a, forever
+    (split / "a" / "sub" / "loop").symlink_to(split / "a")  # its own class folder
+    (split / "a" / "sub" / "self").symlink_to(split / "a" / "sub")  # its own parent
+    (split / "a" / "root").symlink_to(split.parent)  # the dataset root, above the split
+    start = time.perf_counter()
+    train = create_dataset("imagenet", root=str(split.parent), shuffle=False)
+    rows = _rows(train)
+    assert time.perf_counter() - start < 20
+    assert train.get_dataset_size() == 7 and [int(r[1]) for r in rows] == [0] * 4 + [1] * 3
+    from mindcv.data.image_folder import find_classes, make_samples
+
+    labels = _labelled(make_samples(str(split), find_classes(str(split))[1]), split)
+    expected = {"a/0.jpg": 0, "a/1.jpg": 0, "a/2.jpg": 0, "a/sub/s.jpg": 0, "b/0.jpg": 1, "b/1.jpg": 1, "b/2.jpg": 1}
+    assert labels == expected
+    reasons = _reported(train.unreadable)
+    for link in ("a/up", "a/root"):
+        assert "contains the whole split folder" in reasons[str(split / link)]
+    for link in ("a/sub/loop", "a/sub/self"):
+        assert "(a loop)" in reasons[str(split / link)]
+
+
+def test_symlinks_to_another_class_are_refused_and_named(two_classes):
+    split = two_classes
+    (split / "a" / "to_b").symlink_to(split / "b")  # a sibling class folder
+    (split / "b" / "deep").mkdir()
+    _img(split / "b" / "deep" / "d.jpg")
+    (split / "a" / "into_b").symlink_to(split / "b" / "deep")  # a folder inside a sibling class
+    (split / "a" / "b0.jpg").symlink_to(split / "b" / "0.jpg")  # a file of a sibling class
+    unreadable = UnreadableFiles()
+    from mindcv.data.image_folder import find_classes, make_samples
+
+    labels = _labelled(make_samples(str(split), find_classes(str(split))[1], report=unreadable), split)
+    assert {p for p, label in labels.items() if label == 0} == {"a/0.jpg", "a/1.jpg", "a/2.jpg", "a/sub/s.jpg"}
+    assert {p for p, label in labels.items() if label == 1} == {"b/0.jpg", "b/1.jpg", "b/2.jpg", "b/deep/d.jpg"}
+    reasons = _reported(unreadable)
+    for link in ("a/to_b", "a/into_b", "a/b0.jpg"):
+        assert "symbolic link into class 'b'" in reasons[str(split / link)], reasons
+    # the same when the link is in the later class (b -> a): the order of classes does not matter
+    (split / "b" / "to_a").symlink_to(split / "a")
+    labels = _labelled(make_samples(str(split), find_classes(str(split))[1]), split)
+    assert sum(label == 1 for label in labels.values()) == 4 and sum(label == 0 for label in labels.values()) == 4
+
+
+def test_two_class_folders_that_are_one_real_folder_are_an_error(tmp_path):
+    store = tmp_path / "store"
+    for i in range(2):
+        _img(store / "same" / f"{i}.jpg")
+    split = tmp_path / "root" / "train"
+    split.mkdir(parents=True)
+    (split / "x").symlink_to(store / "same")
+    (split / "y").symlink_to(store / "same")
+    with pytest.raises(ValueError, match=r"class folders 'x' and 'y' .* are the same folder .*two labels"):
+        create_dataset("imagenet", root=str(split.parent))
+    (split / "y").unlink()
+    (split / "y").symlink_to(store / "same" / "..")  # contains the other class folder
+    _img(store / "other.jpg")
+    with pytest.raises(ValueError, match=r"class folder 'x' .* lies inside class folder 'y'"):
+        create_dataset("imagenet", root=str(split.parent))
+    (split / "y").unlink()
+    (split / "y").symlink_to(split.parent)  # contains the split itself
+    with pytest.raises(ValueError, match=r"class folder '.*y' links to .*which contains the split folder itself"):
+        create_dataset("imagenet", root=str(split.parent))
+
+
+def test_files_reachable_from_two_classes_are_excluded_from_both(two_classes, tmp_path):
+    split = two_classes
+    store = tmp_path / "store"
+    for i in range(2):
+        _img(store / "shared" / f"{i}.jpg")
+        _img(store / "shared" / "inner" / f"{i}.jpg")
+    _img(store / "one.jpg")
+    (split / "a" / "shared").symlink_to(store / "shared")
+    (split / "b" / "shared_inner").symlink_to(store / "shared" / "inner")  # inside the folder a reaches
+    (split / "a" / "one.jpg").symlink_to(store / "one.jpg")
+    (split / "b" / "uno.jpg").symlink_to(store / "one.jpg")
+    unreadable = UnreadableFiles()
+    from mindcv.data.image_folder import find_classes, make_samples
+
+    labels = _labelled(make_samples(str(split), find_classes(str(split))[1], report=unreadable), split)
+    assert labels == {
+        "a/0.jpg": 0, "a/1.jpg": 0, "a/2.jpg": 0, "a/shared/0.jpg": 0, "a/shared/1.jpg": 0, "a/sub/s.jpg": 0,
+        "b/0.jpg": 1, "b/1.jpg": 1, "b/2.jpg": 1,
+    }  # fmt: skip
+    reasons = _reported(unreadable)
+    assert "also reached from class 'a'" in reasons[str(split / "b" / "shared_inner")]
+    assert "excluded" in reasons[str(split / "a" / "shared" / "inner" / "0.jpg")]
+    assert "ambiguous label" in reasons[str(split / "b" / "uno.jpg")]
+    assert "ambiguous label" in reasons[str(split / "a" / "one.jpg")]
+
+
+def test_symlinks_outside_the_split_work_and_duplicates_count_once(two_classes, tmp_path):
+    split = two_classes
+    store = tmp_path / "store"
+    for i in range(3):
+        _img(store / "c" / f"{i}.png", seed=10 + i)
+    for i in range(2):
+        _img(store / "more" / f"{i}.jpg")
+    _img(store / "x.jpg")
+    (split / "c").symlink_to(store / "c")  # a class folder assembled from a shared store
+    (split / "b" / "x.jpg").symlink_to(store / "x.jpg")  # a file link
+    (split / "b" / "more").symlink_to(store / "more")  # a folder link
+    (split / "b" / "more_again").symlink_to(store / "more")  # the same folder twice: once
+    (split / "b" / "x_again.jpg").symlink_to(store / "x.jpg")  # the same file twice: once
+    (split / "b" / "more_x.jpg").symlink_to(store / "more" / "0.jpg")  # a file of a followed folder: once
+    (split / "a" / "dup.jpg").symlink_to(split / "a" / "0.jpg")  # a file of the same class: once
+    (split / "a" / "alias").symlink_to(split / "a" / "sub")  # a folder of the same class: once
+    train = create_dataset("imagenet", root=str(split.parent), shuffle=False)
+    assert train.class_names == ["a", "b", "c"]
+    from mindcv.data.image_folder import find_classes, make_samples
+
+    samples = make_samples(str(split), find_classes(str(split))[1])
+    assert samples == make_samples(str(split), find_classes(str(split))[1])  # deterministic
+    labels = _labelled(samples, split)
+    assert labels == {
+        "a/0.jpg": 0, "a/1.jpg": 0, "a/2.jpg": 0, "a/sub/s.jpg": 0,
+        "b/0.jpg": 1, "b/1.jpg": 1, "b/2.jpg": 1, "b/more/0.jpg": 1, "b/more/1.jpg": 1, "b/x.jpg": 1,
+        "c/0.png": 2, "c/1.png": 2, "c/2.png": 2,
+    }  # fmt: skip
+    assert [p for p, _ in samples] == sorted((p for p, _ in samples), key=lambda p: (os.path.dirname(p), p))
+    rows = _rows(train)
+    assert len(rows) == 13 and [int(r[1]) for r in rows] == [0] * 4 + [1] * 6 + [2] * 3
+    reasons = _reported(train.unreadable)
+    assert set(reasons) == {
+        str(split / p) for p in ("a/dup.jpg", "a/alias", "b/more_again", "b/x_again.jpg", "b/more_x.jpg")
+    }
+    assert "already included" in reasons[str(split / "b" / "more_again")]
+
+
+def test_broken_links_fifos_and_link_loops_are_reported_not_fatal(two_classes):
+    split = two_classes
+    (split / "a" / "gone.jpg").symlink_to(split / "a" / "missing.jpg")
+    (split / "a" / "knot").symlink_to(split / "a" / "knot")  # ELOOP
+    (split / "loop_class").symlink_to(split / "loop_class")  # not a class folder
+    os.mkfifo(split / "a" / "pipe.jpg")
+    start = time.perf_counter()
+    train = create_dataset("imagenet", root=str(split.parent), shuffle=False)
+    assert train.class_names == ["a", "b"] and len(_rows(train)) == 7
+    assert time.perf_counter() - start < 20
+    reasons = _reported(train.unreadable)
+    assert "broken symbolic link" in reasons[str(split / "a" / "gone.jpg")]
+    assert "broken symbolic link" in reasons[str(split / "a" / "knot")]
+    assert "not a regular file" in reasons[str(split / "a" / "pipe.jpg")]
+    from mindcv.data.image_folder import decode_image
+
+    assert decode_image(str(split / "a" / "pipe.jpg")) == (None, "not a regular file")  # does not block
+
+
+def _png(width, height, idat=b"\x00" * 16):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(idat)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def decode_calls(monkeypatch):
+    """Every buffer handed to cv2.imdecode, as bytes."""
+    from mindcv.data.image_folder import cv2
+
+    calls = []
+    real = cv2.imdecode
+
+    def spy(buf, flags):
+        calls.append(bytes(buf))
+        return real(buf, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", spy)
+    return calls
+
+
+def test_decompression_bombs_are_reported_by_path_and_never_decoded(tmp_path, decode_calls):
+    split = tmp_path / "train"
+    for i in range(3):
+        _img(split / "ok" / f"{i}.jpg", seed=i)
+    bomb = split / "ok" / "bomb.png"
+    bomb.write_bytes(_png(100_000, 100_000))  # a 100-byte file claiming 10 gigapixels
+    assert bomb.stat().st_size < 200
+    train = create_dataset("imagenet", root=str(tmp_path), shuffle=False)
+    rows = _rows(train)
+    assert len(rows) == 4 and all(r[0].shape == (12, 12, 3) for r in rows)  # replaced, the pipeline goes on
+    reason = _reported(train.unreadable)[str(bomb)]
+    assert reason == (
+        "image is 100000×100000 = 10000000000 pixels, above the limit of 89478485; raise max_image_pixels to read it"
+    )
+    assert bomb.read_bytes() not in decode_calls
+    val = create_dataset("imagenet", root=str(tmp_path), is_training=False, shuffle=False)
+    assert [int(r[1]) for r in _rows(val)].count(-1) == 1
+    strict = create_dataset("imagenet", root=str(tmp_path), strict=True, shuffle=False)
+    with pytest.raises(RuntimeError, match=r"unreadable image '.*bomb\.png': image is 100000×100000"):
+        _rows(strict)
+
+
+def test_a_real_image_above_a_lowered_limit_is_skipped(tmp_path, decode_calls):
+    split = tmp_path / "train"
+    _img(split / "c" / "small.png", 20, 20)  # 400 pixels
+    big = _img(split / "c" / "big.png", 30, 40)  # 1200 pixels
+    train = create_dataset("imagenet", root=str(tmp_path), shuffle=False, max_image_pixels=1000)
+    rows = _rows(train)
+    assert len(rows) == 2 and all(r[0].shape == (20, 20, 3) for r in rows)
+    assert _reported(train.unreadable) == {
+        str(big): "image is 40×30 = 1200 pixels, above the limit of 1000; raise max_image_pixels to read it"
+    }
+    assert big.read_bytes() not in decode_calls
+    assert len(_rows(create_dataset("imagenet", root=str(tmp_path), max_image_pixels=1200))) == 2
+    with pytest.raises(ValueError, match="max_image_pixels must be a positive integer"):
+        create_dataset("imagenet", root=str(tmp_path), max_image_pixels=0)
+
+
+def test_a_thin_image_that_would_explode_when_resized_is_skipped(tmp_path, decode_calls):
+    """1x80000 passes the pixel limit, but an evaluation resize of its short side to 256 needs ~15 GB."""
+    split = tmp_path / "val"
+    _img(split / "c" / "ok.png", 20, 20)
+    thin = split / "c" / "thin.png"
+    thin.write_bytes(_png(80_000, 1))
+    val = create_dataset("imagenet", root=str(tmp_path), split="val", is_training=False, shuffle=False)
+    assert [int(r[1]) for r in _rows(val)] == [0, -1]  # the readable image is evaluated, the thin one excluded
+    assert _reported(val.unreadable)[str(thin)] == (
+        "image is 80000×1 (aspect ratio 80000:1): resizing its short side to 512 pixels would make "
+        "20971520000 pixels, above the limit of 89478485; raise max_image_pixels to read it"
+    )
+    assert thin.read_bytes() not in decode_calls
+    wide = split / "c" / "wide.png"
+    _img(wide, 10, 300)  # a 30:1 panorama is fine
+    assert str(wide) not in _reported(
+        create_dataset("imagenet", root=str(tmp_path), split="val", is_training=False, shuffle=False).unreadable
+    )
+
+
+def test_opencv_limit_is_set_before_cv2_is_imported(tmp_path):
+    """OPENCV_IO_MAX_IMAGE_PIXELS only works before ``import cv2``: mindcv.data sets it, and honours a lower one."""
+    img = _img(tmp_path / "i.png", 40, 40)
+    code = (
+        "import os, sys\n"
+        "from mindcv.data import image_folder as f, _opencv\n"
+        "print(os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'], _opencv.OPENCV_MAX_IMAGE_PIXELS)\n"
+        "print(f.decode_image(sys.argv[1])[1])\n"
+        "import numpy as np\n"
+        "try:\n"
+        "    f.cv2.imdecode(np.fromfile(sys.argv[1], np.uint8), 1); print('cv2 decoded')\n"
+        "except f.cv2.error:\n"
+        "    print('cv2 refused')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_IO_MAX_IMAGE")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(img)], env=env, cwd=root, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == [f"{2**30} {2**30}", "None", "cv2 decoded"]
+    env["OPENCV_IO_MAX_IMAGE_PIXELS"] = "1000"
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(img)], env=env, cwd=root, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[0] == "1000 1000" and out[2] == "cv2 refused"  # the variable reached OpenCV
+    assert out[1].startswith("image is 40×40 = 1600 pixels, above OpenCV's limits (1000 pixels")  # never called
+
+
+@pytest.mark.parametrize(
+    "error", [lambda: cv2_error("imdecode_: boom"), lambda: MemoryError()], ids=["cv2.error", "MemoryError"]
+)
+def test_decoder_exceptions_are_per_file_unreadable(tmp_path, monkeypatch, error):
+    from mindcv.data.image_folder import ImageFileSource, cv2
+
+    split = tmp_path / "train"
+    for i in range(3):
+        _img(split / "c" / f"{i}.jpg", seed=i)
+    poison = (split / "c" / "1.jpg").read_bytes()
+    real = cv2.imdecode
+
+    def imdecode(buf, flags):
+        if bytes(buf) == poison:
+            raise error()
+        return real(buf, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+    train = create_dataset("imagenet", root=str(tmp_path), shuffle=False)
+    assert len(_rows(train)) == 3
+    reason = _reported(train.unreadable)[str(split / "c" / "1.jpg")]
+    assert reason.startswith("decoder failed") or reason.startswith("out of memory")
+    val = create_dataset("imagenet", root=str(tmp_path), shuffle=False, is_training=False)
+    assert [int(r[1]) for r in _rows(val)] == [0, -1, 0]
+    source = ImageFileSource([(str(split / "c" / "1.jpg"), 0)], strict=True)
+    with pytest.raises(UnreadableImageError, match=r"unreadable image '.*1\.jpg'"):
+        source[0]
+
+
+def cv2_error(message):
+    from mindcv.data.image_folder import cv2
+
+    return cv2.error(message)
+
+
+@pytest.mark.parametrize(
+    "decoded, expected",
+    [
+        (np.full((5, 7, 4), 40000, np.uint16), (5, 7, 3)),  # 16-bit with alpha
+        (np.zeros((5, 7, 1), np.uint8), (5, 7, 3)),  # one channel
+        (np.zeros((5, 7), np.uint8), (5, 7, 3)),  # 2-D gray
+        (np.ones((5, 7, 3), np.float32), (5, 7, 3)),  # float
+        (np.zeros((0, 7, 3), np.uint8), "empty or malformed"),  # zero-sized
+        (np.zeros((5, 7, 5), np.uint8), "unsupported number of channels (5)"),
+        (np.zeros((5, 7, 3), np.int32), "unsupported pixel type int32"),
+    ],
+    ids=["uint16-bgra", "hw1", "hw", "float", "zero", "5-channels", "int32"],
+)
+def test_odd_decoder_outputs_become_rgb_uint8_or_unreadable(tmp_path, monkeypatch, decoded, expected):
+    from mindcv.data.image_folder import cv2, decode_image
+
+    path = _img(tmp_path / "i.png", 5, 7)
+    monkeypatch.setattr(cv2, "imdecode", lambda buf, flags: decoded)
+    img, reason = decode_image(str(path))
+    if isinstance(expected, tuple):
+        assert reason is None and img.shape == expected and img.dtype == np.uint8
+    else:
+        assert img is None and expected in reason
+
+
+def _tiff(width, height, big_endian=False):
+    bo = ">" if big_endian else "<"
+    entries = [(256, 4, width), (257, 3, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8 + 2 + 12 * 7 + 4)]
+    entries.append((277, 3, 1))
+    ifd = struct.pack(bo + "H", len(entries))
+    for tag, kind, value in entries:
+        ifd += struct.pack(bo + "HHI", tag, kind, 1)
+        ifd += struct.pack(bo + "HH", value, 0) if kind == 3 else struct.pack(bo + "I", value)
+    head = (b"MM\x00*" if big_endian else b"II*\x00") + struct.pack(bo + "I", 8)
+    return head + ifd + struct.pack(bo + "I", 0) + b"\x00" * min(width * height, 4096)
+
+
+def test_header_sizes_of_every_format_match_the_decoded_image(tmp_path):
+    from mindcv.data.image_folder import decode_bytes, image_size
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (23, 37, 3), dtype=np.uint8)
+    gray16 = rgb[..., 0].astype(np.uint16) * 257
+    rgba = np.dstack([rgb, rgb[..., :1]])
+    cases = [
+        (Image.fromarray(rgb), "JPEG", {}),
+        (Image.fromarray(rgb), "JPEG", {"progressive": True, "icc_profile": b"\x00" * 70000}),  # SOF after 70 kB
+        (Image.new("CMYK", (37, 23), (1, 2, 3, 4)), "JPEG", {}),
+        (Image.fromarray(rgb), "PNG", {}),
+        (Image.fromarray(gray16), "PNG", {}),
+        (Image.fromarray(rgba), "PNG", {}),
+        (Image.fromarray(rgb).convert("P"), "PNG", {}),
+        (Image.fromarray(rgb), "BMP", {}),
+        (Image.fromarray(rgb), "PPM", {}),
+        (Image.fromarray(rgb[..., 0]), "PPM", {}),
+        (Image.fromarray(rgb), "TIFF", {}),
+        (Image.fromarray(gray16), "TIFF", {"compression": "tiff_lzw"}),
+        (Image.fromarray(rgb), "WEBP", {}),
+        (Image.fromarray(rgb), "WEBP", {"lossless": True}),
+        (Image.fromarray(rgba), "WEBP", {}),
+    ]
+    for image, fmt, options in cases:
+        buf = io.BytesIO()
+        image.save(buf, fmt, **options)
+        raw = buf.getvalue()
+        assert image_size(raw) == (37, 23), (fmt, options)
+        img, reason = decode_bytes(raw)
+        assert reason is None and img.shape == (23, 37, 3) and img.dtype == np.uint8, (fmt, options, reason)
+    assert image_size(_tiff(37, 23, big_endian=True)) == (37, 23) == image_size(_tiff(37, 23))
+    assert image_size(b"P6\n# a comment\n  37\t23 255\n") == (37, 23)
+    assert image_size(_png(37, 23)[:20]) is None  # cut short
+    assert image_size(b"\xff\xd8\xff\xe0\x00\x10JFIF") is None  # no frame header
+    img, reason = decode_bytes(_tiff(70000, 60000))  # a TIFF bomb
+    assert img is None and reason.startswith("image is 70000×60000 = 4200000000 pixels, above the limit")
+    assert decode_bytes(_png(0, 5)) == (None, "zero-sized image (0×5 in its header)")
+
+
+def test_reports_stay_in_memory_without_a_log_path(messy_folder, tmp_path, monkeypatch):
+    import tempfile
+
+    system_tmp = tempfile.gettempdir()
+    before = set(os.listdir(system_tmp))
+    isolated = tmp_path / "system_tmp"
+    isolated.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(isolated))
+    for split_kwargs in ({}, {"is_training": False}):
+        dataset = create_dataset("imagenet", root=str(messy_folder), shuffle=False, **split_kwargs)
+        _rows(dataset)
+        assert dataset.unreadable.log_path is None and dataset.unreadable.count() == 4
+    assert os.listdir(isolated) == []
+    new = set(os.listdir(system_tmp)) - before
+    assert not [n for n in new if "mindcv" in n or "unreadable" in n]
+
+
+def test_the_log_file_is_created_lazily_at_the_given_path(tmp_path):
+    split = tmp_path / "data" / "train"
+    for i in range(2):
+        _img(split / "c" / f"{i}.jpg", seed=i)
+    log = tmp_path / "run" / "unreadable_images.tsv"
+    dataset = create_dataset("imagenet", root=str(split.parent), unreadable_log=str(log), shuffle=False)
+    _rows(dataset)
+    assert not log.exists() and not log.parent.exists()  # nothing to report: no file, no folder
+    (split / "c" / "bad\tname.jpg").write_bytes(b"\xff\xd8\xff\x00garbage")
+    dataset = create_dataset("imagenet", root=str(split.parent), unreadable_log=str(log), shuffle=False)
+    assert not log.exists()
+    _rows(dataset)
+    assert log.read_text().startswith(str(split / "c" / "bad\\tname.jpg") + "\ttruncated JPEG")
+    assert dataset.unreadable.entries()[0][0] == str(split / "c" / "bad\tname.jpg") and dataset.unreadable.count() == 1
+    again = create_dataset("imagenet", root=str(split.parent), unreadable_log=str(log), shuffle=False)
+    assert again.unreadable.count() == 0  # earlier runs' lines stay in the file but are not this run's
+    with pytest.raises(ValueError, match="is a folder"):
+        create_dataset("imagenet", root=str(split.parent), unreadable_log=str(tmp_path))
+
+
+def test_unreadable_files_is_thread_safe_picklable_and_survives_a_bad_log(tmp_path):
+    import pickle
+
+    memory = UnreadableFiles()
+
+    def worker(k):
+        for i in range(200):
+            memory.record(f"f{k}_{i}", "r")
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert memory.count() == 1600
+    clone = pickle.loads(pickle.dumps(UnreadableFiles(str(tmp_path / "log.tsv"))))
+    clone.record("x", "why")
+    assert clone.entries() == [("x", "why")]
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    broken = UnreadableFiles(str(blocked / "log.tsv"))  # its folder cannot be created
+    broken.record("y", "why")
+    assert broken.entries() == [("y", "why")]
+    stale = tmp_path / "stale.tsv"
+    stale.write_text("old\tline\n")
+    assert UnreadableFiles(str(stale), overwrite=True).entries() == [] and not stale.exists()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two worker processes")
+def test_worker_processes_report_through_the_log_file(tmp_path, caplog):
+    split = tmp_path / "train"
+    for i in range(4):
+        _img(split / "c" / f"{i}.jpg", seed=i)
+    (split / "c" / "bad.jpg").write_bytes(b"\xff\xd8\xff\x00garbage")
+    log = tmp_path / "out" / "unreadable_images.tsv"
+    kwargs = dict(shuffle=False, num_parallel_workers=2, python_multiprocessing=True)
+    dataset = create_dataset("imagenet", root=str(tmp_path), unreadable_log=str(log), **kwargs)
+    assert len(_rows(dataset)) == 5 and dataset.unreadable.count() == 1 and log.exists()
+    create_dataset("imagenet", root=str(tmp_path), **kwargs)
+    assert any("pass unreadable_log" in r.message for r in caplog.records)

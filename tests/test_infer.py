@@ -1,12 +1,16 @@
 """infer.py / mindcv.inference on a folder with a readable and an unreadable image."""
 
 import json
+import os
+import struct
+import zlib
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from infer import main as infer_main
-from mindcv.inference import imagenet_class_names
+from mindcv.inference import Classifier, imagenet_class_names
 from mindcv.models import create_model, save_checkpoint
 
 
@@ -62,3 +66,98 @@ def test_infer_errors_and_bundled_names(tmp_path, capsys):
     empty.mkdir()
     assert infer_main([str(empty), "--model", "mnasnet_050"]) == 2
     assert "no images found" in capsys.readouterr().err
+    image = tmp_path / "one.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    assert infer_main([str(image), "--model", "mnasnet_050"]) == 2
+    assert "infer.py: no weights: pass --ckpt_path" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # no abbreviations: --ckpt is not taken for --ckpt_path
+        infer_main([str(image), "--model", "mnasnet_050", "--ckpt", "x.ckpt"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --ckpt" in capsys.readouterr().err
+
+
+def _png_claiming(width, height):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 16)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def model_ckpt(tmp_path):
+    model = create_model("mnasnet_050", num_classes=2)
+    meta = {"class_names": ["ant", "bee"], "eval_transform": {"image_resize": 32, "crop_pct": 1.0}}
+    return save_checkpoint(model, str(tmp_path / "m.ckpt"), meta)
+
+
+def test_infer_reports_bombs_big_images_and_decoder_errors_next_to_its_output(tmp_path, capsys, model_ckpt):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(images / "small.png")
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(images / "big.png")  # 1200 pixels
+    (images / "bomb.png").write_bytes(_png_claiming(100_000, 100_000))
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\x00garbage")
+    out = tmp_path / "results" / "pred.json"
+    out.parent.mkdir()
+    argv = [str(images), "--model", "mnasnet_050", "--ckpt_path", model_ckpt, "--output", str(out)]
+    assert infer_main(argv + ["--max_image_pixels", "1000"]) == 0
+    errors = {os.path.basename(r["file_name"]): r.get("error") for r in json.load(open(out))}
+    assert errors["small.png"] is None
+    assert errors["big.png"] == (
+        "image is 40×30 = 1200 pixels, above the limit of 1000; raise max_image_pixels to read it"
+    )
+    assert errors["bomb.png"].startswith("image is 100000×100000 = 10000000000 pixels, above the limit of 1000")
+    assert errors["broken.jpg"].startswith("truncated JPEG")
+    report = tmp_path / "results" / "pred.unreadable.tsv"
+    printed = capsys.readouterr().out
+    assert "1 classified, 3 unreadable" in printed and str(report) in printed
+    lines = dict(line.split("\t", 1) for line in report.read_text().splitlines())
+    assert set(lines) == {str(images / n) for n in ("big.png", "bomb.png", "broken.jpg")}
+    # the default limit reads big.png; a rerun replaces the report instead of appending to it
+    (images / "bomb.png").unlink()
+    (images / "broken.jpg").unlink()
+    assert infer_main(argv) == 0
+    assert all("error" not in r for r in json.load(open(out))) and not report.exists()
+    with pytest.raises(SystemExit):
+        infer_main(argv + ["--max_image_pixels", "0"])
+
+
+def test_classifier_turns_any_per_file_failure_into_an_error_record(tmp_path, monkeypatch, model_ckpt):
+    from mindcv.data.image_folder import UnreadableFiles, cv2
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    poison = {(images / "1.png").read_bytes(): cv2.error("boom"), (images / "2.png").read_bytes(): MemoryError()}
+    real = cv2.imdecode
+
+    def imdecode(buf, flags):
+        if bytes(buf) in poison:
+            raise poison[bytes(buf)]
+        return real(buf, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+    classifier = Classifier("mnasnet_050", model_ckpt, topk=1, batch_size=2, max_image_pixels=10_000)
+    original = classifier._preprocess
+
+    def preprocess(image):  # the second decoded image (3.png) breaks the preprocessing
+        preprocess.calls += 1
+        if preprocess.calls == 2:
+            raise RuntimeError("resize failed")
+        return original(image)
+
+    preprocess.calls = 0
+    monkeypatch.setattr(classifier, "_preprocess", preprocess)
+    report = UnreadableFiles()
+    records = classifier.predict([str(images / f"{i}.png") for i in range(4)], report=report)
+    errors = [r.get("error") for r in records]
+    assert errors[0] is None and errors[1].startswith("decoder failed") and errors[2].startswith("out of memory")
+    assert errors[3] == "preprocessing failed (RuntimeError: resize failed)"
+    assert records[0]["label_names"][0] in ("ant", "bee")
+    assert [p for p, _ in report.entries()] == [str(images / f"{i}.png") for i in (1, 2, 3)]
+    with pytest.raises(ValueError, match="max_image_pixels must be a positive integer"):
+        Classifier("mnasnet_050", model_ckpt, max_image_pixels=-1)

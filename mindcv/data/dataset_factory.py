@@ -15,7 +15,7 @@ import numpy as np
 import mindspore.dataset as ds
 
 from .demo import ensure_demo_dataset
-from .image_folder import ImageFileSource, UnreadableFiles, find_classes, make_samples
+from .image_folder import ImageFileSource, UnreadableFiles, find_classes, make_samples, resolve_max_image_pixels
 from .samplers import ShardSampler
 from .standard_datasets import DATASET_SPECS, dataset_root, download_standard_dataset, load_standard_dataset
 
@@ -83,7 +83,12 @@ def create_dataset(
             first unreadable image instead of skipping it),
             ``is_training`` (default: ``split == "train"``; evaluation shards partition the data exactly
             and mark unreadable images with label -1 instead of replacing them), ``unreadable_log``
-            (path of the unreadable-file log), ``python_multiprocessing`` (decode in processes).
+            (path of the unreadable-file log, normally in the run's output folder, created when the first
+            file is recorded; without it the records are kept in memory and no file is created),
+            ``max_image_pixels`` (images whose header claims more pixels are reported by path and never
+            decoded; default ``mindcv.data.image_folder.MAX_IMAGE_PIXELS``, PIL's 89,478,485),
+            ``python_multiprocessing`` (decode in processes; give ``unreadable_log`` too, or the parent
+            process never sees what the workers recorded).
 
     Returns:
         A MindSpore dataset with attributes ``class_names``, ``shard_sampler``, ``unreadable`` and a
@@ -98,14 +103,16 @@ def create_dataset(
     block_size = int(kwargs.pop("block_size", 1))
     strict = bool(kwargs.pop("strict", False))
     is_training = bool(kwargs.pop("is_training", split == "train"))
-    unreadable = UnreadableFiles(kwargs.pop("unreadable_log", None))
+    unreadable_log = kwargs.pop("unreadable_log", None)
+    max_image_pixels = resolve_max_image_pixels(kwargs.pop("max_image_pixels", None))
     python_multiprocessing = bool(kwargs.pop("python_multiprocessing", False))
     if kwargs:
         raise TypeError(
-            f"create_dataset() got unexpected argument(s) {', '.join(sorted(kwargs))}; "
-            "extra options: seed, strict, is_training, unreadable_log, python_multiprocessing"
+            f"create_dataset() got unexpected argument(s) {', '.join(sorted(kwargs))}; extra options: seed, "
+            "block_size, strict, is_training, unreadable_log, max_image_pixels, python_multiprocessing"
         )
     workers = _check_workers(num_parallel_workers)
+    unreadable = UnreadableFiles(unreadable_log)  # no file is created until a file is recorded
 
     if name in DATASET_SPECS:
         root = root or dataset_root(name)
@@ -133,7 +140,14 @@ def create_dataset(
             )
         class_names, class_to_idx = find_classes(split_dir)
         samples = make_samples(split_dir, class_to_idx, report=unreadable)
-        source = ImageFileSource(samples, unreadable, strict=strict, replace_unreadable=is_training)
+        source = ImageFileSource(
+            samples, unreadable, strict=strict, replace_unreadable=is_training, max_image_pixels=max_image_pixels
+        )
+        if python_multiprocessing and workers > 1 and unreadable.in_memory:
+            _logger.warning(
+                "create_dataset: python_multiprocessing decodes in worker processes, whose unreadable-file records "
+                "the parent cannot see: pass unreadable_log=<output folder>/unreadable_images.tsv to count them"
+            )
 
     sampler = ShardSampler(
         len(source),

@@ -14,10 +14,10 @@ import tempfile
 import time
 from typing import Dict
 
-import cv2
 import numpy as np
 
 from ..utils.download import get_cache_dir
+from ._opencv import cv2
 
 __all__ = ["DEMO_CLASSES", "DEMO_VERSION", "ensure_demo_dataset", "render_demo_image"]
 

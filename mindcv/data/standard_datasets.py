@@ -8,13 +8,12 @@ record count (so tests can write small files in the real format) and validate th
 import gzip
 import hashlib
 import os
-import tarfile
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from ..utils.download import DownloadError, download_cached, get_cache_dir
+from ..utils.download import DownloadError, download_cached, extract_archive, get_cache_dir
 
 __all__ = ["DatasetSpec", "DATASET_SPECS", "load_standard_dataset", "download_standard_dataset", "dataset_root"]
 
@@ -126,15 +125,9 @@ def download_standard_dataset(name: str, root: str) -> str:
             os.remove(archive)
             raise DownloadError(f"{url}: MD5 {actual} is not the published {md5}; the corrupted file was removed")
         if archive.endswith(".tar.gz"):
-            with tarfile.open(archive) as tar:
-                members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".bin") and ".." not in m.name]
-                tar.extractall(root, members=members)
-        elif archive.endswith(".gz"):
-            target = archive[: -len(".gz")]
-            if not os.path.exists(target):
-                with gzip.open(archive, "rb") as src, open(target + ".part", "wb") as dst:
-                    dst.write(src.read())
-                os.replace(target + ".part", target)
+            extract_archive(archive, root)  # refuses members that would land outside root
+        elif archive.endswith(".gz") and not os.path.exists(archive[: -len(".gz")]):
+            extract_archive(archive, root)
     return root
 
 
