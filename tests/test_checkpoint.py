@@ -10,7 +10,9 @@ from conftest import random_images
 
 import mindspore as ms
 
-from mindcv.models import CheckpointError, CheckpointMismatchError, create_model, load_model_checkpoint, save_checkpoint
+from mindcv.models import CheckpointError, CheckpointMismatchError, NonFiniteWeightsError
+from mindcv.models import checkpoint as checkpoint_module
+from mindcv.models import create_model, find_non_finite, load_model_checkpoint, save_checkpoint
 from mindcv.models.checkpoint import convert_state_dict, detect_layout, read_checkpoint
 
 _NAMES = {"tv:0.5": "mnasnet_050", "timm:mnasnet_small": "mnasnet_small", "upstream:mnasnet_050": "mnasnet_050"}
@@ -189,3 +191,216 @@ def test_ema_weights_are_selectable(tmp_path):
             checkpoint_path=save_checkpoint(online, str(tmp_path / "plain.ckpt")),
             ema=True,
         )
+
+
+# ---------------------------------------------------------------------------------------------------
+# hardening: every reader failure is a CheckpointError naming the file; crafted files never run code,
+# crash the interpreter or load silently wrong values; NaN/Inf weights are refused at load
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        OverflowError("int too large"),
+        IndexError("index out of range"),
+        AttributeError("no attribute"),
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+        RecursionError("maximum recursion depth exceeded"),
+        TypeError("not callable"),
+        __import__("zipfile").BadZipFile("bad zip"),
+        __import__("struct").error("unpack requires a buffer"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+@pytest.mark.parametrize("ext", [".ckpt", ".safetensors", ".pth"])
+def test_any_reader_failure_is_a_checkpoint_error_naming_the_file(tmp_path, monkeypatch, error, ext):
+    reader = {".ckpt": "_read_ms_ckpt", ".safetensors": "_read_safetensors", ".pth": "load_torch_file"}[ext]
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(checkpoint_module, reader, fail)
+    path = tmp_path / f"weights{ext}"
+    path.write_bytes(b"x" * 64)
+    with pytest.raises(CheckpointError, match=f"weights{ext}.*{type(error).__name__}") as err:
+        read_checkpoint(str(path))
+    assert err.value.__cause__ is error
+
+
+@pytest.mark.parametrize("meta", ["{not json", "[1, 2]", '"a string"', "[" * 100000 + "]" * 100000])
+@pytest.mark.parametrize("ext", [".ckpt", ".safetensors"])
+def test_a_bad_mindcv_meta_is_a_checkpoint_error(tmp_path, ext, meta):
+    path = str(tmp_path / f"meta{ext}")
+    tensors = {"w": np.ones(2, np.float32)}
+    if ext == ".ckpt":
+        ms.save_checkpoint([{"name": "w", "data": ms.Tensor(tensors["w"])}], path, append_dict={"mindcv_meta": meta})
+    else:
+        from safetensors.numpy import save_file
+
+        save_file(tensors, path, metadata={"mindcv_meta": meta})
+    with pytest.raises(CheckpointError, match=f"meta{ext}.*'mindcv_meta' is (not valid JSON|a JSON (list|str))"):
+        read_checkpoint(path)
+
+
+def _ckpt_bytes(values):
+    from mindspore.train.checkpoint_pb2 import Checkpoint
+
+    proto = Checkpoint()
+    for tag, dims, type_name, content in values:
+        value = proto.value.add()
+        value.tag = tag
+        value.tensor.dims.extend(dims)
+        value.tensor.tensor_type = type_name
+        value.tensor.tensor_content = content
+    return proto.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "dims, content, problem",
+    [
+        ([3], np.arange(100, dtype=np.float32).tobytes(), "holds 400 bytes but dims \\[3\\] of Float32 need 12"),
+        ([100], np.arange(3, dtype=np.float32).tobytes(), "holds 12 bytes but dims \\[100\\] of Float32 need 400"),
+        ([-1], b"\0" * 4, "invalid dims"),
+        ([2**40, 2**40], b"", "dims .* elements, more than"),
+    ],
+    ids=["content longer than dims", "content shorter than dims", "negative dims", "huge dims"],
+)
+def test_a_ckpt_whose_bytes_disagree_with_its_dims_is_refused(tmp_path, dims, content, problem):
+    """MindSpore 2.10's load_checkpoint copies every byte into a buffer sized by dims (heap overflow, abort) or
+    zero-fills the rest; read_checkpoint checks each element first and never hands such a file to MindSpore."""
+    path = tmp_path / "crafted.ckpt"
+    path.write_bytes(_ckpt_bytes([("w", dims, "Float32", content)]))
+    with pytest.raises(CheckpointError, match=f"crafted.ckpt.*element 'w': {problem}"):
+        read_checkpoint(str(path))
+
+
+def test_ckpt_reading_matches_mindspore_for_every_dtype_chunks_and_crc(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "f32": rng.standard_normal((3, 4)).astype(np.float32),
+        "f16": rng.standard_normal(5).astype(np.float16),
+        "f64": rng.standard_normal((2, 2)),
+        "i8": np.arange(-3, 3, dtype=np.int8),
+        "u8": np.arange(6, dtype=np.uint8),
+        "i16": np.arange(4, dtype=np.int16),
+        "u16": np.arange(3, dtype=np.uint16),
+        "i32": np.arange(4, dtype=np.int32),
+        "i64": np.int64(9),
+        "b": np.array([True, False]),
+        "s": np.float32(1.5),
+    }
+    items = [{"name": k, "data": ms.Tensor(v)} for k, v in arrays.items()]
+    items.append({"name": "bf16", "data": ms.Tensor(np.array([1.5, -2.0], np.float32), ms.bfloat16)})
+    plain, with_crc = str(tmp_path / "all.ckpt"), str(tmp_path / "crc.ckpt")
+    ms.save_checkpoint(items, plain, append_dict={"mindcv_meta": '{"x": "\\u00e9"}'})
+    ms.save_checkpoint(items, with_crc, crc_check=True)
+    # a tensor split into chunks, as MindSpore writes tensors above 512 MB
+    data = np.arange(10, dtype=np.float32)
+    chunked = str(tmp_path / "chunked.ckpt")
+    with open(chunked, "wb") as f:
+        f.write(
+            _ckpt_bytes([("c", [2, 5], "Float32", data[:4].tobytes()), ("c", [2, 5], "Float32", data[4:].tobytes())])
+        )
+    for path in (
+        plain,
+        with_crc,
+        chunked,
+        os.path.join(os.path.dirname(__file__), "fixtures", "mindcv_upstream_mnasnet_050.ckpt"),
+    ):
+        ours, meta = read_checkpoint(path)
+        theirs = {k: v.asnumpy() for k, v in ms.load_checkpoint(path).items() if not isinstance(v, str)}
+        assert list(ours) == list(theirs), path
+        for k in ours:
+            assert ours[k].dtype == theirs[k].dtype and ours[k].shape == theirs[k].shape, (path, k)
+            assert ours[k].tobytes() == theirs[k].tobytes() and ours[k].flags.writeable, (path, k)
+    assert read_checkpoint(plain)[1] == {"x": "é"}
+    bad_crc = bytearray(open(with_crc, "rb").read())
+    bad_crc[-1] ^= 1
+    (tmp_path / "bad_crc.ckpt").write_bytes(bytes(bad_crc))
+    with pytest.raises(CheckpointError, match="bad_crc.ckpt' fails its CRC check"):
+        read_checkpoint(str(tmp_path / "bad_crc.ckpt"))
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (lambda h: h["a"].update(data_offsets=[0, 2**62]), "tensor 'a': data offsets .* lie outside the file"),
+        (lambda h: h["b"].update(data_offsets=[0, 8]), "overlap"),
+        (lambda h: h["a"].update(dtype="F64"), "tensor 'a': 24 bytes do not hold shape \\[2, 3\\] of F64"),
+        (lambda h: h["a"].update(shape=[2**40, 0]), "tensor 'a': 24 bytes do not hold"),
+        (lambda h: h["a"].update(dtype="X9"), "unsupported dtype"),
+        (lambda h: h.update(__metadata__={"m": 3}), "__metadata__ is not a map of strings"),
+    ],
+    ids=["huge offset", "overlapping", "wrong dtype size", "zero dim huge shape", "unknown dtype", "bad metadata"],
+)
+def test_crafted_safetensors_headers_are_refused(tmp_path, edit, problem):
+    import struct
+
+    from safetensors.numpy import save_file
+
+    path = str(tmp_path / "crafted.safetensors")
+    save_file({"a": np.zeros((2, 3), np.float32), "b": np.ones(4, np.float16)}, path)
+    raw = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    edit(header)
+    head = json.dumps(header).encode()
+    (tmp_path / "crafted.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + raw[8 + n :])
+    with pytest.raises(CheckpointError, match=f"crafted.safetensors.*{problem}"):
+        read_checkpoint(path)
+
+
+def test_a_torch_file_with_a_payload_never_runs_through_create_model(tmp_path):
+    """create_model(checkpoint_path=...) is how train.py / validate.py / infer.py / mindcv-convert read weights."""
+    import pickle
+
+    marker = tmp_path / "PWNED"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch '{marker}'",)
+
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps(Evil(), protocol=2))
+    with pytest.raises(CheckpointError, match="evil.pth"):
+        create_model("mnasnet_050", checkpoint_path=str(path))
+    assert not marker.exists()
+
+
+def test_find_non_finite_counts_floating_tensors_only():
+    tensors = {
+        "ok": np.ones(3, np.float32),
+        "nan_inf": np.array([1.0, np.nan, np.inf, -np.inf], np.float32),
+        "ints": np.array([7, -1], np.int64),
+        "half": np.array([np.nan], np.float16),
+        "bf16": ms.Tensor(np.array([np.inf, 1.0], np.float32), ms.bfloat16).asnumpy(),
+        "flags": np.array([True, False]),
+    }
+    assert find_non_finite(tensors) == [("nan_inf", 3), ("half", 1), ("bf16", 1)]
+    assert find_non_finite({}) == []
+
+
+@pytest.mark.parametrize("ext", [".ckpt", ".safetensors"])
+def test_non_finite_weights_are_refused_at_load(tmp_path, ext):
+    """MindSpore's CPU ReLU maps NaN to 0: a NaN network can still output finite logits, so refuse at load."""
+    model = create_model("mnasnet_050", num_classes=10)
+    tensors = model_state = {p.name: p.asnumpy() for p in model.get_parameters()}
+    tensors["blocks.2.1.conv_dw.weight"] = tensors["blocks.2.1.conv_dw.weight"].copy()
+    tensors["blocks.2.1.conv_dw.weight"][0, 0, 0, 0] = np.nan
+    path = save_checkpoint(tensors, str(tmp_path / f"nan{ext}"))
+    with pytest.raises(
+        NonFiniteWeightsError, match=f"nan{ext}.*blocks.2.1.conv_dw.weight \\(1 non-finite values\\)"
+    ) as err:
+        create_model("mnasnet_050", num_classes=10, checkpoint_path=path)
+    assert err.value.tensors == [("blocks.2.1.conv_dw.weight", 1)]
+    assert isinstance(err.value, CheckpointError)
+    model_state["classifier.bias"] = np.full_like(model_state["classifier.bias"], np.inf)
+    with pytest.raises(
+        NonFiniteWeightsError, match="2 tensor\\(s\\): blocks.2.1.conv_dw.weight .*, classifier.bias \\(10"
+    ):
+        load_model_checkpoint(model, save_checkpoint(model_state, str(tmp_path / f"inf{ext}")))
+    # the model is left as it was
+    np.testing.assert_array_equal(
+        model.classifier.bias.asnumpy(), create_model("mnasnet_050", num_classes=10).classifier.bias.asnumpy()
+    )

@@ -9,7 +9,14 @@ from .arch import (
     make_divisible,
     parse_arch_string,
 )
-from .checkpoint import CheckpointError, CheckpointMismatchError, read_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    NonFiniteWeightsError,
+    find_non_finite,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .features import FeatureExtractWrapper
 from .mnasnet import ARCH_DEFS, MnasNet
 from .model_factory import build_model_with_cfg, create_model, load_model_checkpoint, load_pretrained
@@ -50,6 +57,8 @@ __all__ = [
     "FeatureExtractWrapper",
     "CheckpointError",
     "CheckpointMismatchError",
+    "NonFiniteWeightsError",
+    "find_non_finite",
     "read_checkpoint",
     "save_checkpoint",
     "decode_arch_def",

@@ -79,7 +79,9 @@ def _number(text: str, token: str, block_str: str, kind=int) -> Union[int, float
     try:
         value = kind(text)
     except ValueError:
-        raise InvalidArgumentError(f"block string '{block_str}': token '{token}' needs a {kind.__name__} value") from None
+        raise InvalidArgumentError(
+            f"block string '{block_str}': token '{token}' needs a {kind.__name__} value"
+        ) from None
     if value < 0:
         raise InvalidArgumentError(f"block string '{block_str}': token '{token}' must not be negative")
     return value
@@ -110,7 +112,9 @@ def decode_block_str(block_str: str) -> Tuple[BlockArgs, int]:
     for tok in tokens[1:]:
         m = _TOKEN_RE.match(tok)
         if not m or (m.group(1) in ("skip", "noskip") and m.group(2)):
-            raise InvalidArgumentError(f"block string '{block_str}': unknown token '{tok}'; valid tokens: {_VALID_TOKENS}")
+            raise InvalidArgumentError(
+                f"block string '{block_str}': unknown token '{tok}'; valid tokens: {_VALID_TOKENS}"
+            )
         key, value = m.group(1), m.group(2)
         if key == "noskip":
             noskip = True

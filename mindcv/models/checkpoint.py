@@ -5,12 +5,41 @@ without needing torch), recognises the state-dict layout (this package, upstream
 timm), renames it to this package's parameter names, and loads it with a strict check that reports
 every missing key, unexpected key and shape mismatch in one error. MindSpore's own
 ``load_param_into_net(strict_load=True)`` only *returns* such lists.
+
+Guarantees of :func:`read_checkpoint`, the one function every loader goes through (``create_model``,
+``train.py --resume``, ``validate.py``, ``infer.py``, ``export.py``, ``mindcv-convert``), for any file,
+crafted ones included:
+
+* No code from the file runs. PyTorch files are read by :mod:`mindcv.utils.torch_pickle`, whose
+  restricted unpickler is the only unpickling in the package (its docstring lists what it checks).
+  ``.ckpt`` and ``.safetensors`` files are not pickles.
+* Every failure of any reader is a :class:`CheckpointError` naming the file. That includes a missing,
+  empty, truncated, corrupted or crafted file, and errors such as MemoryError, RecursionError,
+  OverflowError, UnicodeDecodeError, zipfile, struct or protobuf errors, and a ``mindcv_meta`` entry
+  that is not a JSON object. There is no interpreter crash and no hang.
+* ``.ckpt`` files are parsed here with MindSpore's own protobuf schema and decoded with numpy. They are
+  *not* handed to ``mindspore.load_checkpoint``: given an element whose ``tensor_content`` is longer
+  than its ``dims`` imply, MindSpore 2.10's ``Tensor_.convert_bytes_to_tensor`` copies all of it into
+  the smaller buffer (a heap overflow that aborts the interpreter). Given a shorter one, it silently
+  zero-fills the rest. Here every element must have a known type, dims >= 0, and exactly
+  ``prod(dims) * itemsize`` bytes (summed over the chunks MindSpore splits large tensors into), and a
+  ``crc_num`` trailer, when present, must match.
+* ``.safetensors`` headers are validated before the library reads them: JSON object, known dtypes,
+  shapes of ints >= 0, offsets inside the file whose span matches shape x dtype size, no overlaps.
+* Tensor names are strings.
+
+:func:`load_state_dict_into` (used by ``create_model(checkpoint_path=...)``, :func:`load_model_checkpoint`,
+pretrained weights and ``train.py --resume``) additionally refuses, with :class:`NonFiniteWeightsError`,
+any floating-point tensor it is about to load that holds NaN or Inf. MindSpore's CPU ReLU maps NaN to 0,
+so a network with NaN weights can still produce finite, wrong, logits.
 """
 
+import binascii
 import json
 import logging
 import os
 import re
+import struct
 import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -19,6 +48,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn
 
+from ..errors import MindcvError
+from ..utils.finite import find_non_finite
 from ..utils.torch_pickle import TorchFileError, load_torch_file
 from .arch import format_arch_string
 from .pretrained import CHECKPOINT_LAYOUTS, MINDCV_BN_EPS, TORCH_BN_EPS
@@ -26,6 +57,8 @@ from .pretrained import CHECKPOINT_LAYOUTS, MINDCV_BN_EPS, TORCH_BN_EPS
 __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
+    "NonFiniteWeightsError",
+    "find_non_finite",
     "read_checkpoint",
     "read_checkpoint_metadata",
     "detect_layout",
@@ -44,7 +77,7 @@ _TORCH_EXTS = (".pth", ".pt", ".bin", ".tar")
 _SUPPORTED_EXTS = (".ckpt", ".safetensors") + _TORCH_EXTS
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MindcvError, ValueError):
     """A checkpoint file cannot be read or does not fit the model."""
 
 
@@ -66,6 +99,22 @@ class CheckpointMismatchError(CheckpointError):
         super().__init__("\n".join(parts))
 
 
+class NonFiniteWeightsError(CheckpointError):
+    """Floating-point weights holding NaN or Inf (refused at load: a NaN network can output finite logits)."""
+
+    def __init__(self, source: str, tensors: List[Tuple[str, int]]) -> None:
+        self.source, self.tensors = source, list(tensors)
+        shown = ", ".join(f"{name} ({count} non-finite values)" for name, count in self.tensors[:5])
+        more = f", ... ({len(self.tensors) - 5} more)" if len(self.tensors) > 5 else ""
+        super().__init__(
+            f"checkpoint '{source}' holds NaN/Inf weights in {len(self.tensors)} tensor(s): {shown}{more}; "
+            "refusing to load them (the training run that wrote it diverged?)"
+        )
+
+    def __reduce__(self):
+        return type(self), (self.source, self.tensors)
+
+
 # ---------------------------------------------------------------------------------------------------
 # reading
 def read_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
@@ -79,7 +128,8 @@ def read_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
         this package, the decoded ``mindcv_meta`` JSON is merged into the metadata).
 
     Raises:
-        CheckpointError: the file is missing, empty, truncated, corrupted or of an unknown kind.
+        CheckpointError: the file is missing, empty, truncated, corrupted, crafted or of an unknown kind;
+            whatever went wrong in whichever reader, this is the only exception type, and it names the file.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -100,38 +150,219 @@ def read_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
             tensors, meta = _read_safetensors(path)
         else:
             tensors, meta = _read_torch(path)
-    except CheckpointError:
-        raise
-    except (TorchFileError, ValueError, RuntimeError, OSError, EOFError, KeyError) as err:
-        raise CheckpointError(f"cannot read checkpoint '{path}' (truncated or corrupted?): {err}") from err
-    if not tensors:
-        raise CheckpointError(f"checkpoint '{path}' contains no tensors")
-    if isinstance(meta.get(META_KEY), str):
-        meta.update(json.loads(meta.pop(META_KEY)))
+        if not tensors:
+            raise CheckpointError(f"checkpoint '{path}' contains no tensors")
+        if META_KEY in meta:
+            meta.update(_decode_meta(path, meta.pop(META_KEY)))
+    except CheckpointError as err:
+        if path in str(err):
+            raise
+        raise CheckpointError(f"cannot read checkpoint '{path}': {err}") from err
+    except TorchFileError as err:  # it names the file and the record
+        raise CheckpointError(str(err)) from err
+    except Exception as err:  # noqa: BLE001 - whatever a crafted file triggers in any reader is one error type
+        raise CheckpointError(
+            f"cannot read checkpoint '{path}' (truncated or corrupted?): {type(err).__name__}: {_clip(str(err))}"
+        ) from err
     return tensors, meta
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _decode_meta(path: str, value: Any) -> Dict[str, Any]:
+    if not isinstance(value, str):
+        raise CheckpointError(f"checkpoint '{path}': '{META_KEY}' is a {type(value).__name__}, not a JSON string")
+    try:
+        decoded = json.loads(value)
+    except (ValueError, RecursionError) as err:
+        raise CheckpointError(f"checkpoint '{path}': '{META_KEY}' is not valid JSON ({_clip(str(err))})") from None
+    if not isinstance(decoded, dict):
+        raise CheckpointError(f"checkpoint '{path}': '{META_KEY}' is a JSON {type(decoded).__name__}, not an object")
+    return decoded
+
+
+# MindSpore .ckpt element types (mindspore.train.serialization.tensor_to_ms_type) -> numpy; 'str' holds strings
+_CKPT_DTYPES = {
+    "Int8": np.int8,
+    "UInt8": np.uint8,
+    "Int16": np.int16,
+    "UInt16": np.uint16,
+    "Int32": np.int32,
+    "UInt32": np.uint32,
+    "Int64": np.int64,
+    "UInt64": np.uint64,
+    "Float16": np.float16,
+    "Float32": np.float32,
+    "Float64": np.float64,
+    "Bool": np.bool_,
+}
+_MAX_ELEMENTS = 2**31
+_MAX_NDIM = 32
+_MAX_PARAMETER_NAME = 1024  # mindspore.Parameter refuses longer names
+
+
+def _ckpt_dtype(name: str) -> Any:
+    if name == "BFloat16":
+        from mindspore.common.np_dtype import bfloat16  # the dtype MindSpore's asnumpy() returns
+
+        return np.dtype(bfloat16)
+    if name not in _CKPT_DTYPES:
+        raise CheckpointError(f"unsupported tensor type {_clip(repr(name), 40)}")
+    return np.dtype(_CKPT_DTYPES[name])
 
 
 def _read_ms_ckpt(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
-    tensors, meta = {}, {}
-    for name, value in ms.load_checkpoint(path).items():
-        if isinstance(value, (ms.Parameter, Tensor)):
-            tensors[name] = value.asnumpy()
+    """Parse a MindSpore .ckpt with MindSpore's protobuf schema; validate every element; decode with numpy.
+
+    Decodes exactly like ``mindspore.load_checkpoint`` for valid files (consecutive elements of one tag are
+    the chunks of one tensor; dims ``[0]`` is a scalar; type ``str`` is a UTF-32 string), but never hands
+    MindSpore an element whose byte count disagrees with its dims (see the module docstring).
+    """
+    from mindspore.train.checkpoint_pb2 import Checkpoint
+
+    with open(path, "rb") as f:
+        content = f.read()
+    if content[-17:-10] == b"crc_num":  # written by save_checkpoint(crc_check=True)
+        expected_crc = int.from_bytes(content[-10:], byteorder="big")
+        content = content[:-17]
+        if binascii.crc32(content) != expected_crc:
+            raise CheckpointError(f"checkpoint '{path}' fails its CRC check (corrupted)")
+    proto = Checkpoint()
+    proto.ParseFromString(content)
+    elements = list(proto.value)
+    tensors: Dict[str, np.ndarray] = {}
+    meta: Dict[str, Any] = {}
+    start = 0
+    while start < len(elements):
+        tag = elements[start].tag
+        stop = start + 1
+        while stop < len(elements) and elements[stop].tag == tag:
+            stop += 1
+        if tag in tensors or tag in meta:
+            raise CheckpointError(f"checkpoint '{path}': '{_clip(tag, 80)}' appears twice")
+        try:
+            value = _decode_ckpt_value(elements[start:stop])
+        except CheckpointError as err:
+            raise CheckpointError(f"checkpoint '{path}': element '{_clip(tag, 80)}': {err}") from None
+        if isinstance(value, str):
+            meta[tag] = value
+        elif 0 < len(tag.strip()) <= _MAX_PARAMETER_NAME:
+            tensors[tag] = value
         else:
-            meta[name] = value
+            raise CheckpointError(f"checkpoint '{path}': a tensor name of {len(tag)} characters (1 to 1024 allowed)")
+        start = stop
     return tensors, meta
 
 
-def _read_safetensors(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
-    from safetensors import SafetensorError, safe_open
+def _decode_ckpt_value(chunks: List[Any]) -> Any:
+    if any(chunk.WhichOneof("value") != "tensor" for chunk in chunks):
+        raise CheckpointError("not a plain tensor (map parameters are not supported)")
+    kinds = {(chunk.tensor.tensor_type, tuple(chunk.tensor.dims)) for chunk in chunks}
+    if len(kinds) != 1:
+        raise CheckpointError(f"its {len(chunks)} chunks disagree on type or dims")
+    type_name, dims = kinds.pop()
+    data = b"".join(chunk.tensor.tensor_content for chunk in chunks)
+    if type_name == "str":
+        if len(chunks) != 1 or not data or len(data) % 4:
+            raise CheckpointError(f"a string record of {len(data)} bytes (not a UTF-32 string)")
+        return str(np.frombuffer(data, "U" + str(len(data) // 4))[0])
+    dtype = _ckpt_dtype(type_name)
+    if len(dims) > _MAX_NDIM or any(d < 0 for d in dims):
+        raise CheckpointError(f"invalid dims {_clip(str(list(dims)), 80)}")
+    shape = () if dims == (0,) else dims  # MindSpore's convention for a scalar
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel > _MAX_ELEMENTS:
+        raise CheckpointError(f"dims {list(dims)} have {numel} elements, more than {_MAX_ELEMENTS}")
+    if len(data) != numel * dtype.itemsize:
+        raise CheckpointError(
+            f"holds {len(data)} bytes but dims {list(dims)} of {type_name} need {numel * dtype.itemsize}"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
 
-    try:
-        tensors = {}
-        with safe_open(path, framework="np") as f:
-            meta = dict(f.metadata() or {})
-            for name in f.keys():
-                tensors[name] = f.get_tensor(name)
-    except SafetensorError as err:
-        raise CheckpointError(f"cannot read safetensors file '{path}' (truncated or corrupted?): {err}") from err
+
+_SAFETENSORS_SIZES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
+
+
+def _check_safetensors_header(path: str) -> None:
+    """Validate a .safetensors header (sizes, dtypes, shapes, offsets) before the library reads the file."""
+    with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+        if len(head) != 8:
+            raise CheckpointError("shorter than the 8-byte header length")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > min(_SAFETENSORS_MAX_HEADER, file_size - 8):
+            raise CheckpointError(f"header length {header_len} exceeds the file ({file_size} bytes)")
+        header = json.loads(f.read(header_len).decode("utf-8"))
+    if not isinstance(header, dict):
+        raise CheckpointError("the header is not a JSON object")
+    data_size = file_size - 8 - header_len
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise CheckpointError("__metadata__ is not a map of strings")
+            continue
+        where = f"tensor '{_clip(name, 80)}'"
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise CheckpointError(f"{where}: entry is not {{dtype, shape, data_offsets}}")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in _SAFETENSORS_SIZES:
+            raise CheckpointError(f"{where}: unsupported dtype {_clip(repr(dtype), 40)}")
+        if not isinstance(shape, list) or len(shape) > _MAX_NDIM or not all(type(d) is int and d >= 0 for d in shape):
+            raise CheckpointError(f"{where}: shape {_clip(repr(shape), 80)} is not a list of integers >= 0")
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(o) is int for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_size
+        ):
+            raise CheckpointError(f"{where}: data offsets {_clip(repr(offsets), 80)} lie outside the file")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if offsets[1] - offsets[0] != numel * _SAFETENSORS_SIZES[dtype]:
+            raise CheckpointError(
+                f"{where}: {offsets[1] - offsets[0]} bytes do not hold shape {shape} of {dtype} "
+                f"({numel * _SAFETENSORS_SIZES[dtype]} bytes)"
+            )
+        spans.append((offsets[0], offsets[1], where))
+    spans.sort()
+    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+        if begin < end:
+            raise CheckpointError(f"{first} and {second} overlap")
+
+
+def _read_safetensors(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    from safetensors import safe_open
+
+    _check_safetensors_header(path)
+    tensors = {}
+    with safe_open(path, framework="np") as f:
+        meta = dict(f.metadata() or {})
+        for name in f.keys():
+            tensors[name] = f.get_tensor(name)
     return tensors, meta
 
 
@@ -145,6 +376,9 @@ def _read_torch(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"'{path}' holds a {type(obj).__name__}, not a state dict")
     tensors = {k: v for k, v in obj.items() if isinstance(v, np.ndarray)}
+    bad_names = [k for k in tensors if not isinstance(k, str)]
+    if bad_names:
+        raise CheckpointError(f"'{path}': tensor names must be strings, got {_clip(repr(bad_names[:3]), 80)}")
     meta = {k: v for k, v in obj.items() if not isinstance(v, np.ndarray)}
     return tensors, meta
 
@@ -357,6 +591,8 @@ def load_state_dict_into(
 
     Raises:
         CheckpointMismatchError: missing keys, unexpected keys or shape mismatches, all listed.
+        NonFiniteWeightsError: a floating-point tensor about to be loaded holds NaN or Inf (the first few
+            are named with their count of non-finite values); the model is left unchanged.
     """
     params = {p.name: p for p in model.get_parameters()}
     state_dict = dict(state_dict)
@@ -393,6 +629,9 @@ def load_state_dict_into(
     ]
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(source, missing, unexpected, mismatched)
+    non_finite = find_non_finite({name: state_dict[name] for name in params})
+    if non_finite:
+        raise NonFiniteWeightsError(source, non_finite)
     for name, param in params.items():
         param.set_data(Tensor(np.ascontiguousarray(state_dict[name]), param.dtype))
 
@@ -442,8 +681,10 @@ def save_checkpoint(
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp (and MindSpore) would leave the file owner-only / read-only
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        # MindSpore writes '<name>.tmp' first and leaves it behind when the write fails (e.g. a full disk)
+        for leftover in (tmp, os.path.splitext(tmp)[0] + ".tmp"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
     return path
 
 

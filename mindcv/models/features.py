@@ -35,7 +35,9 @@ class FeatureExtractWrapper(nn.Cell):
         super().__init__(auto_prefix=False)
         feature_info: List[Dict[str, Any]] = getattr(net, "feature_info", None)
         if not feature_info:
-            raise InvalidArgumentError(f"{type(net).__name__} declares no feature_info, so features cannot be extracted")
+            raise InvalidArgumentError(
+                f"{type(net).__name__} declares no feature_info, so features cannot be extracted"
+            )
         out_indices = tuple(out_indices)
         bad = [i for i in out_indices if not -len(feature_info) <= i < len(feature_info)]
         if bad or not out_indices:
@@ -54,7 +56,9 @@ class FeatureExtractWrapper(nn.Cell):
             if not wanted:
                 break
         if wanted:
-            raise InvalidArgumentError(f"feature points {sorted(wanted)} are not top-level cells of {type(net).__name__}")
+            raise InvalidArgumentError(
+                f"feature points {sorted(wanted)} are not top-level cells of {type(net).__name__}"
+            )
         original_names = {id(p): p.name for p in net.get_parameters()}
         self.layers = nn.CellList(cells)
         # re-parenting renames parameters ("0.weight"); keep the model's names so that checkpoints of the

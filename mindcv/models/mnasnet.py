@@ -96,11 +96,15 @@ class MnasNet(nn.Cell):
         if isinstance(arch_def, str):
             arch_def = parse_arch_string(arch_def)
         if num_classes < 0 or in_channels < 1:
-            raise InvalidArgumentError(f"num_classes must be >= 0 and in_channels >= 1, got {num_classes}, {in_channels}")
+            raise InvalidArgumentError(
+                f"num_classes must be >= 0 and in_channels >= 1, got {num_classes}, {in_channels}"
+            )
         if width_mult <= 0:
             raise InvalidArgumentError(f"width_mult must be > 0, got {width_mult}")
         if not 0.0 <= drop_rate < 1.0 or not 0.0 <= drop_path_rate < 1.0:
-            raise InvalidArgumentError(f"drop_rate and drop_path_rate must be in [0, 1), got {drop_rate}, {drop_path_rate}")
+            raise InvalidArgumentError(
+                f"drop_rate and drop_path_rate must be in [0, 1), got {drop_rate}, {drop_path_rate}"
+            )
         stages = decode_arch_def(arch_def)
         self.arch_def = encode_arch_def(stages)
         self.num_classes = num_classes
