@@ -7,27 +7,35 @@ a metrics row (CSV / JSON lines) and a PNG of the curves into ``--ckpt_save_dir`
 
 import logging
 import os
-import sys
-import time
 
 import mindspore as ms
 import mindspore.dataset as ds
 
 from config import ConfigError, architecture_kwargs, parse_args, save_args
 from mindcv.data import create_dataset, create_loader, create_transforms
-from mindcv.engine import EvalStep, NonFiniteLossError, evaluate, train_one_epoch
+from mindcv.engine import (
+    EvalStep,
+    NonFiniteLossError,
+    average_bn_statistics,
+    describe_non_finite,
+    evaluate,
+    train_one_epoch,
+)
 from mindcv.loss import create_loss
 from mindcv.models import CheckpointError, create_model
 from mindcv.models.arch import format_arch_string
-from mindcv.models.checkpoint import read_checkpoint
+from mindcv.models.checkpoint import NonFiniteWeightsError, read_checkpoint
 from mindcv.optim import create_optimizer
 from mindcv.optim.optim_factory import load_optimizer_state
 from mindcv.scheduler import create_scheduler
 from mindcv.utils.checkpoint_manager import CheckpointManager
+from mindcv.utils.cli import run_cli
 from mindcv.utils.ema import EMA
+from mindcv.utils.finite import find_non_finite
 from mindcv.utils.logger import set_logger
 from mindcv.utils.metrics_log import MetricsLog
 from mindcv.utils.random import set_seed
+from mindcv.utils.run_dir import claim_run_dir
 from mindcv.utils.runtime import init_runtime
 from mindcv.utils.train_step import NetWithLoss, TrainStep, make_accumulation_cells
 from mindcv.version import __version__
@@ -56,11 +64,31 @@ def check_unsupported(args) -> None:
         raise ConfigError("ckpt_save_policy top_k ranks checkpoints by validation accuracy: set val_while_train True")
 
 
+def cpu_precision(args) -> None:
+    """Keep CPU training in fp32: MindSpore's CPU fp16 kernels are slower than fp32 and overflow."""
+    if args.device_target == "CPU" and args.amp_level != "O0":
+        logger.warning(
+            "amp_level %s requested on the CPU: training in fp32 (O0) instead. MindSpore 2.10's CPU fp16 "
+            "kernels are slower than fp32 and overflow without an accelerator's loss-scaling support, "
+            "which turned whole runs into NaN weights",
+            args.amp_level,
+        )
+        args.amp_level = "O0"
+
+
 def main(args) -> int:
     check_unsupported(args)
     runtime = init_runtime(args.device_target, args.mode, args.distribute)
+    if runtime.is_main:  # one run per output folder; held until the process ends
+        _run_lock = claim_run_dir(
+            args.ckpt_save_dir,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            ours=[f"{args.model}-*_*.ckpt", f"{args.model}_best.ckpt", "metrics.*", "unreadable_*.tsv"],
+        )
     set_seed(args.seed)  # the same seed on every rank: identical initial weights
     set_logger("mindcv", output_dir=args.ckpt_save_dir, rank=runtime.rank)
+    cpu_precision(args)
     progress = args.progress and runtime.is_main
 
     # data
@@ -76,6 +104,7 @@ def main(args) -> int:
         strict=args.strict_data,
         is_training=True,
         block_size=args.batch_size,  # rank r trains on micro-batch r of each global batch
+        unreadable_log=os.path.join(args.ckpt_save_dir, "unreadable_train_images.tsv"),
         **common,
     )
     num_classes = args.num_classes or train_set.num_classes()
@@ -115,7 +144,13 @@ def main(args) -> int:
     val_loader = None
     if args.val_while_train:
         val_set = create_dataset(
-            args.dataset, root=args.data_dir, split=args.val_split, shuffle=False, is_training=False, **common
+            args.dataset,
+            root=args.data_dir,
+            split=args.val_split,
+            shuffle=False,
+            is_training=False,
+            unreadable_log=os.path.join(args.ckpt_save_dir, "unreadable_val_images.tsv"),
+            **common,
         )
         val_loader = create_loader(
             val_set,
@@ -300,15 +335,17 @@ def main(args) -> int:
                 accumulation_cells=accumulation_cells,
             )
         except NonFiniteLossError as err:
-            last = manager.saved[-1][0] if manager.saved else "none yet"
-            logger.error(
-                "%s. Stopping; checkpoints are untouched (last good: %s). Lower the learning rate, "
-                "enable clip_grad, or check the data.",
-                err,
-                last,
-            )
-            return 1
+            return stop_diverged(str(err), manager)
         global_step += steps_per_epoch
+        if runtime.distributed:
+            average_bn_statistics(model, runtime.sum_across_ranks(), runtime.group_size)
+            if ema is not None:
+                average_bn_statistics(ema, runtime.sum_across_ranks(), runtime.group_size)
+        state = training_state(model, optimizer, ema, step)
+        if find_non_finite(state):
+            return stop_diverged(
+                f"weights are not finite after epoch {epoch + 1}; {describe_non_finite(state)}", manager
+            )
         unreadable = train_set.unreadable.count()
         row = {
             "epoch": epoch + 1,
@@ -346,9 +383,14 @@ def main(args) -> int:
                     if unreadable
                     else ""
                 ),
-                f" | {result.skipped_steps} update(s) skipped on overflow" if result.skipped_steps else "",
+                (
+                    f" | {result.skipped_steps} update(s) skipped: non-finite gradients "
+                    f"(loss scale now {float(step.loss_scale.asnumpy()):g})"
+                    if result.skipped_steps
+                    else ""
+                ),
             )
-            state = training_state(model, optimizer, ema, step)
+            metrics.append(row)  # before the checkpoints: a kill while saving never loses a finished epoch's row
             meta = {
                 **meta_base,
                 "epoch": epoch + 1,
@@ -364,7 +406,6 @@ def main(args) -> int:
                 written = manager.save_best(state, meta, metric)
             if written:
                 logger.info("saved %s", ", ".join(written))
-            metrics.append(row)
     if runtime.is_main:
         best = (
             f", best val top-1 {manager.best_metric:.4f}% ({manager.best_path})"
@@ -373,6 +414,18 @@ def main(args) -> int:
         )
         logger.info("finished training%s; metrics: %s", best, metrics.csv_path)
     return 0
+
+
+def stop_diverged(reason: str, manager: CheckpointManager) -> int:
+    """Log why training stops on NaN/Inf and which checkpoint is the last good one; exit code 1."""
+    last = manager.saved[-1][0] if manager.saved else "none written yet"
+    logger.error(
+        "training diverged: %s. Stopping without writing a checkpoint (last good: %s). "
+        "Lower the learning rate, enable clip_grad, or check the data.",
+        reason,
+        last,
+    )
+    return 1
 
 
 def training_state(model, optimizer, ema, step) -> dict:
@@ -398,6 +451,9 @@ def resume(path: str, model, optimizer, ema, step):
     if not path:
         raise ConfigError("--resume needs --ckpt_path <a checkpoint written by train.py>")
     tensors, meta = read_checkpoint(path)
+    non_finite = find_non_finite(tensors)  # weights, EMA and optimizer moments alike
+    if non_finite:
+        raise NonFiniteWeightsError(path, non_finite)
     if "epoch" not in meta or not any(k.startswith("optimizer.") for k in tensors):
         raise CheckpointError(
             f"'{path}' is not a training checkpoint of train.py (no optimizer state / epoch); "
@@ -418,15 +474,9 @@ def resume(path: str, model, optimizer, ema, step):
     return int(meta["epoch"]), int(meta["global_step"]), meta.get("best_metric")
 
 
+def cli() -> int:
+    return main(parse_args())
+
+
 if __name__ == "__main__":
-    try:
-        arguments = parse_args()
-    except ConfigError as error:
-        sys.exit(f"train.py: {error}")
-    start = time.time()
-    try:
-        code = main(arguments)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as error:
-        logging.getLogger("mindcv.train").error("%s", error)
-        sys.exit(f"train.py: {error}")
-    sys.exit(code)
+    run_cli("train.py", cli, logger=logger)

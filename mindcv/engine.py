@@ -13,15 +13,67 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from .utils.ema import EMA
+from .utils.finite import find_non_finite
 from .utils.train_step import TrainStep
 
-__all__ = ["EvalStep", "evaluate", "train_one_epoch", "make_noise", "NonFiniteLossError", "EpochResult"]
+__all__ = [
+    "EvalStep",
+    "evaluate",
+    "train_one_epoch",
+    "make_noise",
+    "NonFiniteLossError",
+    "EpochResult",
+    "describe_non_finite",
+    "average_bn_statistics",
+]
 
 _logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """Training diverged: the loss, the applied gradients or the weights became NaN or infinite."""
+
+
+def describe_non_finite(tensors: Dict[str, np.ndarray]) -> str:
+    """``"first non-finite parameter: <name> (<n> values)"``, or that all are finite.
+
+    MindSpore's CPU ReLU maps NaN to 0, so a finite loss or finite logits do not prove finite weights:
+    the parameters themselves are what must be checked.
+    """
+    bad = find_non_finite(tensors)
+    if not bad:
+        return "all parameters are still finite"
+    name, count = bad[0]
+    more = f" and {len(bad) - 1} more tensor(s)" if len(bad) > 1 else ""
+    return f"first non-finite parameter: {name} ({count} values){more}"
+
+
+def _parameters(cell: nn.Cell) -> Dict[str, np.ndarray]:
+    return {p.name: p.asnumpy() for p in cell.get_parameters()}
+
+
+def average_bn_statistics(model: nn.Cell, reduce_fn: Callable[[np.ndarray], np.ndarray], group_size: int) -> None:
+    """Replace every BatchNorm moving mean/variance by its mean over the ranks.
+
+    In data parallelism each rank normalises its own micro-batch, so the moving statistics drift
+    apart; averaging them before evaluating and saving makes every rank hold, evaluate and save the
+    same model, so train-time metrics equal validate.py's on the saved checkpoint.
+
+    Args:
+        model: the model (or an EMA copy: any cell whose parameters named ``*moving_*`` are BN statistics).
+        reduce_fn: sums a float64 vector over ranks (``Runtime.sum_across_ranks()``).
+        group_size: the number of ranks.
+    """
+    stats = [p for p in model.get_parameters() if "moving_" in p.name]
+    if not stats:
+        return
+    flat = np.concatenate([p.asnumpy().astype(np.float64).ravel() for p in stats])
+    mean = reduce_fn(flat) / group_size
+    offset = 0
+    for p in stats:
+        size = int(np.prod(p.shape))
+        p.set_data(Tensor(mean[offset : offset + size].reshape(p.shape), p.dtype))
+        offset += size
 
 
 def make_noise(seed: int, block: int, batch: int, width: int) -> Tensor:
@@ -149,10 +201,13 @@ def train_one_epoch(
         accumulation_cells: ``make_accumulation_cells(step)`` output for gradient accumulation.
 
     Returns:
-        Mean loss, last learning rate, throughput, time and the number of skipped (overflow) updates.
+        Mean loss, last learning rate, throughput, time and the number of updates skipped because
+        their gradients were not finite (only with ``drop_overflow_update`` or dynamic loss scaling).
 
     Raises:
-        NonFiniteLossError: the loss became NaN/Inf (the caller keeps the last good checkpoint).
+        NonFiniteLossError: the loss became NaN/Inf, or non-finite gradients were applied (without
+            ``drop_overflow_update``); the message names the first non-finite parameter. The caller
+            keeps the last good checkpoint.
     """
     step.set_train(True)
     accumulate = step.accumulation_steps if accumulation_cells is not None else 1
@@ -181,11 +236,20 @@ def train_one_epoch(
         value = float(loss.asnumpy())
         if not math.isfinite(value):
             bar.close()
-            raise NonFiniteLossError(f"loss is {value} at epoch {epoch + 1}, step {global_step + 1}")
+            raise NonFiniteLossError(
+                f"loss is {value} at epoch {epoch + 1}, step {global_step + 1}; "
+                + describe_non_finite(_parameters(step.network))
+            )
         losses.append(value)
         seen += batch
         if updated:
             if not bool(finite.asnumpy()):
+                if not step.drop_overflow:
+                    bar.close()
+                    raise NonFiniteLossError(
+                        f"gradients are not finite at epoch {epoch + 1}, step {global_step + 1}, and were applied "
+                        f"(drop_overflow_update is False); " + describe_non_finite(_parameters(step.network))
+                    )
                 skipped += 1
             if ema is not None:
                 ema()

@@ -130,7 +130,15 @@ def runs(data, tmp_path_factory):
     out = {k: str(base / k) for k in ("msrun", "mpirun", "single")}
     logs = str(base / "msrun_logs")
     msrun = subprocess.run(
-        _msrun("train.py", logs, [*_train_args(data, out["msrun"], ("--distribute", "True", "--batch_size", "4"))]),
+        _msrun(
+            "train.py",
+            logs,
+            [
+                *_train_args(
+                    data, out["msrun"], ("--distribute", "True", "--batch_size", "4", "--val_while_train", "True")
+                )
+            ],
+        ),
         cwd=REPO,
         env=_env(),
         capture_output=True,
@@ -240,6 +248,48 @@ def test_two_process_evaluation_equals_single_process_exactly(runs, data, tmp_pa
     assert a["num_samples"] == b["num_samples"] == 21  # 11 + 10 across the shards, no padding duplicates
     assert a["top1"] == b["top1"] and a["top5"] == b["top5"]
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
+
+
+def test_train_time_evaluation_equals_validate_on_the_saved_checkpoint_after_two_ranks(runs, data, tmp_path):
+    """Each rank's BN statistics drift apart; they are averaged before evaluating and saving, so the
+    2-rank run evaluates exactly the model rank 0 saves."""
+    assert runs["msrun"].returncode == 0, runs["msrun"].stdout[-3000:]
+    out = runs["out"]["msrun"]
+    logged = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))][-1]
+    assert logged["epoch"] == 2 and logged["val_samples"] == 21
+    result = tmp_path / "standalone.json"
+    standalone = subprocess.run(
+        [
+            sys.executable,
+            "validate.py",
+            "--dataset",
+            "tiny",
+            "--data_dir",
+            data,
+            "--model",
+            "mnasnet_050",
+            "--ckpt_path",
+            os.path.join(out, "mnasnet_050-2_12.ckpt"),
+            "--batch_size",
+            "5",
+            "--progress",
+            "False",
+            "--num_parallel_workers",
+            "1",
+            "--result_file",
+            str(result),
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert standalone.returncode == 0, standalone.stderr[-2000:]
+    got = json.loads(result.read_text())
+    assert got["num_samples"] == 21
+    assert got["top1"] == logged["val_top1"] and got["top5"] == logged["val_top5"]
+    assert got["loss"] == pytest.approx(logged["val_loss"], rel=1e-6)
 
 
 def test_resume_a_two_process_run_on_one_process(runs, data):

@@ -193,9 +193,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
     run = _run("train.py", args)
     text = run.stdout + run.stderr
     assert run.returncode == 1
-    match = re.search(r"loss is (nan|inf|-inf) at epoch (\d+), step (\d+)", text)
+    match = re.search(r"(loss is (?:nan|inf|-inf)|gradients are not finite) at epoch (\d+), step (\d+)", text)
     assert match, text[-2000:]
-    assert "checkpoints are untouched" in text
+    assert "Stopping without writing a checkpoint (last good: " in text
     bad_epoch = int(match.group(2))
     assert bad_epoch >= 2
     for epoch in range(1, bad_epoch):  # every earlier checkpoint is complete and finite
@@ -241,3 +241,107 @@ def test_bad_command_lines_fail_with_a_message(tiny_data, tmp_path):
         ],
     )
     assert run.returncode != 0 and "needs a launcher" in run.stderr
+
+
+def _all_checkpoints_finite(folder):
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".ckpt"))
+    for name in names:
+        tensors, _ = read_checkpoint(os.path.join(folder, name))
+        bad = [k for k, v in tensors.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+        assert not bad, f"{name} holds non-finite {bad[:3]}"
+    return names
+
+
+def test_a_diverging_run_stops_naming_the_parameter_and_never_saves_nan(tiny_data, tmp_path):
+    """lr 1e8: the loss may stay finite (the CPU ReLU maps NaN to 0), the weights do not."""
+    out = str(tmp_path / "diverge")
+    run = _run(
+        "train.py",
+        _common(tiny_data, out, 0, epochs=2, extra=("--opt", "sgd", "--lr", "1e8", "--val_while_train", "True")),
+    )
+    text = run.stdout + run.stderr
+    assert run.returncode == 1, text[-2000:]
+    assert "training diverged" in text
+    assert re.search(r"first non-finite parameter: [\w.]+ \(\d+ values\)", text), text[-2000:]
+    assert re.search(r"(loss is (nan|inf)|gradients are not finite|weights are not finite) ", text)
+    _all_checkpoints_finite(out)
+
+
+def test_fp16_amp_on_the_cpu_trains_in_fp32_and_says_so(tiny_data, tmp_path):
+    out = str(tmp_path / "amp")
+    run = _run(
+        "train.py",
+        _common(
+            tiny_data, out, 0, epochs=1, extra=("--amp_level", "O3", "--loss_scale_type", "dynamic", "--lr", "0.003")
+        ),
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "amp_level O3 requested on the CPU: training in fp32 (O0) instead" in run.stdout
+    assert _all_checkpoints_finite(out) == ["mnasnet_050-1_6.ckpt"]
+
+
+def test_a_full_disk_while_saving_ends_the_run_with_one_line_and_keeps_the_metrics_row(tiny_data, tmp_path):
+    """RLIMIT_FSIZE makes every write past 4 MB fail (EFBIG) like a full disk: the checkpoint fails, small files not."""
+    import resource
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+
+    out = str(tmp_path / "full")
+    run = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train.py"), *_common(tiny_data, out, 0, epochs=2)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        preexec_fn=limit_file_size,
+    )
+    assert run.returncode == 1, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"train\.py: cannot write '.*mnasnet_050-1_6\.ckpt': File too large \([\d.]+ MiB free on .*\)", last
+    ), last
+    assert "Traceback" not in run.stderr
+    assert [n for n in os.listdir(out) if n.endswith(".ckpt") or n.startswith(".tmp")] == []
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["epoch"] for r in rows] == [1]
+
+
+def test_one_run_per_output_folder(tiny_data, tmp_path):
+    from mindcv.utils.run_dir import claim_run_dir
+
+    out = tmp_path / "busy"
+    lock = claim_run_dir(str(out), resume=False, overwrite=False)
+    try:
+        run = _run("train.py", _common(tiny_data, str(out), 0, epochs=1))
+    finally:
+        lock.release()
+    assert run.returncode == 2 and f"is in use by another run (pid {os.getpid()} on" in run.stderr
+    (out / "mnasnet_050-1_6.ckpt").write_bytes(b"an earlier run's checkpoint")
+    (out / "metrics.csv").write_text("epoch\n1\n")
+    run = _run("train.py", _common(tiny_data, str(out), 0, epochs=1))
+    assert run.returncode == 2 and "holds another run" in run.stderr and "--overwrite True" in run.stderr
+    assert (out / "mnasnet_050-1_6.ckpt").read_bytes() == b"an earlier run's checkpoint"
+    assert (out / "metrics.csv").read_text() == "epoch\n1\n"
+
+
+def _validate_args(data, *extra):
+    return ["--dataset", "tiny", "--data_dir", data, "--model", "mnasnet_050", "--progress", "False", *extra]
+
+
+def test_validate_refuses_random_weights_and_a_random_head(tiny_data, tmp_path):
+    run = _run("validate.py", _validate_args(tiny_data))
+    assert run.returncode == 2 and "no weights to evaluate" in run.stderr and "--random_weights" in run.stderr
+    from mindcv.models import create_model
+    from mindcv.models.checkpoint import save_checkpoint
+
+    ckpt = str(tmp_path / "three_classes.ckpt")
+    save_checkpoint(create_model("mnasnet_050", num_classes=3), ckpt)
+    run = _run("validate.py", _validate_args(tiny_data, "--ckpt_path", ckpt, "--num_classes", "1000"))
+    assert run.returncode == 2
+    assert "has a 3-class classifier but --num_classes 1000 was given" in run.stderr
+    result = tmp_path / "random.json"
+    run = _run("validate.py", _validate_args(tiny_data, "--random_weights", "True", "--result_file", str(result)))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(result.read_text())["num_samples"] == 21

@@ -10,18 +10,38 @@ import numpy as np
 
 from mindspore import nn
 
+from ..errors import RunFailedError
 from ..models.checkpoint import save_checkpoint
+from .atomic import describe_write_error
+from .finite import find_non_finite
 
-__all__ = ["CheckpointManager"]
+__all__ = ["CheckpointManager", "CheckpointSaveError"]
 
 _logger = logging.getLogger(__name__)
+
+
+class CheckpointSaveError(RunFailedError):
+    """A checkpoint could not be written (disk full, permissions) or holds non-finite weights."""
+
+
+def _write(tensors: Dict[str, np.ndarray], path: str, metadata: Dict[str, Any]) -> None:
+    """Write one checkpoint; refuse NaN/Inf weights and turn I/O failures into one clear line."""
+    bad = find_non_finite(tensors)
+    if bad:
+        shown = ", ".join(f"{name} ({count} values)" for name, count in bad[:3])
+        raise CheckpointSaveError(f"refusing to write '{path}': non-finite weights in {shown}")
+    try:
+        save_checkpoint(tensors, path, metadata)
+    except (OSError, RuntimeError) as err:
+        raise CheckpointSaveError(describe_write_error(path, err)) from err
 
 
 class CheckpointManager:
     """Rotating checkpoints ``<prefix>-<epoch>_<step>.ckpt`` plus ``<prefix>_best.ckpt``.
 
     Every file is written to a temporary name and renamed, so a crash never leaves a half-written
-    checkpoint and never damages the previous ones. Files from an earlier run of the same prefix are
+    checkpoint and never damages the previous ones; weights holding NaN or Inf are never written,
+    rotated in or promoted to best (:class:`CheckpointSaveError`). Files from an earlier run of the same prefix are
     discovered at start, so ``latest_k`` keeps rotating correctly after a resume.
 
     Args:
@@ -84,7 +104,7 @@ class CheckpointManager:
             ranked = sorted([m for _, m in self.saved if m is not None], reverse=True)
             keep = len(ranked) < self.keep_max or metric > ranked[self.keep_max - 1]
         if keep:
-            save_checkpoint(tensors, path, metadata)
+            _write(tensors, path, metadata)
             self.saved = [(p, m) for p, m in self.saved if p != path] + [(path, metric)]
             written.append(path)
             self._rotate()
@@ -94,8 +114,8 @@ class CheckpointManager:
         """Write ``<prefix>_best.ckpt`` if ``metric`` beats the best so far; returns the files written."""
         if metric is None or (self.best_metric is not None and metric <= self.best_metric):
             return []
+        _write(tensors, self.best_path, {**metadata, "best_metric": metric})
         self.best_metric = metric
-        save_checkpoint(tensors, self.best_path, {**metadata, "best_metric": metric})
         return [self.best_path]
 
     def _rotate(self) -> None:
@@ -120,7 +140,7 @@ class CheckpointManager:
         tensors = {p.name: p.asnumpy() for p in network.get_parameters()}
         if self.policy == "top_k" and metric is None:
             raise ValueError("top_k needs a metric")
-        save_checkpoint(tensors, save_path, {})
+        _write(tensors, save_path, {})
         self.saved = [(p, m) for p, m in self.saved if p != save_path] + [(save_path, metric)]
         self._rotate()
         return None if self.policy is None else [p for p, _ in self.saved]

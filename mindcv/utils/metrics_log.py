@@ -6,6 +6,8 @@ import logging
 import os
 from typing import Any, Dict, List, Optional
 
+from .atomic import atomic_write
+
 __all__ = ["MetricsLog"]
 
 _logger = logging.getLogger(__name__)
@@ -32,11 +34,12 @@ class MetricsLog:
         self._rewrite()
 
     def _rewrite(self) -> None:
-        with open(self.jsonl_path, "w") as f:
+        # atomic: a kill mid-write must not truncate the rows of earlier epochs
+        with atomic_write(self.jsonl_path) as f:
             for row in self.rows:
                 f.write(json.dumps(row) + "\n")
         keys = self._keys()
-        with open(self.csv_path, "w", newline="") as f:
+        with atomic_write(self.csv_path) as f:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             for row in self.rows:
@@ -84,8 +87,7 @@ class MetricsLog:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend()
         fig.tight_layout()
-        tmp = self.png_path + ".tmp.png"
-        fig.savefig(tmp, dpi=90)
+        with atomic_write(self.png_path, "wb") as f:
+            fig.savefig(f, format="png", dpi=90)
         plt.close(fig)
-        os.replace(tmp, self.png_path)
         return self.png_path
