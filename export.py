@@ -23,9 +23,10 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
-from mindcv.models import CheckpointError, create_model
+from mindcv.models import create_model
 from mindcv.models.checkpoint import read_checkpoint_metadata
 from mindcv.models.fuse import fuse_bn
+from mindcv.utils.cli import call_cli
 
 ONNX_BATCH_NAME = "batch"
 
@@ -113,7 +114,14 @@ def _twin(model_name: str, source: nn.Cell, num_classes: int) -> nn.Cell:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Export as the command line says; user errors print one line and return 2."""
+    return call_cli("export.py", _export, argv)
+
+
+def _export(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--model", required=True)
     parser.add_argument("--ckpt_path", default="")
     parser.add_argument("--pretrained", action="store_true")
@@ -126,15 +134,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted relative difference")
     args = parser.parse_args(argv)
     ms.set_device("CPU")
-    try:
-        meta = read_checkpoint_metadata(args.ckpt_path)
-        num_classes = args.num_classes or int(meta.get("num_classes") or 1000)
-        reference = create_model(
-            args.model, num_classes=num_classes, pretrained=args.pretrained, checkpoint_path=args.ckpt_path
-        )
-    except (CheckpointError, ValueError, RuntimeError, FileNotFoundError) as err:
-        print(f"export.py: {err}", file=sys.stderr)
-        return 2
+    meta = read_checkpoint_metadata(args.ckpt_path)
+    num_classes = args.num_classes or int(meta.get("num_classes") or 1000)
+    reference = create_model(
+        args.model, num_classes=num_classes, pretrained=args.pretrained, checkpoint_path=args.ckpt_path
+    )
     reference.set_train(False)
     model = reference
     if not args.no_fuse_bn:

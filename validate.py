@@ -11,13 +11,15 @@ import json
 import logging
 import os
 import sys
+from typing import Optional
 
 from config import ConfigError, architecture_kwargs, explicit_keys, parse_args
 from mindcv.data import create_dataset, create_loader, create_transforms
 from mindcv.engine import evaluate
-from mindcv.models import CheckpointError, create_model, get_pretrained_cfg
+from mindcv.models import create_model, get_pretrained_cfg
 from mindcv.models.checkpoint import read_checkpoint_metadata
-from mindcv.models.model_factory import split_model_name_tag
+from mindcv.models.model_factory import checkpoint_num_classes, split_model_name_tag
+from mindcv.utils.cli import run_cli
 from mindcv.utils.logger import set_logger
 from mindcv.utils.runtime import init_runtime
 
@@ -45,11 +47,37 @@ def resolve_eval_transform(args, explicit, meta: dict) -> dict:
     return resolved
 
 
+def classifier_classes(args) -> Optional[int]:
+    """The class count of the weights' classifier; refuses a ``--num_classes`` that would replace it by a random one."""
+    if args.ckpt_path:
+        stored = checkpoint_num_classes(args.ckpt_path, ema=args.ema)
+        source = f"checkpoint '{args.ckpt_path}'"
+    elif args.pretrained:
+        name, tag = split_model_name_tag(args.model)
+        cfg = get_pretrained_cfg(name, tag or None)
+        stored, source = (cfg.num_classes if cfg else None), f"the published weights of '{args.model}'"
+    else:
+        return args.num_classes
+    if stored is None:
+        raise ConfigError(f"{source} holds no classifier: it cannot be evaluated as a classifier")
+    if args.num_classes is not None and stored != args.num_classes:
+        raise ConfigError(
+            f"{source} has a {stored}-class classifier but --num_classes {args.num_classes} was given: "
+            f"evaluating would use a random classifier. Drop --num_classes or pass --num_classes {stored}"
+        )
+    return stored
+
+
 def main(args, explicit) -> dict:
     runtime = init_runtime(args.device_target, args.mode, args.distribute, require_launcher=False)
     set_logger("mindcv", rank=runtime.rank)
     if args.pretrained and args.ckpt_path:
         raise ConfigError("pass either --pretrained or --ckpt_path, not both")
+    if not (args.pretrained or args.ckpt_path or args.random_weights):
+        raise ConfigError(
+            "no weights to evaluate: pass --ckpt_path <weight file> or --pretrained True "
+            "(--random_weights True evaluates an untrained model on purpose)"
+        )
     meta = read_checkpoint_metadata(args.ckpt_path)
     if meta.get("model") and split_model_name_tag(args.model)[0] != meta["model"]:
         raise ConfigError(
@@ -70,7 +98,7 @@ def main(args, explicit) -> dict:
         is_training=False,
         strict=args.strict_data,
     )
-    num_classes = args.num_classes or meta.get("num_classes") or dataset.num_classes()
+    num_classes = classifier_classes(args) or dataset.num_classes()
     if meta.get("class_names") and meta["class_names"] != dataset.class_names:
         logger.warning(
             "class folders of '%s' differ from those the checkpoint was trained on; labels may not match", dataset.root
@@ -127,10 +155,10 @@ def main(args, explicit) -> dict:
     return result
 
 
+def cli() -> int:
+    main(parse_args(), explicit_keys(sys.argv[1:]))
+    return 0
+
+
 if __name__ == "__main__":
-    try:
-        arguments = parse_args()
-        keys = explicit_keys(sys.argv[1:])
-        main(arguments, keys)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, RuntimeError) as error:
-        sys.exit(f"validate.py: {error}")
+    run_cli("validate.py", cli)

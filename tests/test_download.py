@@ -635,9 +635,8 @@ class _NoLength(_Quiet):
 
 
 _TMPFS_CHILD = """
-import importlib.util, os, sys
-spec = importlib.util.spec_from_file_location("download", sys.argv[1])
-dl = importlib.util.module_from_spec(spec); spec.loader.exec_module(dl)
+import os, sys
+import mindcv.utils.download as dl
 try:
     dl.download_cached(sys.argv[2], cache_dir=sys.argv[3], progress=False, deadline=30)
 except dl.DiskFullError as err:

@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from mindspore import nn
 
+from ..errors import InvalidArgumentError, UnknownModelError
 from ..utils.download import download_cached
 from .checkpoint import (
     CheckpointError,
@@ -20,7 +21,14 @@ from .features import FeatureExtractWrapper
 from .pretrained import PretrainedCfg
 from .registry import get_pretrained_cfg, is_model, model_entrypoint, unknown_model_message
 
-__all__ = ["create_model", "build_model_with_cfg", "load_model_checkpoint", "load_pretrained", "split_model_name_tag"]
+__all__ = [
+    "create_model",
+    "build_model_with_cfg",
+    "load_model_checkpoint",
+    "load_pretrained",
+    "split_model_name_tag",
+    "checkpoint_num_classes",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -66,11 +74,11 @@ def create_model(
         CheckpointError: an unreadable checkpoint or one that does not fit the architecture.
     """
     if checkpoint_path and pretrained:
-        raise ValueError("pass either pretrained=True or checkpoint_path, not both")
+        raise InvalidArgumentError("pass either pretrained=True or checkpoint_path, not both")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     name, tag = split_model_name_tag(model_name)
     if not is_model(name):
-        raise RuntimeError(unknown_model_message(model_name))
+        raise UnknownModelError(unknown_model_message(model_name))
     if tag:
         kwargs["pretrained_tag"] = tag
     features_only = kwargs.pop("features_only", False)
@@ -99,6 +107,21 @@ def _read_converted(path: str, ema: bool) -> Tuple[Dict[str, Any], Optional[floa
     return convert_state_dict(tensors, layout, ema=ema), source_bn_eps(layout, meta)
 
 
+def checkpoint_num_classes(path: str, ema: bool = False) -> Optional[int]:
+    """How many classes the classifier stored in a weight file of any supported layout has.
+
+    Args:
+        path: the weight file.
+        ema: look at the EMA copy.
+
+    Returns:
+        The class count, or ``None`` when the file holds no classifier (a headless backbone).
+    """
+    state_dict, _ = _read_converted(path, ema)
+    weight = state_dict.get("classifier.weight")
+    return None if weight is None else int(weight.shape[0])
+
+
 def load_model_checkpoint(
     model: nn.Cell, checkpoint_path: str = "", ema: bool = False, auto_mapping: bool = False
 ) -> None:
@@ -113,7 +136,7 @@ def load_model_checkpoint(
         auto_mapping: accepted for compatibility; ignored.
     """
     if not checkpoint_path:
-        raise ValueError("checkpoint_path is empty")
+        raise InvalidArgumentError("checkpoint_path is empty")
     state_dict, bn_eps = _read_converted(checkpoint_path, ema)
     if bn_eps is not None and getattr(model, "bn_eps", bn_eps) != bn_eps:
         _logger.warning(
@@ -139,7 +162,7 @@ def load_pretrained(
         filter_fn: optional ``fn(state_dict) -> state_dict`` applied after conversion.
     """
     if not default_cfg.get("url"):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{type(model).__name__}: no published weights for this variant (pretrained=True is not available)"
         )
     path = download_cached(
@@ -181,7 +204,7 @@ def build_model_with_cfg(
     """
     tags = tags or {}
     if pretrained_tag and pretrained_tag not in tags:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"'{variant}' has no weights tagged '{pretrained_tag}'; available tags: {', '.join(tags) or 'none'}"
         )
     cfg = tags[pretrained_tag] if pretrained_tag else get_pretrained_cfg(variant) or PretrainedCfg()
@@ -194,7 +217,7 @@ def build_model_with_cfg(
         if not cfg.get("url"):
             available = [t for t, c in tags.items() if c.url]
             which = f" for tag '{pretrained_tag}'" if pretrained_tag else ""
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"'{variant}' has no published weights{which}; tags with weights: {', '.join(available) or 'none'}"
             )
         kwargs.setdefault("bn_eps", cfg.bn_eps)

@@ -29,6 +29,7 @@ from ..models.checkpoint import (
 )
 from ..models.model_factory import create_model
 from ..models.registry import list_models
+from ..utils.cli import call_cli
 
 __all__ = ["infer_model_name", "convert_file", "main"]
 
@@ -95,8 +96,16 @@ def convert_file(src: str, dst: str, model_name: Optional[str] = None, ema: bool
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """``mindcv-convert SRC DST [--model NAME] [--ema]``; user errors print one line and return 2."""
+    return call_cli("mindcv-convert", _convert_cli, argv)
+
+
+def _convert_cli(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="mindcv-convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="mindcv-convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("src", help="source weights (.pth/.pt/.bin/.safetensors/.ckpt)")
     parser.add_argument("dst", help="output file (.ckpt or .safetensors)")
@@ -105,11 +114,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ms.set_device("CPU")
-    try:
-        summary = convert_file(args.src, args.dst, args.model, args.ema)
-    except (CheckpointError, ValueError, TypeError, RuntimeError) as err:
-        print(f"mindcv-convert: error: {err}", file=sys.stderr)
-        return 2
+    summary = convert_file(args.src, args.dst, args.model, args.ema)
     print(
         f"converted {args.src} ({summary['layout']} layout) -> {summary['dst']}: model {summary['model']}, "
         f"{summary['tensors']} tensors, BN eps {summary['bn_eps']:g}"
