@@ -18,8 +18,8 @@ import sys
 import mindspore as ms
 
 from mindcv.data.image_folder import MAX_IMAGE_PIXELS, UnreadableFiles
-from mindcv.inference import Classifier, collect_images
 from mindcv.errors import InvalidArgumentError
+from mindcv.inference import Classifier, collect_images
 from mindcv.utils.atomic import atomic_write
 from mindcv.utils.cli import call_cli
 
