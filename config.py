@@ -32,6 +32,9 @@ __all__ = [
 ]
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 class ConfigError(MindcvError, ValueError):
     """A recipe or command line is invalid (the message names the key and what is expected)."""
 
@@ -80,7 +83,8 @@ class _ArgumentParser(argparse.ArgumentParser):
                     hints.append(f"{name}: did you mean {' or '.join(close[:3])}?")
             if hints:
                 message += " (" + "; ".join(hints) + " options must be spelled out in full)"
-        super().error(message)
+        # one line, not the 60-line usage block: the user needs what was wrong and where the list is
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _flag(group, name: str, default: bool, help_text: str) -> None:
@@ -483,8 +487,14 @@ def check_args(args: argparse.Namespace, sources: Optional[Dict[str, str]] = Non
         if value is None or not _float_kind(action):
             continue
         values = value if isinstance(value, (list, tuple)) else [value]
-        if any(v is not None and not math.isfinite(v) for v in values):
-            fail(action.dest, value, "a finite number" + (" (or a list of them)" if action.nargs else ""))
+        # the network computes in float32: 1e300 is finite here and infinite there
+        if any(v is not None and not (math.isfinite(v) and abs(v) <= _FLOAT32_MAX) for v in values):
+            fail(
+                action.dest,
+                value,
+                f"a finite number of magnitude <= {_FLOAT32_MAX:.4g} (float32)"
+                + (" (or a list of them)" if action.nargs else ""),
+            )
     for key, (valid, text) in _RANGES.items():
         value = getattr(args, key, None)
         if value is not None and not valid(value):

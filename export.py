@@ -23,9 +23,10 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
+from mindcv.errors import InvalidArgumentError
 from mindcv.models import create_model
-from mindcv.models.checkpoint import read_checkpoint_metadata
 from mindcv.models.fuse import fuse_bn
+from mindcv.models.model_factory import weights_num_classes
 from mindcv.utils.cli import call_cli
 
 ONNX_BATCH_NAME = "batch"
@@ -134,8 +135,11 @@ def _export(argv=None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted relative difference")
     args = parser.parse_args(argv)
     ms.set_device("CPU")
-    meta = read_checkpoint_metadata(args.ckpt_path)
-    num_classes = args.num_classes or int(meta.get("num_classes") or 1000)
+    if args.image_size < 1 or args.batch_size == 0 or args.batch_size < -1:
+        raise InvalidArgumentError(
+            f"--image_size must be >= 1 and --batch_size >= 1 or -1 (dynamic), got {args.image_size}, {args.batch_size}"
+        )
+    num_classes = weights_num_classes(args.model, args.ckpt_path, args.pretrained, requested=args.num_classes) or 1000
     reference = create_model(
         args.model, num_classes=num_classes, pretrained=args.pretrained, checkpoint_path=args.ckpt_path
     )

@@ -52,8 +52,8 @@ def _infer(argv=None) -> int:
     parser.add_argument("--model", required=True, help="registered model name")
     parser.add_argument("--ckpt_path", default="", help="weights (any format create_model reads)")
     parser.add_argument("--pretrained", action="store_true", help="use the published weights")
-    parser.add_argument("--topk", type=int, default=5)
-    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--topk", type=_positive_int, default=5)
+    parser.add_argument("--batch_size", type=_positive_int, default=16)
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
     parser.add_argument("--output", default="predictions.json", help="JSON file of all records")
     parser.add_argument(

@@ -7,6 +7,7 @@ a metrics row (CSV / JSON lines) and a PNG of the curves into ``--ckpt_save_dir`
 
 import logging
 import os
+import re
 
 import mindspore as ms
 import mindspore.dataset as ds
@@ -64,6 +65,18 @@ def check_unsupported(args) -> None:
         raise ConfigError("ckpt_save_policy top_k ranks checkpoints by validation accuracy: set val_while_train True")
 
 
+def run_file_names(model: str) -> list:
+    """Regular expressions of the names of the files a run writes (what ``--overwrite`` replaces)."""
+    prefix = re.escape(model)
+    return [
+        rf"{prefix}-\d+_\d+\.ckpt",
+        rf"{prefix}_best\.ckpt",
+        r"metrics\.(csv|jsonl|png)",
+        r"unreadable_(train|val)_images\.tsv",
+        r"config\.yaml",
+    ]
+
+
 def cpu_precision(args) -> None:
     """Keep CPU training in fp32: MindSpore's CPU fp16 kernels are slower than fp32 and overflow."""
     if args.device_target == "CPU" and args.amp_level != "O0":
@@ -82,9 +95,9 @@ def main(args) -> int:
     if runtime.is_main:  # one run per output folder; held until the process ends
         _run_lock = claim_run_dir(
             args.ckpt_save_dir,
-            resume=args.resume,
+            resume_from=args.ckpt_path if args.resume else None,
             overwrite=args.overwrite,
-            ours=[f"{args.model}-*_*.ckpt", f"{args.model}_best.ckpt", "metrics.*", "unreadable_*.tsv"],
+            ours=run_file_names(args.model),
         )
     set_seed(args.seed)  # the same seed on every rank: identical initial weights
     set_logger("mindcv", output_dir=args.ckpt_save_dir, rank=runtime.rank)

@@ -11,14 +11,13 @@ import json
 import logging
 import os
 import sys
-from typing import Optional
 
 from config import ConfigError, architecture_kwargs, explicit_keys, parse_args
 from mindcv.data import create_dataset, create_loader, create_transforms
 from mindcv.engine import evaluate
 from mindcv.models import create_model, get_pretrained_cfg
 from mindcv.models.checkpoint import read_checkpoint_metadata
-from mindcv.models.model_factory import checkpoint_num_classes, split_model_name_tag
+from mindcv.models.model_factory import split_model_name_tag, weights_num_classes
 from mindcv.utils.cli import run_cli
 from mindcv.utils.logger import set_logger
 from mindcv.utils.runtime import init_runtime
@@ -45,27 +44,6 @@ def resolve_eval_transform(args, explicit, meta: dict) -> dict:
     if {"crop_pct", "image_resize"} & set(explicit):
         resolved.pop("resize_size", None)  # an explicit size or crop fraction replaces the published resize
     return resolved
-
-
-def classifier_classes(args) -> Optional[int]:
-    """The class count of the weights' classifier; refuses a ``--num_classes`` that would replace it by a random one."""
-    if args.ckpt_path:
-        stored = checkpoint_num_classes(args.ckpt_path, ema=args.ema)
-        source = f"checkpoint '{args.ckpt_path}'"
-    elif args.pretrained:
-        name, tag = split_model_name_tag(args.model)
-        cfg = get_pretrained_cfg(name, tag or None)
-        stored, source = (cfg.num_classes if cfg else None), f"the published weights of '{args.model}'"
-    else:
-        return args.num_classes
-    if stored is None:
-        raise ConfigError(f"{source} holds no classifier: it cannot be evaluated as a classifier")
-    if args.num_classes is not None and stored != args.num_classes:
-        raise ConfigError(
-            f"{source} has a {stored}-class classifier but --num_classes {args.num_classes} was given: "
-            f"evaluating would use a random classifier. Drop --num_classes or pass --num_classes {stored}"
-        )
-    return stored
 
 
 def main(args, explicit) -> dict:
@@ -98,7 +76,10 @@ def main(args, explicit) -> dict:
         is_training=False,
         strict=args.strict_data,
     )
-    num_classes = classifier_classes(args) or dataset.num_classes()
+    num_classes = (
+        weights_num_classes(args.model, args.ckpt_path, args.pretrained, args.ema, args.num_classes)
+        or dataset.num_classes()
+    )
     if meta.get("class_names") and meta["class_names"] != dataset.class_names:
         logger.warning(
             "class folders of '%s' differ from those the checkpoint was trained on; labels may not match", dataset.root

@@ -11,9 +11,10 @@ from mindspore import ops
 
 from .data.image_folder import IMG_EXTENSIONS, UnreadableFiles, decode_image, resolve_max_image_pixels
 from .data.transforms_factory import create_transforms
+from .errors import InvalidArgumentError
 from .models import create_model, get_pretrained_cfg
 from .models.checkpoint import read_checkpoint_metadata
-from .models.model_factory import split_model_name_tag
+from .models.model_factory import split_model_name_tag, weights_num_classes
 
 __all__ = ["Classifier", "imagenet_class_names", "collect_images"]
 
@@ -65,9 +66,11 @@ class Classifier:
         max_image_pixels: Optional[int] = None,
     ) -> None:
         self.max_image_pixels = resolve_max_image_pixels(max_image_pixels)
+        if topk < 1 or batch_size < 1:
+            raise InvalidArgumentError(f"topk and batch_size must be >= 1, got {topk} and {batch_size}")
         meta = read_checkpoint_metadata(ckpt_path)
         names = list(class_names or meta.get("class_names") or imagenet_class_names())
-        num_classes = int(meta.get("num_classes") or len(names))
+        num_classes = weights_num_classes(model_name, ckpt_path, pretrained) or len(names)
         self.model = create_model(model_name, num_classes=num_classes, pretrained=pretrained, checkpoint_path=ckpt_path)
         self.model.set_train(False)
         self.class_names = names if len(names) == num_classes else [str(i) for i in range(num_classes)]

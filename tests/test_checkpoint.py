@@ -404,3 +404,43 @@ def test_non_finite_weights_are_refused_at_load(tmp_path, ext):
     np.testing.assert_array_equal(
         model.classifier.bias.asnumpy(), create_model("mnasnet_050", num_classes=10).classifier.bias.asnumpy()
     )
+
+
+def _native_safetensors(path, mutate, metadata=None):
+    from safetensors.numpy import save_file
+
+    from mindcv.models.checkpoint import model_state_dict
+
+    state = model_state_dict(create_model("mnasnet_050", num_classes=3))
+    mutate(state)
+    save_file(state, str(path), metadata=metadata)
+    return str(path)
+
+
+def test_a_float64_value_that_overflows_float32_is_refused(tmp_path):
+    """1e300 is finite in the file and infinite in the float32 model: it is checked after the cast."""
+
+    def overflow(state):
+        state["conv_stem.weight"] = state["conv_stem.weight"].astype(np.float64)
+        state["conv_stem.weight"].flat[0] = 1e300
+
+    path = _native_safetensors(tmp_path / "f64.safetensors", overflow)
+    with pytest.raises(NonFiniteWeightsError, match=r"conv_stem\.weight \(1 non-finite values\)"):
+        create_model("mnasnet_050", num_classes=3, checkpoint_path=path)
+
+
+def test_a_key_with_and_without_a_wrapper_prefix_is_refused(tmp_path):
+    def both(state):
+        state["module.conv_stem.weight"] = state["conv_stem.weight"] + 5.0
+
+    path = _native_safetensors(tmp_path / "both.safetensors", both)
+    with pytest.raises(CheckpointError, match=r"both.safetensors: the checkpoint holds 'conv_stem.weight' twice"):
+        create_model("mnasnet_050", num_classes=3, checkpoint_path=path)
+
+
+@pytest.mark.parametrize("eps", ["abc", [1], float("nan"), float("inf"), 0, -1e-3, 1.5, True])
+def test_a_recorded_bn_eps_that_is_not_an_epsilon_is_refused(tmp_path, eps):
+    meta = {"mindcv_meta": json.dumps({"bn_eps": eps})}
+    path = _native_safetensors(tmp_path / "eps.safetensors", lambda state: None, meta)
+    with pytest.raises(CheckpointError, match=r"eps.safetensors: the checkpoint's recorded bn_eps .* not a number"):
+        create_model("mnasnet_050", num_classes=3, checkpoint_path=path)

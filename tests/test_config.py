@@ -139,6 +139,7 @@ def test_abbreviated_options_are_rejected_with_the_full_name(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "unrecognized arguments: --crop 0.95" in err and "--crop_pct" in err
+    assert len(err.strip().splitlines()) == 1  # one line, not argparse's usage block
     with pytest.raises(SystemExit):
         parse_args(["--conf", "x.yaml"])  # not taken for -c/--config either
     for parser in create_parser():
@@ -282,6 +283,11 @@ def test_every_float_option_must_be_finite(tmp_path):
         value = "[.nan, 1.0]" if action.nargs == 2 else ("[.inf]" if action.nargs == "+" else ".inf")
         with pytest.raises(ConfigError, match=f"'{key}' must be a finite number"):
             parse_args(["-c", _yaml(tmp_path, f"{key}: {value}\n")])
+
+
+def test_a_value_finite_in_float64_but_not_in_float32_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match=r"'lr' must be a finite number of magnitude <= 3.403e\+38 \(float32\)"):
+        parse_args(["-c", _yaml(tmp_path, "lr: 1e300\n")])
 
 
 def test_a_huge_but_finite_lr_is_accepted(tmp_path):

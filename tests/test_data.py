@@ -688,6 +688,28 @@ def test_a_real_image_above_a_lowered_limit_is_skipped(tmp_path, decode_calls):
         create_dataset("imagenet", root=str(tmp_path), max_image_pixels=0)
 
 
+def test_a_link_into_another_split_never_relabels_its_images(tmp_path):
+    """val/a/to_train -> train (or -> train/b) would label train's images 'a' and leak them into validation."""
+    from mindcv.data.image_folder import make_samples
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            _img(tmp_path / split / cls / f"{split}_{cls}.png")
+    (tmp_path / "val" / "a" / "to_train").symlink_to(tmp_path / "train")
+    (tmp_path / "val" / "a" / "to_train_b").symlink_to(tmp_path / "train" / "b")
+    (tmp_path / "val" / "b" / "to_train_b").symlink_to(tmp_path / "train" / "b")  # same class: label stays right
+    store = tmp_path / "store"  # a shared store beside the splits is not a split: links into it still work
+    _img(store / "extra.png")
+    (tmp_path / "val" / "a" / "from_store").symlink_to(store)
+    report = UnreadableFiles()
+    samples = make_samples(str(tmp_path / "val"), {"a": 0, "b": 1}, report=report)
+    labelled = {os.path.basename(p): label for p, label in samples}
+    assert labelled == {"val_a.png": 0, "extra.png": 0, "val_b.png": 1, "train_b.png": 1}
+    reasons = _reported(report)
+    assert "into the whole of split" in reasons[str(tmp_path / "val" / "a" / "to_train")]
+    assert "into class 'b' of split" in reasons[str(tmp_path / "val" / "a" / "to_train_b")]
+
+
 def test_a_thin_image_that_would_explode_when_resized_is_skipped(tmp_path, decode_calls):
     """1x80000 passes the pixel limit, but an evaluation resize of its short side to 256 needs ~15 GB."""
     split = tmp_path / "val"

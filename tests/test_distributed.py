@@ -204,9 +204,8 @@ def test_two_process_training_equals_one_process_with_the_same_global_batch(runs
     assert "global batch 8 = 4 per device x 2 device(s)" in log
 
 
-def test_two_process_evaluation_equals_single_process_exactly(runs, data, tmp_path):
-    ckpt = os.path.join(runs["out"]["single"], "mnasnet_050-2_12.ckpt")
-    args = [
+def _validate_args(data, ckpt, batch_size):
+    return [
         "--dataset",
         "tiny",
         "--data_dir",
@@ -216,12 +215,16 @@ def test_two_process_evaluation_equals_single_process_exactly(runs, data, tmp_pa
         "--ckpt_path",
         ckpt,
         "--batch_size",
-        "4",
+        str(batch_size),
         "--progress",
         "False",
         "--num_parallel_workers",
         "1",
     ]
+
+
+def test_two_process_evaluation_equals_single_process_exactly(runs, data, tmp_path):
+    args = _validate_args(data, os.path.join(runs["out"]["single"], "mnasnet_050-2_12.ckpt"), 4)
     single = subprocess.run(
         [sys.executable, "validate.py", *args, "--result_file", str(tmp_path / "single.json")],
         cwd=REPO,
@@ -262,20 +265,7 @@ def test_train_time_evaluation_equals_validate_on_the_saved_checkpoint_after_two
         [
             sys.executable,
             "validate.py",
-            "--dataset",
-            "tiny",
-            "--data_dir",
-            data,
-            "--model",
-            "mnasnet_050",
-            "--ckpt_path",
-            os.path.join(out, "mnasnet_050-2_12.ckpt"),
-            "--batch_size",
-            "5",
-            "--progress",
-            "False",
-            "--num_parallel_workers",
-            "1",
+            *_validate_args(data, os.path.join(out, "mnasnet_050-2_12.ckpt"), 5),
             "--result_file",
             str(result),
         ],

@@ -161,3 +161,24 @@ def test_classifier_turns_any_per_file_failure_into_an_error_record(tmp_path, mo
     assert [p for p, _ in report.entries()] == [str(images / f"{i}.png") for i in (1, 2, 3)]
     with pytest.raises(ValueError, match="max_image_pixels must be a positive integer"):
         Classifier("mnasnet_050", model_ckpt, max_image_pixels=-1)
+
+
+def test_weights_without_metadata_keep_their_own_classifier(tmp_path):
+    """A foreign 3-class file (no mindcv metadata) used to get a random 1000-class head and exit 0."""
+    from safetensors.numpy import save_file
+
+    from mindcv.models.checkpoint import model_state_dict
+
+    path = str(tmp_path / "three.safetensors")
+    save_file(model_state_dict(create_model("mnasnet_050", num_classes=3)), path)
+    classifier = Classifier("mnasnet_050", path, topk=2)
+    assert classifier.model.num_classes == 3 and classifier.class_names == ["0", "1", "2"]
+    image = tmp_path / "one.png"
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(image)
+    (record,) = classifier.predict([str(image)])
+    assert set(record["class_ids"]) <= {0, 1, 2}
+    from export import main as export_main
+
+    assert export_main(["--model", "mnasnet_050", "--ckpt_path", path, "--num_classes", "1000"]) == 2
+    with pytest.raises(SystemExit):
+        infer_main([str(image), "--model", "mnasnet_050", "--ckpt_path", path, "--topk", "0"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mindcv.models.checkpoint import read_checkpoint
-from mindcv.utils.atomic import atomic_write, remove_stale_temporaries
+from mindcv.utils.atomic import AtomicWriteError, atomic_write, remove_stale_temporaries
 from mindcv.utils.checkpoint_manager import CheckpointManager, CheckpointSaveError
 from mindcv.utils.finite import find_non_finite
 from mindcv.utils.metrics_log import MetricsLog
@@ -44,12 +44,14 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
     assert os.listdir(tmp_path) == ["table.csv"]  # no temporary file left
 
 
-def test_stale_temporaries_of_ours_and_mindspore_are_removed(tmp_path):
-    for name in (".tmp-abc.ckpt", ".tmp-abc.tmp", ".tmp-x.csv", "keep.ckpt", ".hidden"):
+def test_stale_temporaries_of_ours_and_mindspore_are_removed_and_nothing_else(tmp_path):
+    ours = [".tmp-ab3_x9z0.ckpt", ".tmp-ab3_x9z0.tmp", ".tmp-q1w2e3r4.csv", ".tmp-zzzzzzzz"]
+    users = ["keep.ckpt", ".hidden", ".tmp-mynotes", ".tmp-notes.txt", ".tmp-ABCDEFGH.csv"]
+    for name in ours + users:
         (tmp_path / name).write_text("x")
     removed = remove_stale_temporaries(str(tmp_path))
-    assert sorted(os.path.basename(p) for p in removed) == [".tmp-abc.ckpt", ".tmp-abc.tmp", ".tmp-x.csv"]
-    assert sorted(os.listdir(tmp_path)) == [".hidden", "keep.ckpt"]
+    assert sorted(os.path.basename(p) for p in removed) == sorted(ours)
+    assert sorted(os.listdir(tmp_path)) == sorted(users)
 
 
 def test_manager_never_writes_rotates_in_or_promotes_non_finite_weights(tmp_path):
@@ -99,14 +101,14 @@ def test_metrics_rows_survive_a_crash_during_the_rewrite(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(metrics_log.csv, "DictWriter", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(AtomicWriteError, match=r"cannot write '.*metrics.csv': No space left on device \(.* free"):
         log.append({"epoch": 2, "train_loss": 0.5})
     assert (tmp_path / "metrics.csv").read_text().splitlines() == ["epoch,train_loss", "1,1.0"]
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
 
 
 def test_a_second_run_in_a_locked_folder_is_refused_naming_the_holder(tmp_path):
-    lock = claim_run_dir(str(tmp_path), resume=False, overwrite=False)
+    lock = claim_run_dir(str(tmp_path), resume_from=None, overwrite=False)
     try:
         # another process (flock is per open file, so a child process is a real second run)
         probe = subprocess.run(
@@ -114,7 +116,7 @@ def test_a_second_run_in_a_locked_folder_is_refused_naming_the_holder(tmp_path):
                 sys.executable,
                 "-c",
                 "import sys; from mindcv.utils.run_dir import claim_run_dir\n"
-                f"claim_run_dir({str(tmp_path)!r}, resume=False, overwrite=True)",
+                f"claim_run_dir({str(tmp_path)!r}, resume_from=None, overwrite=True)",
             ],
             capture_output=True,
             text=True,
@@ -125,21 +127,46 @@ def test_a_second_run_in_a_locked_folder_is_refused_naming_the_holder(tmp_path):
         assert "is in use by another run (pid %d on" % os.getpid() in probe.stderr
     finally:
         lock.release()
-    claim_run_dir(str(tmp_path), resume=False, overwrite=False).release()  # free again
+    claim_run_dir(str(tmp_path), resume_from=None, overwrite=False).release()  # free again
 
 
-def test_a_new_run_over_a_finished_one_needs_overwrite(tmp_path):
-    for name in ("m-1_5.ckpt", "m_best.ckpt", "metrics.csv", "other-3_9.ckpt", ".tmp-dead.ckpt"):
+def test_a_new_run_over_a_finished_one_needs_overwrite_which_deletes_only_the_runs_files(tmp_path):
+    import train
+
+    run_files = ["m-1_5.ckpt", "m-2_10.ckpt", "m_best.ckpt", "metrics.csv", "metrics.jsonl", "config.yaml"]
+    users = ["other-3_9.ckpt", "m-finetuned_v2.ckpt", "metrics.xlsx", "unreadable_mine.tsv", "notes.txt"]
+    for name in run_files + users + [".tmp-deadbeef.ckpt"]:
         (tmp_path / name).write_text("x")
     with pytest.raises(RunDirError, match="holds another run .*--overwrite True"):
-        claim_run_dir(str(tmp_path), resume=False, overwrite=False)
+        claim_run_dir(str(tmp_path), resume_from=None, overwrite=False)
     assert (tmp_path / "m_best.ckpt").exists()  # refused: nothing touched
-    claim_run_dir(str(tmp_path), resume=True, overwrite=False).release()  # resuming is what the files are for
-    assert not (tmp_path / ".tmp-dead.ckpt").exists()  # a killed run's temporary is cleaned on resume
-    claim_run_dir(
-        str(tmp_path), resume=False, overwrite=True, ours=["m-*_*.ckpt", "m_best.ckpt", "metrics.*"]
-    ).release()
-    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == ["other-3_9.ckpt"]
+    # resuming another folder's checkpoint into this run's folder would rotate its checkpoints away
+    elsewhere = tmp_path.parent / "elsewhere.ckpt"
+    with pytest.raises(RunDirError, match="resuming another folder's checkpoint starts a new run here"):
+        claim_run_dir(str(tmp_path), resume_from=str(elsewhere), overwrite=False)
+    # resuming this folder's own checkpoint is what its files are for
+    claim_run_dir(str(tmp_path), resume_from=str(tmp_path / "m-2_10.ckpt"), overwrite=False).release()
+    assert not (tmp_path / ".tmp-deadbeef.ckpt").exists()  # a killed run's temporary is cleaned on resume
+    claim_run_dir(str(tmp_path), resume_from=None, overwrite=True, ours=train.run_file_names("m")).release()
+    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == sorted(users)
+
+
+def test_an_unusable_output_folder_is_one_clear_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(RunDirError, match="'.*afile' exists but is not a folder"):
+        claim_run_dir(str(tmp_path / "afile"), resume_from=None, overwrite=False)
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    try:
+        if os.access(read_only, os.W_OK):  # root ignores permission bits: use a file where a folder is needed
+            target = str(tmp_path / "afile" / "sub")
+        else:
+            target = str(read_only / "run")
+        with pytest.raises(RunDirError, match="cannot use output folder|not a folder"):
+            claim_run_dir(target, resume_from=None, overwrite=False)
+    finally:
+        read_only.chmod(0o700)
 
 
 def test_metrics_log_keeps_rows_as_json(tmp_path):

@@ -397,3 +397,12 @@ def test_what_the_real_pickler_writes_loads_at_every_protocol(tmp_path, monkeypa
     np.testing.assert_array_equal(loaded["w"], np.arange(6, dtype=np.float32).reshape(2, 3))
     np.testing.assert_array_equal(loaded["w_t"], np.arange(6, dtype=np.float32).reshape(2, 3).T)
     np.testing.assert_array_equal(loaded["b"], [-0.5])
+
+
+def test_a_state_dict_key_set_twice_is_refused(tmp_path):
+    """The second value used to win silently: which tensor a layer gets must not depend on pickle order."""
+    first = tensor(zip_pid("FloatStorage", "0", 6), 0, (6,), (1,))
+    second = tensor(zip_pid("FloatStorage", "1", 6), 0, (6,), (1,))
+    data = torch_zip(pickled(OD([("layer.weight", first), ("layer.weight", second)])), {"0": bytes(24), "1": bytes(24)})
+    with pytest.raises(TorchFileError, match=r"crafted.pth.*sets key 'layer.weight' twice"):
+        load_torch_file(_write(tmp_path, data))

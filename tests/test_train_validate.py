@@ -312,7 +312,7 @@ def test_one_run_per_output_folder(tiny_data, tmp_path):
     from mindcv.utils.run_dir import claim_run_dir
 
     out = tmp_path / "busy"
-    lock = claim_run_dir(str(out), resume=False, overwrite=False)
+    lock = claim_run_dir(str(out), resume_from=None, overwrite=False)
     try:
         run = _run("train.py", _common(tiny_data, str(out), 0, epochs=1))
     finally:
@@ -340,7 +340,7 @@ def test_validate_refuses_random_weights_and_a_random_head(tiny_data, tmp_path):
     save_checkpoint(create_model("mnasnet_050", num_classes=3), ckpt)
     run = _run("validate.py", _validate_args(tiny_data, "--ckpt_path", ckpt, "--num_classes", "1000"))
     assert run.returncode == 2
-    assert "has a 3-class classifier but --num_classes 1000 was given" in run.stderr
+    assert "has a 3-class classifier but 1000 classes were asked for" in run.stderr
     result = tmp_path / "random.json"
     run = _run("validate.py", _validate_args(tiny_data, "--random_weights", "True", "--result_file", str(result)))
     assert run.returncode == 0, run.stderr[-2000:]

@@ -311,7 +311,7 @@ class _Walk:
             )
         owner = _class_of(target, self.roots)
         if owner is None:
-            return None
+            return self._sibling_split_refusal(target, cls)
         if owner != cls:
             return (
                 f"symbolic link into class '{owner}' ('{target}'): skipped; those images belong to class '{owner}', "
@@ -322,6 +322,24 @@ class _Walk:
         if is_dir or self.is_image(os.path.basename(target)):
             return f"symbolic link to '{target}' in the same class folder: skipped (already included)"
         return None  # a link named .jpg to a same-class file with another extension: the link is the sample
+
+    def _sibling_split_refusal(self, target: str, cls: str) -> Optional[str]:
+        """A link into another split of the same dataset (``val/a/x -> train`` or ``-> train/b``) would give
+        that split's images this class's label (and leak training images into validation)."""
+        parent = os.path.dirname(self.split_real)
+        if not _within(target, parent) or target == parent:
+            return None
+        parts = os.path.relpath(target, parent).split(os.sep)
+        sibling = os.path.join(parent, parts[0])
+        if not any(os.path.isdir(os.path.join(sibling, c)) for c in self.roots.values()):
+            return None  # not a split of this dataset (e.g. a shared image store beside the splits)
+        if len(parts) > 1 and parts[1] == cls:
+            return None  # the same class of another split: the label stays right
+        where = f"class '{parts[1]}' of" if len(parts) > 1 else "the whole of"
+        return (
+            f"symbolic link into {where} split '{sibling}' ('{target}'): skipped; those images must not be "
+            f"labelled '{cls}' here"
+        )
 
     def walk_class(self, cls: str) -> List[Tuple[str, str, List[str], Dict[str, str]]]:
         """``(listed path, real folder, image file names, {name: real file} of file links)`` per folder."""

@@ -443,7 +443,10 @@ def source_bn_eps(layout: str, meta: Optional[Dict[str, Any]] = None) -> Optiona
     if layout == "mindcv_upstream":
         return MINDCV_BN_EPS
     if meta and meta.get("bn_eps") is not None:
-        return float(meta["bn_eps"])
+        eps = meta["bn_eps"]
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < 1.0:
+            raise CheckpointError(f"the checkpoint's recorded bn_eps {eps!r} is not a number in (0, 1)")
+        return float(eps)
     return None
 
 
@@ -528,7 +531,13 @@ def convert_state_dict(
         state_dict = ema_sd
     else:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("ema.")}
-    state_dict = {_strip_prefixes(k): v for k, v in state_dict.items()}
+    stripped: Dict[str, np.ndarray] = {}
+    for key, value in state_dict.items():
+        name = _strip_prefixes(key)
+        if name in stripped:  # 'module.x' and 'x' both present: which one is meant is unknowable
+            raise CheckpointError(f"the checkpoint holds '{name}' twice (with and without a wrapper prefix)")
+        stripped[name] = value
+    state_dict = stripped
     layout = layout or detect_layout(state_dict)
     if layout not in CHECKPOINT_LAYOUTS:
         raise CheckpointError(f"unknown checkpoint layout '{layout}'; valid: {', '.join(CHECKPOINT_LAYOUTS)}")
@@ -629,11 +638,17 @@ def load_state_dict_into(
     ]
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(source, missing, unexpected, mismatched)
-    non_finite = find_non_finite({name: state_dict[name] for name in params})
+    # cast first, then check: a float64 1e300 is finite until it becomes the model's float32
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = {
+            name: np.ascontiguousarray(state_dict[name], dtype=ms.dtype_to_nptype(param.dtype))
+            for name, param in params.items()
+        }
+    non_finite = find_non_finite(cast)
     if non_finite:
         raise NonFiniteWeightsError(source, non_finite)
     for name, param in params.items():
-        param.set_data(Tensor(np.ascontiguousarray(state_dict[name]), param.dtype))
+        param.set_data(Tensor(cast[name], param.dtype))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ __all__ = [
     "load_pretrained",
     "split_model_name_tag",
     "checkpoint_num_classes",
+    "read_converted",
+    "weights_num_classes",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -86,7 +88,7 @@ def create_model(
 
     state_dict = None
     if checkpoint_path:
-        state_dict, bn_eps = _read_converted(checkpoint_path, ema)
+        state_dict, _, bn_eps = read_converted(checkpoint_path, ema)
         if bn_eps is not None:
             kwargs.setdefault("bn_eps", bn_eps)
     model = model_entrypoint(name)(pretrained=pretrained, num_classes=num_classes, in_channels=in_channels, **kwargs)
@@ -97,14 +99,27 @@ def create_model(
     return model
 
 
-def _read_converted(path: str, ema: bool) -> Tuple[Dict[str, Any], Optional[float]]:
+def read_converted(path: str, ema: bool = False) -> Tuple[Dict[str, Any], str, Optional[float]]:
+    """Read a weight file of any supported layout and rename it to this package's parameter names.
+
+    Args:
+        path: the weight file.
+        ema: take the EMA copy.
+
+    Returns:
+        ``(state_dict, source layout, BN eps the weights were trained with or None)``.
+
+    Raises:
+        CheckpointError: unreadable, of no known layout, or with invalid metadata (the message names the file).
+    """
     tensors, meta = read_checkpoint(path)
     try:
         layout = detect_layout(k[len("ema.") :] if k.startswith("ema.") else k for k in tensors)
+        state_dict, bn_eps = convert_state_dict(tensors, layout, ema=ema), source_bn_eps(layout, meta)
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
     _logger.info("%s: %s layout", path, layout)
-    return convert_state_dict(tensors, layout, ema=ema), source_bn_eps(layout, meta)
+    return state_dict, layout, bn_eps
 
 
 def checkpoint_num_classes(path: str, ema: bool = False) -> Optional[int]:
@@ -117,9 +132,52 @@ def checkpoint_num_classes(path: str, ema: bool = False) -> Optional[int]:
     Returns:
         The class count, or ``None`` when the file holds no classifier (a headless backbone).
     """
-    state_dict, _ = _read_converted(path, ema)
+    state_dict, _, _ = read_converted(path, ema)
     weight = state_dict.get("classifier.weight")
     return None if weight is None else int(weight.shape[0])
+
+
+def weights_num_classes(
+    model_name: str,
+    checkpoint_path: str = "",
+    pretrained: bool = False,
+    ema: bool = False,
+    requested: Optional[int] = None,
+) -> Optional[int]:
+    """The class count a model must be built with to use the classifier stored in its weights.
+
+    Evaluating or exporting with another count would silently swap in a random classifier.
+
+    Args:
+        model_name: the model (with an optional weights tag) for ``pretrained``.
+        checkpoint_path: a weight file of any supported layout.
+        pretrained: the published weights of ``model_name``.
+        ema: look at the EMA copy of ``checkpoint_path``.
+        requested: the count the user asked for (``None``: not asked).
+
+    Returns:
+        The weights' class count, or ``requested`` when there are no weights.
+
+    Raises:
+        CheckpointError: the weights hold no classifier.
+        InvalidArgumentError: ``requested`` differs from the weights' classifier.
+    """
+    if checkpoint_path:
+        stored, source = checkpoint_num_classes(checkpoint_path, ema=ema), f"checkpoint '{checkpoint_path}'"
+    elif pretrained:
+        name, tag = split_model_name_tag(model_name)
+        cfg = get_pretrained_cfg(name, tag or None)
+        stored, source = (cfg.num_classes if cfg else None), f"the published weights of '{model_name}'"
+    else:
+        return requested
+    if stored is None:
+        raise CheckpointError(f"{source} holds no classifier: it cannot be used as a classifier")
+    if requested is not None and stored != requested:
+        raise InvalidArgumentError(
+            f"{source} has a {stored}-class classifier but {requested} classes were asked for: that would use "
+            f"a random classifier. Ask for {stored} classes (or none)"
+        )
+    return stored
 
 
 def load_model_checkpoint(
@@ -137,7 +195,7 @@ def load_model_checkpoint(
     """
     if not checkpoint_path:
         raise InvalidArgumentError("checkpoint_path is empty")
-    state_dict, bn_eps = _read_converted(checkpoint_path, ema)
+    state_dict, _, bn_eps = read_converted(checkpoint_path, ema)
     if bn_eps is not None and getattr(model, "bn_eps", bn_eps) != bn_eps:
         _logger.warning(
             "%s was trained with BN eps %g but the model uses %g; outputs will drift slightly. "

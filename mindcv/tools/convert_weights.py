@@ -20,14 +20,11 @@ import mindspore as ms
 
 from ..models.checkpoint import (
     CheckpointError,
-    convert_state_dict,
-    detect_layout,
     model_state_dict,
     read_checkpoint,
     save_checkpoint,
-    source_bn_eps,
 )
-from ..models.model_factory import create_model
+from ..models.model_factory import create_model, read_converted
 from ..models.registry import list_models
 from ..utils.cli import call_cli
 
@@ -77,11 +74,8 @@ def convert_file(src: str, dst: str, model_name: Optional[str] = None, ema: bool
     Returns:
         A summary: model, source layout, number of tensors, BN eps, destination.
     """
-    tensors, meta = read_checkpoint(src)
-    layout = detect_layout(k[len("ema.") :] if k.startswith("ema.") else k for k in tensors)
-    native = convert_state_dict(tensors, layout, ema=ema)
+    native, layout, bn_eps = read_converted(src, ema)
     model_name = model_name or infer_model_name(native)
-    bn_eps = source_bn_eps(layout, meta)
     model = create_model(model_name, num_classes=_classes(native), checkpoint_path=src, ema=ema, bn_eps=bn_eps)
     save_checkpoint(
         model, dst, metadata={"model": model_name, "source_layout": layout, "source_file": os.path.basename(src)}

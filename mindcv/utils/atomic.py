@@ -6,13 +6,23 @@ and remove the leftovers of a killed predecessor (see :func:`remove_stale_tempor
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from typing import IO, Iterator, List
 
-__all__ = ["TMP_PREFIX", "atomic_write", "remove_stale_temporaries", "describe_write_error"]
+from ..errors import RunFailedError
+
+__all__ = ["TMP_PREFIX", "AtomicWriteError", "atomic_write", "remove_stale_temporaries", "describe_write_error"]
 
 TMP_PREFIX = ".tmp-"
+# what mkstemp makes of TMP_PREFIX (8 random characters, the target's extension), and MindSpore's
+# '<name>.tmp' of such a file; nothing else is ever taken for a leftover
+_TMP_NAME = re.compile(r"\.tmp-[a-z0-9_]{8}(\.[A-Za-z0-9]+)?")
+
+
+class AtomicWriteError(RunFailedError):
+    """A file could not be written (full disk, read-only file system); the old file is unchanged."""
 
 
 @contextlib.contextmanager
@@ -31,9 +41,10 @@ def atomic_write(path: str, mode: str = "w", encoding: str = "utf-8") -> Iterato
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=os.path.splitext(path)[1], dir=directory)
+    tmp = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=os.path.splitext(path)[1], dir=directory)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding, "newline": ""})) as f:
             yield f
             f.flush()
@@ -42,8 +53,10 @@ def atomic_write(path: str, mode: str = "w", encoding: str = "utf-8") -> Iterato
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates owner-only files
         os.replace(tmp, path)
+    except OSError as err:  # a full disk or read-only folder, wherever the write failed
+        raise AtomicWriteError(describe_write_error(path, err)) from err
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
@@ -57,7 +70,7 @@ def remove_stale_temporaries(folder: str) -> List[str]:
     if not os.path.isdir(folder):
         return removed
     for entry in os.scandir(folder):
-        if entry.name.startswith(TMP_PREFIX) and entry.is_file(follow_symlinks=False):
+        if _TMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
             os.remove(entry.path)
             removed.append(entry.path)
     return removed

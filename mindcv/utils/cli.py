@@ -16,7 +16,7 @@ __all__ = ["call_cli", "run_cli", "EXIT_USER_ERROR", "EXIT_RUN_FAILED"]
 EXIT_RUN_FAILED = 1
 EXIT_USER_ERROR = 2
 # a path that does not exist or cannot be opened is the user's to fix, whoever raised it
-_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def call_cli(prog: str, main: Callable[..., Any], *args: Any, logger: Optional[logging.Logger] = None) -> int:

@@ -10,9 +10,10 @@ import fcntl
 import glob
 import logging
 import os
+import re
 import socket
 import time
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from ..errors import MindcvError
 from .atomic import remove_stale_temporaries
@@ -50,26 +51,37 @@ def previous_run_files(folder: str) -> List[str]:
     return sorted(found)
 
 
-def claim_run_dir(folder: str, resume: bool, overwrite: bool, ours: Optional[List[str]] = None) -> RunDirLock:
+def _inside(path: str, folder: str) -> bool:
+    return os.path.dirname(os.path.realpath(path)) == os.path.realpath(folder)
+
+
+def claim_run_dir(folder: str, resume_from: Optional[str], overwrite: bool, ours: Sequence[str] = ()) -> RunDirLock:
     """Lock ``folder`` for this run and check it may be written.
 
     Args:
         folder: the run's output folder (created if needed).
-        resume: this run continues the one in the folder (its files are expected there).
-        overwrite: the user allows replacing an earlier run's files; those among ``ours`` are deleted
-            so they cannot be mistaken for this run's (rotation, best metric, metrics rows).
-        ours: glob patterns of the files this run writes (relative to ``folder``).
+        resume_from: the checkpoint a resumed run continues from (``None`` for a new run). Only a
+            checkpoint of this folder's run continues it; resuming another run's checkpoint into a
+            folder that holds a run needs ``overwrite``.
+        overwrite: the user allows replacing an earlier run's files; those matching ``ours`` are
+            deleted so they cannot be mistaken for this run's (rotation, best metric, metrics rows).
+        ours: regular expressions (full match) of the names of the files this run writes.
 
     Returns:
         The held lock.
 
     Raises:
-        RunDirError: another live run holds the folder, or it holds an earlier run and neither
-            ``resume`` nor ``overwrite`` was given.
+        RunDirError: another live run holds the folder; it holds an earlier run this run does not
+            continue and ``overwrite`` was not given; or it cannot be created or written.
     """
-    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileExistsError:
+        raise RunDirError(f"output folder '{folder}' exists but is not a folder") from None
+    except OSError as err:
+        raise RunDirError(f"cannot use output folder '{folder}': {err.strerror or err}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -82,14 +94,18 @@ def claim_run_dir(folder: str, resume: bool, overwrite: bool, ours: Optional[Lis
     lock = RunDirLock(folder, fd)
     try:
         earlier = previous_run_files(folder)
-        if earlier and not resume:
+        continues = resume_from is not None and _inside(resume_from, folder)
+        if earlier and not continues:
             if not overwrite:
                 shown = ", ".join(os.path.basename(p) for p in earlier[:4]) + (" ..." if len(earlier) > 4 else "")
+                elsewhere = " (resuming another folder's checkpoint starts a new run here)" if resume_from else ""
                 raise RunDirError(
-                    f"output folder '{folder}' holds another run ({shown}); pass --overwrite True to replace "
-                    "it, --resume True with --ckpt_path to continue it, or choose another --ckpt_save_dir"
+                    f"output folder '{folder}' holds another run ({shown}){elsewhere}; pass --overwrite True to "
+                    "replace it, --resume True with --ckpt_path to one of its checkpoints to continue it, or "
+                    "choose another --ckpt_save_dir"
                 )
-            doomed = sorted({p for pattern in ours or () for p in glob.glob(os.path.join(folder, pattern))})
+            patterns = [re.compile(p) for p in ours]
+            doomed = sorted(e.path for e in os.scandir(folder) if any(p.fullmatch(e.name) for p in patterns))
             for p in doomed:
                 os.remove(p)
             if doomed:

@@ -216,8 +216,20 @@ class _Rebuild(_Inert):
         return args[0]
 
 
+class _UniqueKeyDict(OrderedDict):
+    """``collections.OrderedDict`` of the file (a state dict): a key set twice would silently win."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key in self:
+            raise TorchFileError(f"the state dict sets key {_short(key)} twice")
+        super().__setitem__(key, value)
+
+    def __reduce__(self):  # never pickled again
+        raise TypeError("not picklable")
+
+
 _TENSOR_GLOBALS: Dict[Tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): OrderedDict,
+    ("collections", "OrderedDict"): _UniqueKeyDict,
     ("torch._utils", "_rebuild_tensor_v2"): _Rebuild("_rebuild_tensor_v2", 4, 7, False),
     ("torch._utils", "_rebuild_tensor"): _Rebuild("_rebuild_tensor", 4, 4, False),
     ("torch._utils", "_rebuild_parameter"): _Rebuild("_rebuild_parameter", 3, 3, True),
@@ -536,7 +548,7 @@ class _Materialiser:
             return self.done[id(obj)]
         if kind is _TensorRecord:
             out: Any = self.tensor(obj, where)
-        elif kind in (dict, OrderedDict):
+        elif kind in (dict, OrderedDict, _UniqueKeyDict):
             out = OrderedDict()
             for key, value in obj.items():
                 self._check_key(key, where)
