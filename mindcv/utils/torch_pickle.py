@@ -50,6 +50,11 @@ crafted ones included:
   zipfile or struct errors. There is no interpreter crash and no hang;
   ``tests/test_fuzz_checkpoint.py`` checks all of this on thousands of crafted files in child processes.
 
+* **A key set twice** in an ``OrderedDict`` (how ``torch.save`` writes state dicts) is refused. In a
+  plain ``dict`` built by the ``EMPTY_DICT``/``SETITEMS`` opcodes, Python's C unpickler keeps the last
+  value without any hook, so such a duplicate cannot be seen (a known limit; the pure-Python unpickler
+  would see it but is more permissive elsewhere).
+
 bfloat16 tensors are returned as float32. A big-endian file (zip ``byteorder`` record, or legacy
 ``little_endian=False``) is read correctly.
 """
@@ -221,15 +226,20 @@ class _UniqueKeyDict(OrderedDict):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if key in self:
-            raise TorchFileError(f"the state dict sets key {_short(key)} twice")
+            raise TorchFileError(f"a dict of the file sets key {_short(key)} twice")
         super().__setitem__(key, value)
 
-    def __reduce__(self):  # never pickled again
-        raise TypeError("not picklable")
+
+class _OrderedDictFactory(_Inert):
+    """Stand-in for the ``collections.OrderedDict`` global: an inert callable (BUILD on a class would
+    change the class for every later file) making dicts that refuse a key set twice."""
+
+    def __call__(self, *args: Any) -> _UniqueKeyDict:
+        return _UniqueKeyDict(*args)
 
 
 _TENSOR_GLOBALS: Dict[Tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): _UniqueKeyDict,
+    ("collections", "OrderedDict"): _OrderedDictFactory(),
     ("torch._utils", "_rebuild_tensor_v2"): _Rebuild("_rebuild_tensor_v2", 4, 7, False),
     ("torch._utils", "_rebuild_tensor"): _Rebuild("_rebuild_tensor", 4, 4, False),
     ("torch._utils", "_rebuild_parameter"): _Rebuild("_rebuild_parameter", 3, 3, True),
