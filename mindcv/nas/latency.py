@@ -29,6 +29,7 @@ from ..models.arch import decode_arch_def, parse_arch_string, round_channels
 from ..models.fuse import fuse_bn
 from ..models.layers import BLOCK_CLASSES, ConvBnAct, make_norm_layer
 from ..models.mnasnet import MnasNet
+from ..utils.atomic import atomic_write
 from .state import SearchStateError, StateChecker, read_json
 
 __all__ = [
@@ -173,10 +174,8 @@ def _key_cell(key: Tuple) -> Tuple[nn.Cell, Tuple[int, ...]]:
 
 def write_json_atomic(path: str, data) -> None:
     """Write JSON so that a crash never leaves a half-written file at ``path``."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _key_str(key: Tuple) -> str:

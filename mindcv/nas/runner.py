@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..models.arch import format_arch_string
 from ..models.mnasnet import ARCH_DEFS
+from ..utils.atomic import atomic_write
 from .latency import LatencyTableError, LatencyWorker, host_description, read_latency_table, write_json_atomic
 from .proxy import ProxyConfig, ProxyTask
 from .reward import CONSTRAINTS, mnas_reward
@@ -341,15 +342,13 @@ CSV_FIELDS = [
 
 def write_csv(state: Dict[str, Any], path: str) -> None:
     """Every evaluated candidate (and the references, strategy ``reference``) as one CSV row."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path) as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for label, ref in state["references"].items():
             writer.writerow({**ref, "strategy": f"reference:{label}", "step": -1, "sample": -1})
         for record in state["records"]:
             writer.writerow(record)
-    os.replace(tmp, path)
 
 
 def summarize(cfg: SearchConfig, state: Dict[str, Any], evaluate: _Evaluator) -> Dict[str, Any]:
