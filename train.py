@@ -6,8 +6,11 @@ a metrics row (CSV / JSON lines) and a PNG of the curves into ``--ckpt_save_dir`
 """
 
 import logging
+import math
 import os
 import re
+
+import numpy as np
 
 import mindspore as ms
 import mindspore.dataset as ds
@@ -165,6 +168,12 @@ def main(args) -> int:
             unreadable_log=os.path.join(args.ckpt_save_dir, "unreadable_val_images.tsv"),
             **common,
         )
+        split_dirs = [os.path.realpath(os.path.join(str(val_set.root), s)) for s in (args.train_split, args.val_split)]
+        if split_dirs[0] == split_dirs[1] and os.path.isdir(split_dirs[0]):
+            raise ConfigError(
+                f"val_split '{args.val_split}' and train_split '{args.train_split}' are the same folder "
+                f"'{split_dirs[0]}': validation would score the training images"
+            )
         val_loader = create_loader(
             val_set,
             args.batch_size,
@@ -464,13 +473,24 @@ def resume(path: str, model, optimizer, ema, step):
     if not path:
         raise ConfigError("--resume needs --ckpt_path <a checkpoint written by train.py>")
     tensors, meta = read_checkpoint(path)
-    non_finite = find_non_finite(tensors)  # weights, EMA and optimizer moments alike
+    # weights, EMA and optimizer moments alike, as the float32 they become (a float64 1e300 is inf there)
+    with np.errstate(over="ignore", invalid="ignore"):
+        as_float32 = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in tensors.items()}
+    non_finite = find_non_finite(as_float32)
     if non_finite:
         raise NonFiniteWeightsError(path, non_finite)
     if "epoch" not in meta or not any(k.startswith("optimizer.") for k in tensors):
         raise CheckpointError(
             f"'{path}' is not a training checkpoint of train.py (no optimizer state / epoch); "
             "to start from its weights use --ckpt_path without --resume"
+        )
+    epoch, global_step, loss_scale = meta.get("epoch"), meta.get("global_step"), meta.get("loss_scale", 1.0)
+    counts_ok = all(type(v) is int and 0 <= v < 2**31 for v in (epoch, global_step))
+    scale_ok = type(loss_scale) in (int, float) and math.isfinite(loss_scale) and loss_scale > 0
+    if not (counts_ok and scale_ok):
+        raise CheckpointError(
+            f"'{path}': invalid training metadata (epoch {epoch!r}, global_step {global_step!r}, "
+            f"loss_scale {loss_scale!r}): expected integers >= 0 and a finite loss scale > 0"
         )
     load_state_dict_into(
         model,
@@ -480,11 +500,14 @@ def resume(path: str, model, optimizer, ema, step):
     )
     load_optimizer_state(optimizer, {k: v for k, v in tensors.items() if k.startswith("optimizer.")}, path)
     if ema is not None:
-        ema.load_state_dict(tensors)
-    step.loss_scale.set_data(ms.Tensor(float(meta.get("loss_scale", 1.0)), ms.float32))
+        try:
+            ema.load_state_dict(tensors)
+        except KeyError as err:
+            raise CheckpointError(f"'{path}': {err.args[0]}") from None
+    step.loss_scale.set_data(ms.Tensor(float(loss_scale), ms.float32))
     if "train_step.loss_scale_good_steps" in tensors:
         step.good_steps.set_data(ms.Tensor(tensors["train_step.loss_scale_good_steps"], ms.int32))
-    return int(meta["epoch"]), int(meta["global_step"]), meta.get("best_metric")
+    return epoch, global_step, meta.get("best_metric")
 
 
 def cli() -> int:

@@ -429,16 +429,31 @@ def test_a_float64_value_that_overflows_float32_is_refused(tmp_path):
         create_model("mnasnet_050", num_classes=3, checkpoint_path=path)
 
 
-def test_a_key_with_and_without_a_wrapper_prefix_is_refused(tmp_path):
+@pytest.mark.parametrize("prefix", ["module.", "network.module.", "module.module.", "_backbone.network."])
+def test_a_key_with_and_without_a_wrapper_prefix_is_refused(tmp_path, prefix):
     def both(state):
-        state["module.conv_stem.weight"] = state["conv_stem.weight"] + 5.0
+        state[prefix + "conv_stem.weight"] = state["conv_stem.weight"] + 5.0
 
     path = _native_safetensors(tmp_path / "both.safetensors", both)
     with pytest.raises(CheckpointError, match=r"both.safetensors: the checkpoint holds 'conv_stem.weight' twice"):
         create_model("mnasnet_050", num_classes=3, checkpoint_path=path)
 
 
-@pytest.mark.parametrize("eps", ["abc", [1], float("nan"), float("inf"), 0, -1e-3, 1.5, True])
+@pytest.mark.parametrize("shape", [(0, 1280), (3,)])
+def test_a_classifier_that_is_not_one_is_refused_not_replaced(tmp_path, shape):
+    """A (0, 1280) or 1-D classifier used to make infer/validate/export swap in a random head, exit 0."""
+    from mindcv.models.model_factory import weights_num_classes
+
+    def broken(state):
+        state["classifier.weight"] = np.zeros(shape, np.float32)
+        state["classifier.bias"] = np.zeros(shape[:1], np.float32)
+
+    path = _native_safetensors(tmp_path / "head.safetensors", broken)
+    with pytest.raises(CheckpointError, match=r"classifier.weight has shape"):
+        weights_num_classes("mnasnet_050", path)
+
+
+@pytest.mark.parametrize("eps", ["abc", [1], float("nan"), float("inf"), 0, -1e-3, 1.5, True, 1e-320])
 def test_a_recorded_bn_eps_that_is_not_an_epsilon_is_refused(tmp_path, eps):
     meta = {"mindcv_meta": json.dumps({"bn_eps": eps})}
     path = _native_safetensors(tmp_path / "eps.safetensors", lambda state: None, meta)

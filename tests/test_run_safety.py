@@ -185,3 +185,26 @@ def test_resume_refuses_a_checkpoint_with_non_finite_optimizer_state(tmp_path):
     save_checkpoint(tensors, path, {"epoch": 1, "global_step": 6})
     with pytest.raises(NonFiniteWeightsError, match=r"optimizer\.moment1\.conv_stem\.weight \(108 non-finite"):
         train.resume(path, model=None, optimizer=None, ema=None, step=None)
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"optimizer.moment1.conv_stem.weight": np.full((4, 3, 3, 3), 1e300)}, "non-finite"),  # inf as float32
+        ({"meta": {"epoch": "x", "global_step": 6}}, "invalid training metadata"),
+        ({"meta": {"epoch": 1}}, "invalid training metadata"),
+        ({"meta": {"epoch": -5, "global_step": 6}}, "invalid training metadata"),
+        ({"meta": {"epoch": 1, "global_step": 6, "loss_scale": float("nan")}}, "invalid training metadata"),
+        ({"meta": {"epoch": 1, "global_step": 6, "loss_scale": -1.0}}, "invalid training metadata"),
+    ],
+)
+def test_resume_refuses_checkpoints_it_cannot_continue_exactly(tmp_path, change, problem):
+    import train
+    from mindcv.models.checkpoint import CheckpointError, save_checkpoint
+
+    path = str(tmp_path / "m-1_6.ckpt")
+    tensors = {**_tensors(), "optimizer.moment1.conv_stem.weight": np.zeros((4, 3, 3, 3), np.float32)}
+    tensors.update({k: v for k, v in change.items() if k != "meta"})
+    save_checkpoint(tensors, path, change.get("meta", {"epoch": 1, "global_step": 6}))
+    with pytest.raises(CheckpointError, match=problem):
+        train.resume(path, model=None, optimizer=None, ema=None, step=None)

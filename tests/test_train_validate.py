@@ -345,3 +345,13 @@ def test_validate_refuses_random_weights_and_a_random_head(tiny_data, tmp_path):
     run = _run("validate.py", _validate_args(tiny_data, "--random_weights", "True", "--result_file", str(result)))
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(result.read_text())["num_samples"] == 21
+
+
+def test_a_validation_split_that_is_the_training_split_is_refused(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train").symlink_to(os.path.join(tiny_data, "train"))
+    (data / "val").symlink_to("train")
+    args = _common(str(data), str(tmp_path / "out"), 0, epochs=1, extra=("--val_while_train", "True"))
+    run = _run("train.py", args)
+    assert run.returncode == 2 and "are the same folder" in run.stderr and "Traceback" not in run.stderr

@@ -422,9 +422,12 @@ def detect_layout(keys: Iterable[str]) -> str:
 
 
 def _strip_prefixes(key: str) -> str:
-    for prefix in ("module.", "network.", "_backbone."):
-        if key.startswith(prefix):
-            key = key[len(prefix) :]
+    stripped = True
+    while stripped:  # wrappers nest in any order: 'network.module.x', 'module.module.x'
+        stripped = False
+        for prefix in ("module.", "network.", "_backbone."):
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix) :], True
     return key
 
 
@@ -444,7 +447,8 @@ def source_bn_eps(layout: str, meta: Optional[Dict[str, Any]] = None) -> Optiona
         return MINDCV_BN_EPS
     if meta and meta.get("bn_eps") is not None:
         eps = meta["bn_eps"]
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < 1.0:
+        # the model computes in float32: 1e-320 is positive here and 0 there
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < float(np.float32(eps)) < 1.0:
             raise CheckpointError(f"the checkpoint's recorded bn_eps {eps!r} is not a number in (0, 1)")
         return float(eps)
     return None

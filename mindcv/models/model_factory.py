@@ -134,7 +134,13 @@ def checkpoint_num_classes(path: str, ema: bool = False) -> Optional[int]:
     """
     state_dict, _, _ = read_converted(path, ema)
     weight = state_dict.get("classifier.weight")
-    return None if weight is None else int(weight.shape[0])
+    if weight is None:
+        return None
+    if weight.ndim != 2 or weight.shape[0] < 1:
+        raise CheckpointError(
+            f"'{path}': classifier.weight has shape {tuple(weight.shape)}, not (classes >= 1, features)"
+        )
+    return int(weight.shape[0])
 
 
 def weights_num_classes(
