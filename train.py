@@ -502,7 +502,7 @@ def resume(path: str, model, optimizer, ema, step):
     if ema is not None:
         try:
             ema.load_state_dict(tensors)
-        except KeyError as err:
+        except (KeyError, ValueError) as err:
             raise CheckpointError(f"'{path}': {err.args[0]}") from None
     step.loss_scale.set_data(ms.Tensor(float(loss_scale), ms.float32))
     if "train_step.loss_scale_good_steps" in tensors:

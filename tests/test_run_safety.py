@@ -208,3 +208,27 @@ def test_resume_refuses_checkpoints_it_cannot_continue_exactly(tmp_path, change,
     save_checkpoint(tensors, path, change.get("meta", {"epoch": 1, "global_step": 6}))
     with pytest.raises(CheckpointError, match=problem):
         train.resume(path, model=None, optimizer=None, ema=None, step=None)
+
+
+def test_optimizer_and_ema_state_of_the_wrong_shape_is_refused_before_anything_changes():
+    """It used to reach MindSpore's graph compiler and end in its traceback."""
+    from mindcv.models import create_model
+    from mindcv.models.checkpoint import CheckpointError
+    from mindcv.optim import create_optimizer
+    from mindcv.optim.optim_factory import load_optimizer_state
+    from mindcv.utils.ema import EMA
+
+    model = create_model("mnasnet_050", num_classes=3)
+    optimizer = create_optimizer(model, "adamw", lr=0.01)
+    state = {f"optimizer.{p.name}": p.asnumpy() for p in optimizer.get_parameters()}
+    moment = "optimizer.adam_m.conv_stem.weight"
+    state[moment] = np.zeros(5, np.float32)
+    with pytest.raises(CheckpointError, match=r"optimizer state of the wrong shape .*conv_stem.weight \(5,\)"):
+        load_optimizer_state(optimizer, state, "x.ckpt")
+    ema = EMA(model, 0.9)
+    ema_state = ema.state_dict()
+    before = ema_state["ema.conv_stem.weight"].copy()
+    ema_state["ema.bn1.gamma"] = np.zeros(5, np.float32)
+    with pytest.raises(ValueError, match=r"EMA state 'ema.bn1.gamma' has shape \(5,\)"):
+        ema.load_state_dict({**ema_state, "ema.conv_stem.weight": before + 1})
+    assert np.array_equal(ema.state_dict()["ema.conv_stem.weight"], before)  # nothing was changed

@@ -220,6 +220,13 @@ def load_optimizer_state(optimizer: nn.Optimizer, tensors: Dict[str, Any], sourc
         raise CheckpointError(
             f"'{source}' has no optimizer state for {len(missing)} tensors, e.g. {missing[:3]} (different optimizer?)"
         )
+    wrong = [
+        f"{p.name} {tuple(state[p.name].shape)} vs {tuple(p.shape)}" for p in params if state[p.name].shape != p.shape
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"'{source}': optimizer state of the wrong shape for {len(wrong)} tensors, e.g. {wrong[:3]}"
+        )
     for p in params:
         p.set_data(ms.Tensor(state[p.name], p.dtype))
 

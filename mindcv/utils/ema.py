@@ -53,10 +53,16 @@ class EMA(nn.Cell):
         return state
 
     def load_state_dict(self, state: Dict[str, np.ndarray]) -> None:
-        """Restore from :meth:`state_dict` output; a missing entry is an error naming it."""
+        """Restore from :meth:`state_dict` output; a missing entry (KeyError) or a wrong shape (ValueError) is an
+        error naming it, raised before anything is changed."""
         for p in list(self.ema_weights) + [self.updates]:
             if p.name not in state:
                 raise KeyError(f"checkpoint has no EMA state '{p.name}' (was it trained with --ema?)")
+            if tuple(np.shape(state[p.name])) != tuple(p.shape):
+                raise ValueError(
+                    f"EMA state '{p.name}' has shape {np.shape(state[p.name])}, the model {tuple(p.shape)}"
+                )
+        for p in list(self.ema_weights) + [self.updates]:
             p.set_data(Tensor(state[p.name], p.dtype))
 
     def copy_to(self, model: nn.Cell) -> None:
