@@ -459,3 +459,23 @@ def test_a_recorded_bn_eps_that_is_not_an_epsilon_is_refused(tmp_path, eps):
     path = _native_safetensors(tmp_path / "eps.safetensors", lambda state: None, meta)
     with pytest.raises(CheckpointError, match=r"eps.safetensors: the checkpoint's recorded bn_eps .* not a number"):
         create_model("mnasnet_050", num_classes=3, checkpoint_path=path)
+
+
+@pytest.mark.parametrize(
+    "meta, problem",
+    [
+        ({"eval_transform": [1, 2]}, "'eval_transform' must be an object"),
+        ({"eval_transform": {"image_resize": "big"}}, "'eval_transform.image_resize' must be an integer >= 1"),
+        ({"eval_transform": {"image_resize": -5}}, "'eval_transform.image_resize' must be an integer >= 1"),
+        ({"eval_transform": {"crop_pct": 7}}, r"'eval_transform.crop_pct' must be a number in \(0, 1\]"),
+        ({"eval_transform": {"std": [0, 1, 1]}}, "'eval_transform.std' must be numbers > 0"),
+        ({"eval_transform": {"rm_rf": 1}}, "unknown 'eval_transform' entry 'rm_rf'"),
+        ({"num_classes": 0}, "'num_classes' must be an integer >= 1"),
+        ({"class_names": "abc"}, "'class_names' must be a list of strings"),
+    ],
+)
+def test_metadata_the_tools_rely_on_is_validated_at_read_time(tmp_path, meta, problem):
+    """A crafted eval_transform used to end in a TypeError traceback in validate.py and infer.py."""
+    path = _native_safetensors(tmp_path / "meta.safetensors", lambda state: None, {"mindcv_meta": json.dumps(meta)})
+    with pytest.raises(CheckpointError, match=r"meta.safetensors': invalid metadata: " + problem):
+        read_checkpoint(path)

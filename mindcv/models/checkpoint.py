@@ -180,7 +180,55 @@ def _decode_meta(path: str, value: Any) -> Dict[str, Any]:
         raise CheckpointError(f"checkpoint '{path}': '{META_KEY}' is not valid JSON ({_clip(str(err))})") from None
     if not isinstance(decoded, dict):
         raise CheckpointError(f"checkpoint '{path}': '{META_KEY}' is a JSON {type(decoded).__name__}, not an object")
+    problem = _metadata_problem(decoded)
+    if problem:
+        raise CheckpointError(f"checkpoint '{path}': invalid metadata: {problem}")
     return decoded
+
+
+def _is_int(value: Any, low: int = 1) -> bool:
+    return type(value) is int and value >= low
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float) and np.isfinite(value)
+
+
+# what the readers of this package's metadata (validate.py, infer.py, export.py, create_model) rely on
+_EVAL_TRANSFORM_CHECKS = {
+    "image_resize": (_is_int, "an integer >= 1"),
+    "resize_size": (_is_int, "an integer >= 1"),
+    "crop_pct": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "interpolation": (lambda v: isinstance(v, str), "a string"),
+    "mean": (lambda v: isinstance(v, list) and len(v) >= 1 and all(_is_number(x) for x in v), "a list of numbers"),
+    "std": (lambda v: isinstance(v, list) and len(v) >= 1 and all(_is_number(x) and x > 0 for x in v), "numbers > 0"),
+}
+_METADATA_CHECKS = {
+    "num_classes": (_is_int, "an integer >= 1"),
+    "class_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "width_mult": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "model": (lambda v: isinstance(v, str), "a string"),
+    "arch": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _metadata_problem(meta: Dict[str, Any]) -> Optional[str]:
+    """Why this package's metadata cannot be used as it is (a crafted or damaged file), or None."""
+    for key, (valid, text) in _METADATA_CHECKS.items():
+        if meta.get(key) is not None and not valid(meta[key]):
+            return f"'{key}' must be {text}, got {_clip(repr(meta[key]))}"
+    transform = meta.get("eval_transform")
+    if transform is None:
+        return None
+    if not isinstance(transform, dict):
+        return f"'eval_transform' must be an object, got {_clip(repr(transform))}"
+    for key, value in transform.items():
+        if key not in _EVAL_TRANSFORM_CHECKS:
+            return f"unknown 'eval_transform' entry '{_clip(str(key))}' (valid: {', '.join(_EVAL_TRANSFORM_CHECKS)})"
+        valid, text = _EVAL_TRANSFORM_CHECKS[key]
+        if value is not None and not valid(value):
+            return f"'eval_transform.{key}' must be {text}, got {_clip(repr(value))}"
+    return None
 
 
 # MindSpore .ckpt element types (mindspore.train.serialization.tensor_to_ms_type) -> numpy; 'str' holds strings
