@@ -46,7 +46,12 @@ setup(
         "plot": ["matplotlib>=3.5"],
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
     },
-    entry_points={"console_scripts": ["mindcv-convert=mindcv.tools.convert_weights:main"]},
+    entry_points={
+        "console_scripts": [
+            "mindcv-convert=mindcv.tools.convert_weights:main",
+            "mindcv-cpu-isa=mindcv.utils.cpu_isa:main",
+        ]
+    },
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
     license="Apache-2.0",
 )

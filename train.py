@@ -34,6 +34,7 @@ from mindcv.optim.optim_factory import load_optimizer_state
 from mindcv.scheduler import create_scheduler
 from mindcv.utils.checkpoint_manager import CheckpointManager
 from mindcv.utils.cli import run_cli
+from mindcv.utils.cpu_isa import environment_line
 from mindcv.utils.ema import EMA
 from mindcv.utils.finite import find_non_finite
 from mindcv.utils.logger import set_logger
@@ -298,6 +299,8 @@ def main(args) -> int:
             "GRAPH" if args.mode == 0 else "PYNATIVE",
             runtime.group_size,
         )
+        if args.device_target == "CPU":
+            logger.info("CPU kernels: %s", environment_line())
         logger.info(
             "data: %s (%d classes) %d train samples/epoch per device, %d batches%s",
             args.dataset,

@@ -20,6 +20,7 @@ import mindspore as ms
 
 from mindcv.data import create_dataset, create_loader, create_transforms
 from mindcv.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from mindcv.utils.cpu_isa import environment_line
 
 MEAN = np.array(IMAGENET_DEFAULT_MEAN, np.float32)
 STD = np.array(IMAGENET_DEFAULT_STD, np.float32)
@@ -84,6 +85,7 @@ def main() -> None:
         make_images(root, args.images)
         files = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, "train")) for f in fs)
         print(f"{len(files)} JPEGs of 256x256, batch 32, {os.cpu_count()} CPUs")
+        print(f"  host: {environment_line()}")
         for training in (True, False):
             kind = "train" if training else "eval "
             pil = pil_loop(files, training)

@@ -10,13 +10,15 @@ steady-state images/s of each (the first epoch, which includes graph compilation
 import argparse
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from mindcv.utils.cpu_isa import environment_line  # noqa: E402  (chooses the CPU kernels the ranks inherit)
 
 
 def _free_port() -> int:
@@ -101,12 +103,8 @@ def main() -> None:
             capture_output=True,
         )
         results[2] = _throughput(dual, 2)
-    cpu = (
-        re.sub(r"\s+", " ", open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": "))
-        if os.path.exists("/proc/cpuinfo")
-        else "?"
-    )
-    print(f"{args.model} at {args.size}x{args.size}, global batch {args.batch}, {os.cpu_count()} CPUs ({cpu})")
+    print(f"{args.model} at {args.size}x{args.size}, global batch {args.batch}, {os.cpu_count()} CPUs")
+    print(f"  host: {environment_line()} (each rank sets its own op threads)")
     print(f"  1 worker : {results[1]:7.1f} img/s")
     print(f"  2 workers: {results[2]:7.1f} img/s  ({results[2] / results[1]:.2f}x)")
 

@@ -18,6 +18,7 @@ import mindspore as ms
 
 from mindcv.models import create_model
 from mindcv.models.fuse import fuse_bn
+from mindcv.utils.cpu_isa import environment_line
 
 
 def measure(model_name: str, mode: int, batch: int, size: int, repeats: int, fused: bool = False) -> dict:
@@ -52,6 +53,7 @@ def main() -> None:
     pynative = measure(args.model, ms.PYNATIVE_MODE, args.batch, args.size, args.repeats)
     fused = measure(args.model, ms.GRAPH_MODE, args.batch, args.size, args.repeats, fused=True)
     print(f"{args.model}, batch {args.batch}, {args.size}x{args.size}, fp32, CPU")
+    print(f"  host: {environment_line()}")
     for name, r in (("GRAPH", graph), ("PYNATIVE", pynative), ("GRAPH+BN-fold", fused)):
         print(
             f"  {name:13s} first call {r['first_call_s']:.2f} s, "
@@ -71,7 +73,9 @@ def main() -> None:
             check=True,
         )
         tv = json.loads(run.stdout.strip().splitlines()[-1])
-        print(f"  torchvision eager (torch {tv['torch']}): {tv['img_per_s']:.1f} img/s")
+        print(
+            f"  torchvision eager (torch {tv['torch']}, {tv.get('threads', '?')} threads): {tv['img_per_s']:.1f} img/s"
+        )
         print(f"  mindcv GRAPH+BN-fold / torchvision eager: {fused['img_per_s'] / tv['img_per_s']:.2f}x")
 
 

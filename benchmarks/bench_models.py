@@ -31,7 +31,8 @@ from bench_train import build_train_step  # noqa: E402
 from export import export_model, make_onnx_batch_dynamic  # noqa: E402
 from mindcv.models import create_model, list_models  # noqa: E402
 from mindcv.models.fuse import fuse_bn  # noqa: E402
-from mindcv.nas.latency import host_description, time_calls  # noqa: E402
+from mindcv.nas.latency import time_calls  # noqa: E402
+from mindcv.utils.cpu_isa import environment_line  # noqa: E402
 from mindcv.utils.model_stats import count_macs, count_params  # noqa: E402
 
 TORCHVISION_WIDTHS = {"mnasnet_050": 0.5, "mnasnet_075": 0.75, "mnasnet_100": 1.0, "mnasnet_130": 1.3}
@@ -151,7 +152,7 @@ def main() -> None:
             row["ORT_b1"], row["ORT_bN"] = ort_times["ours"][1], ort_times["ours"][args.batch]
         rows[name] = row
 
-    host = f"{host_description()}, MindSpore {ms.__version__}"
+    host = environment_line()
     lines = [
         f"Host: {host}; fp32, {args.size}x{args.size}, BatchNorm folded for inference; latency = batch 1 "
         f"median / p90 in ms; throughput in img/s at batch {args.batch}; training = one RMSProp step at "
@@ -208,7 +209,7 @@ def torchvision_comparison(args, rows: Dict[str, dict], with_onnx: bool, tmp: st
             ours_path = os.path.join(tmp, f"{name}.onnx")
             both = onnxruntime_side_by_side({"ours": ours_path, "tv": tv_path}, args.size, [args.batch], args.repeats)
             ours_ort, tv_ort = both["ours"][args.batch], both["tv"][args.batch]
-        version = f"torch {tv_infer['torch']}"
+        version = f"torch {tv_infer['torch']}, {tv_infer.get('threads', '?')} threads"
         lines.append(
             f"| {name} vs MNASNet({alpha}), {version} "
             f"| {fmt_rate(r['GRAPH_bN'], args.batch)} | {fmt_rate(tv_infer, args.batch)} "

@@ -18,6 +18,7 @@ import mindspore as ms
 from mindcv.loss import create_loss
 from mindcv.models import create_model
 from mindcv.optim import create_optimizer
+from mindcv.utils.cpu_isa import environment_line
 from mindcv.utils.train_step import NetWithLoss, TrainStep
 
 
@@ -62,6 +63,7 @@ def main() -> None:
     graph = measure(args.model, ms.GRAPH_MODE, args.batch, args.size, args.steps)
     pynative = measure(args.model, ms.PYNATIVE_MODE, args.batch, args.size, args.steps)
     print(f"{args.model} training step, batch {args.batch}, {args.size}x{args.size}, fp32, RMSProp, CPU")
+    print(f"  host: {environment_line()}")
     for name, r in (("GRAPH", graph), ("PYNATIVE", pynative)):
         steady = f"steady {r['median_s']:.2f} s/step = {r['img_per_s']:.1f} img/s"
         print(f"  {name:9s} first step {r['first_s']:.1f} s, {steady}")

@@ -39,7 +39,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = torchvision.models.MNASNet(args.alpha)
     x = torch.randn(args.batch, 3, args.size, args.size)
-    result = {"torch": torch.__version__, "torchvision": torchvision.__version__}
+    result = {"torch": torch.__version__, "torchvision": torchvision.__version__, "threads": torch.get_num_threads()}
     if args.what == "onnx":
         model.eval()
         torch.onnx.export(

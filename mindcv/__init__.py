@@ -1,5 +1,10 @@
 """mindcv: a MindSpore model suite for MnasNet."""
 
+# isort: off
+from .utils.cpu_isa import apply_cpu_isa as _apply_cpu_isa
+
+_apply_cpu_isa()  # before MindSpore's first CPU kernel: oneDNN fixes its instruction set then (utils/cpu_isa.py)
+# isort: on
 from . import data, loss, models, optim, scheduler, utils
 from .data import *  # noqa: F401,F403
 from .loss import *  # noqa: F401,F403

@@ -29,6 +29,7 @@ from mindcv.nas.runner import (
 )
 from mindcv.nas.search_space import SearchSpace
 from mindcv.nas.strategies import RandomSearch, RegularizedEvolution, ReinforceController, create_strategy
+from mindcv.utils.cpu_isa import ISA_VALUES, effective_cpu_isa
 from search import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,6 +135,28 @@ def test_latency_table_sums_layers_and_caches(tmp_path):
     assert predicted == pytest.approx(sum(max(v - overhead, 0.0) for v in layers) + overhead)
     again = LatencyTable(path, warmup=1, repeats=3, threads=0)
     assert again.predict(arch, 0.5, 32) == predicted  # read from the file, nothing re-measured
+
+
+@pytest.mark.parametrize("cpu_isa", ["SSE41", None])  # another oneDNN level, or a table from before levels were kept
+def test_latency_table_from_another_cpu_isa_is_not_reused(tmp_path, cpu_isa):
+    arch = "ds_r1_k3_s1_c16_noskip"
+    path = str(tmp_path / "lut.json")
+    table = LatencyTable(path, warmup=1, repeats=2, threads=0)
+    table.predict(arch, 0.5, 32)
+    saved = json.load(open(path))
+    assert saved["meta"]["cpu_isa"] == effective_cpu_isa() and saved["meta"]["cpu_isa"] in ISA_VALUES
+    fake = {k: 1.0e6 for k in saved["entries"]}  # absurd values: reusing them would show in the prediction
+    meta = dict(saved["meta"])
+    if cpu_isa is None:
+        del meta["cpu_isa"]
+    else:
+        meta["cpu_isa"] = cpu_isa
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "entries": fake}, f)
+    again = LatencyTable(path, warmup=1, repeats=2, threads=0)
+    assert again.entries == {}
+    assert again.predict(arch, 0.5, 32) < 1.0e5
+    assert json.load(open(path))["meta"]["cpu_isa"] == effective_cpu_isa()
 
 
 def test_spearman_and_pareto_front():

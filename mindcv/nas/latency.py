@@ -30,6 +30,7 @@ from ..models.fuse import fuse_bn
 from ..models.layers import BLOCK_CLASSES, ConvBnAct, make_norm_layer
 from ..models.mnasnet import MnasNet
 from ..utils.atomic import atomic_write
+from ..utils.cpu_isa import effective_cpu_isa
 from .state import SearchStateError, StateChecker, read_json
 
 __all__ = [
@@ -187,7 +188,8 @@ class LatencyTableError(SearchStateError):
 
 
 def read_latency_table(path: str) -> Dict:
-    """Read and check a lookup-table file: ``{"meta": {"host": str, "threads": int, ...}, "entries": {key: ms}}``
+    """Read and check a lookup-table file: ``{"meta": {"host": str, "threads": int, "cpu_isa": str, ...},
+    "entries": {key: ms}}``
     where every key is a JSON list starting with the layer kind and every latency a finite number >= 0.
 
     Raises:
@@ -204,8 +206,9 @@ def read_latency_table(path: str) -> Dict:
     meta = c.obj(saved["meta"], "$.meta", ("host", "threads"))
     c.text(meta["host"], "$.meta.host")
     c.integer(meta["threads"], "$.meta.threads", 0)
-    if "mindspore" in meta:
-        c.text(meta["mindspore"], "$.meta.mindspore")
+    for optional in ("mindspore", "cpu_isa"):
+        if optional in meta:
+            c.text(meta[optional], f"$.meta.{optional}")
     entries = c.obj(saved["entries"], "$.entries")
     for key, value in entries.items():
         where = f"$.entries[{json.dumps(key)}]"
@@ -227,16 +230,25 @@ class LatencyTable:
         warmup: untimed calls per entry.
         repeats: timed calls per entry.
         threads: recorded with the table (measurements with another thread count are not comparable).
+
+    The table also records the host, the MindSpore version and the oneDNN instruction-set level its kernels ran
+    with (:func:`mindcv.utils.cpu_isa.effective_cpu_isa`); a saved table is reused only when all of them match,
+    since a layer's latency under another level (or on another CPU) says nothing about this one.
     """
 
     def __init__(self, path: Optional[str] = None, warmup: int = 5, repeats: int = 30, threads: int = 0) -> None:
         self.path = path
         self.warmup, self.repeats = warmup, repeats
         self.entries: Dict[str, float] = {}
-        self.meta = {"host": host_description(), "threads": threads, "mindspore": ms.__version__}
+        self.meta = {
+            "host": host_description(),
+            "threads": threads,
+            "mindspore": ms.__version__,
+            "cpu_isa": effective_cpu_isa() or "none",
+        }
         if path and os.path.exists(path):
             saved = read_latency_table(path)
-            if saved["meta"]["threads"] == threads and saved["meta"]["host"] == self.meta["host"]:
+            if all(saved["meta"].get(k) == v for k, v in self.meta.items()):
                 self.entries = dict(saved["entries"])
         self._new = 0
 
@@ -330,7 +342,7 @@ def _serve(threads: int, lut_path: Optional[str], warmup: int, repeats: int) -> 
     if threads > 0:
         ms.device_context.cpu.op_tuning.threads_num(threads)
     table = None  # read on the first lookup-table query (a bad file is then reported to the parent)
-    host = host_description()
+    host, cpu_isa = host_description(), effective_cpu_isa() or "none"
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -346,7 +358,7 @@ def _serve(threads: int, lut_path: Optional[str], warmup: int, repeats: int) -> 
                 answer = {"predicted_ms": table.predict(**query), "seconds": time.perf_counter() - t0}
             else:
                 raise ValueError(f"unknown query kind '{kind}'")
-            answer.update(host=host, threads=threads)
+            answer.update(host=host, threads=threads, cpu_isa=cpu_isa)
         except Exception as err:  # reported to the parent, which raises with the message
             answer = {"error": f"{type(err).__name__}: {err}"}
         print(json.dumps(answer), flush=True)
