@@ -111,6 +111,31 @@ def torchvision_run(python: str, alpha: float, what: str, size: int, batch: int,
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def check_torch_python(python: str) -> bool:
+    """Fail before measuring anything if ``python`` lacks torch/torchvision; tell whether it can export ONNX."""
+    code = "import importlib.util, torch, torchvision; print(importlib.util.find_spec('onnx') is not None)"
+    try:
+        run = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise SystemExit(f"--torch-python {python}: cannot run it ({err})") from None
+    if run.returncode != 0:
+        tail = run.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise SystemExit(f"--torch-python {python}: torch and torchvision do not import there ({tail[0]})")
+    has_onnx = run.stdout.strip().endswith("True")
+    if not has_onnx:
+        print(f"note: {python} has no onnx package, so torchvision's ONNX export is not measured", flush=True)
+    return has_onnx
+
+
+def write_text(path: str, lines: List[str]) -> None:
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    print(f"wrote {path}", flush=True)
+
+
 def fmt_latency(r: Optional[dict]) -> str:
     return "–" if r is None else f"{r['median_s'] * 1000:.1f} / {r['p90_s'] * 1000:.1f}"
 
@@ -131,6 +156,7 @@ def main() -> None:
     parser.add_argument("--torch-python", default="", help="a Python with torch + torchvision for the comparison")
     parser.add_argument("--out", default="benchmarks/results/models.md")
     args = parser.parse_args()
+    torch_has_onnx = check_torch_python(args.torch_python) if args.torch_python else False
     ms.set_device("CPU")
     names = args.models or [m for m in list_models() if m != "mnasnet_arch"]
     modes = [("GRAPH", ms.GRAPH_MODE)] + ([] if args.no_pynative else [("PYNATIVE", ms.PYNATIVE_MODE)])
@@ -171,14 +197,10 @@ def main() -> None:
             f"| {fmt_rate(r.get('PYNATIVE_train'), args.batch)} |"
         )
 
+    write_text(args.out, lines)  # kept even if the comparison below fails
     if args.torch_python:
-        lines += torchvision_comparison(args, rows, with_onnx, tmp)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(f"wrote {args.out}")
+        lines += torchvision_comparison(args, rows, with_onnx and torch_has_onnx, tmp)
+        write_text(args.out, lines)
 
 
 def torchvision_comparison(args, rows: Dict[str, dict], with_onnx: bool, tmp: str) -> List[str]:

@@ -5,17 +5,20 @@ bfloat16), oneDNN picks a reference fallback for MindSpore's plain NCHW tensors 
 about 100x slower than when oneDNN is capped at AVX2; training and inference run about 10x slower. On an
 AVX2-only CPU the default is already the best choice.
 
-So at ``import mindcv`` (and therefore in every CLI, launcher rank and worker process), when the user has
-not set ``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA`` and MindSpore runs on the CPU, the package:
+So at ``import mindcv`` (and therefore in every CLI, launcher rank and worker process), on an x86 CPU with
+MindSpore's oneDNN and unless the user set ``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA``, the package:
 
 1. looks up the cached decision for this CPU model, its instruction-set flags, and the MindSpore and
    oneDNN versions in ``<cache>/cpu_isa.json`` (``<cache>`` is ``$MINDCV_HOME`` or ``~/.cache/mindcv``);
 2. if there is none, times a few representative convolutions (dense 3x3, depthwise 3x3 and 5x5, pointwise;
    forward and backward) once under the default and once under each lower instruction-set level the CPU
    supports (AVX-512 variants down to AVX2), each in a child process because oneDNN fixes the level at its
-   first primitive; a cap is chosen only when it is at least ``1 / MIN_SPEEDUP`` faster than the default;
+   first primitive; a cap is chosen only when it is at least ``MIN_SPEEDUP`` (1.3x) faster than the default
+   and changes oneDNN's level; one process measures while others wait on a file lock, and a measurement with
+   a failed probe is not cached;
 3. applies the cap through oneDNN's ``dnnl_set_max_cpu_isa`` in this process and exports
-   ``ONEDNN_MAX_CPU_ISA`` for child processes.
+   ``ONEDNN_MAX_CPU_ISA`` for child processes, with ``MINDCV_CPU_ISA_CHOSEN=<cap>@<host digest>`` marking it
+   as ours (a child on another CPU, or one given its own setting or the off switch, decides afresh).
 
 ``MINDCV_AUTO_CPU_ISA=0`` turns the selection off. :func:`cpu_isa_report` (or ``mindcv-cpu-isa``) shows
 what was measured and what is in effect.
@@ -24,6 +27,7 @@ what was measured and what is in effect.
 import contextlib
 import ctypes
 import datetime
+import hashlib
 import importlib.util
 import json
 import logging
@@ -32,6 +36,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -89,9 +94,18 @@ MEASURING_ENV = "MINDCV_CPU_ISA_MEASURING"
 CANDIDATES_ENV = "MINDCV_CPU_ISA_CANDIDATES"  # comma-separated caps to try instead of the automatic list
 CACHE_NAME = "cpu_isa.json"
 CACHE_VERSION = 1
-MIN_SPEEDUP = 1.1
+# Identical settings measured in separate processes differ by up to ~20% on a shared machine; the case this
+# exists for (AVX-512 reference kernels) is ~10x. A margin well above the noise keeps noise from choosing.
+MIN_SPEEDUP = 1.3
 CHILD_TIMEOUT_S = 120.0
-LOCK_TIMEOUT_S = 900.0  # another process measuring takes seconds; a stuck one must not block forever
+LOCK_TIMEOUT_S = 900.0  # default wait for another process measuring ($MINDCV_LOCK_TIMEOUT overrides)
+# names oneDNN also accepts for a level (its CPU dispatcher controls), and "ALL" for no cap
+ISA_ALIASES = {
+    "ALL": "DEFAULT",
+    "AVX512_CORE_FP16": "AVX10_1_512",
+    "AVX512_CORE_AMX": "AVX10_1_512_AMX",
+    "AVX512_CORE_AMX_FP16": "AVX10_1_512_AMX_FP16",
+}
 
 
 class CpuIsaDecision:
@@ -162,12 +176,14 @@ def host_best_isa(flags: Optional[Sequence[str]] = None) -> Optional[str]:
 def candidate_caps(flags: Optional[Sequence[str]] = None) -> List[str]:
     """The caps worth measuring against the default on a CPU with these flags (best level first).
 
-    ``$MINDCV_CPU_ISA_CANDIDATES`` (comma-separated cap names) replaces the automatic list.
+    ``$MINDCV_CPU_ISA_CANDIDATES`` (comma-separated cap names, or ``none``) replaces the automatic list.
 
     Raises:
         ValueError: the variable names an unknown cap.
     """
     listed = os.environ.get(CANDIDATES_ENV, "").strip()
+    if listed.lower() == "none":
+        return []
     if listed:
         caps = [c.strip().upper() for c in listed.split(",") if c.strip()]
         for cap in caps:
@@ -286,6 +302,9 @@ def _fingerprint_key(fp: Dict[str, object]) -> str:
 
 # ------------------------------------------------------------------------------------------------- measurement
 _PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cpu_isa_probe.py")
+# Run the probe file without putting its folder (mindcv/utils, which has a random.py) first on sys.path, as
+# ``python file.py`` would; ``python -P`` does that only from Python 3.11. GRAPH mode needs a real source file.
+_RUN_PROBE = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
 def _measure_one(cap: Optional[str], budget_s: float, timeout_s: float) -> dict:
@@ -297,14 +316,17 @@ def _measure_one(cap: Optional[str], budget_s: float, timeout_s: float) -> dict:
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
-            [sys.executable, "-P", _PROBE, str(budget_s)],  # -P: its folder must not shadow the stdlib `random`
+            [sys.executable, "-c", _RUN_PROBE, _PROBE, str(budget_s)],
             env=env,
             capture_output=True,
             text=True,
             timeout=timeout_s,
         )
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout_s:g} s"}
+        # a lower bound of its time: a default this slow while a cap finishes is the case this module exists for
+        return {"error": f"timed out after {timeout_s:g} s", "timed_out_ms": timeout_s * 1000.0}
+    except OSError as err:
+        return {"error": f"could not start the probe: {err}"}
     for line in proc.stdout.splitlines():
         if line.startswith("MINDCV_CPU_ISA_RESULT "):
             try:
@@ -364,24 +386,29 @@ def choose_cap(runs: Dict[str, dict], min_speedup: float = MIN_SPEEDUP) -> dict:
     """
     if not runs:
         return {"choice": None, "speedup": 1.0, "reason": "no lower instruction-set level is worth trying on this CPU"}
-    default = runs.get("default", {}).get("total_ms")
+    default_run = runs.get("default", {})
+    default = default_run.get("total_ms", default_run.get("timed_out_ms"))
     if default is None:
-        why = runs.get("default", {}).get("error", "not measured")
+        why = default_run.get("error", "not measured")
         return {"choice": None, "speedup": 1.0, "reason": f"the default could not be measured ({why})"}
     timed = {cap: r["total_ms"] for cap, r in runs.items() if cap != "default" and "total_ms" in r}
     if not timed:
         return {"choice": None, "speedup": 1.0, "reason": "no cap could be measured"}
     best = min(timed, key=timed.get)
     speedup = default / timed[best] if timed[best] > 0 else 1.0
-    same = runs[best].get("effective") is not None and runs[best].get("effective") == runs["default"].get("effective")
+    same = runs[best].get("effective") is not None and runs[best].get("effective") == default_run.get("effective")
     if same:  # the cap did not change oneDNN's level on this CPU: any difference is noise
         return {"choice": None, "speedup": 1.0, "reason": f"{best} is the level oneDNN already uses here"}
     if speedup >= min_speedup:
+        if "total_ms" not in default_run:
+            why = f"the default did not finish within {default / 1000:g} s; {best} took {timed[best] / 1000:.2f} s"
+            return {"choice": best, "speedup": round(speedup, 3), "reason": f"at least {speedup:.0f}x faster ({why})"}
         return {"choice": best, "speedup": round(speedup, 3), "reason": f"{speedup:.2f}x faster than the default"}
     return {
         "choice": None,
         "speedup": 1.0,
-        "reason": f"the best cap ({best}) is only {speedup:.2f}x the default's speed; the default is kept",
+        "reason": f"the best cap ({best}) is only {math.floor(speedup * 100) / 100:.2f}x the default's speed; "
+        "the default is kept",
     }
 
 
@@ -450,8 +477,31 @@ def _write_cache(path: str, hosts: Dict[str, dict]) -> None:
         json.dump({"version": CACHE_VERSION, "hosts": hosts}, f, indent=1, sort_keys=True)
 
 
+def _fallback_cache_path() -> str:
+    """A per-user cache in the temporary folder, for when the cache folder cannot be used."""
+    return os.path.join(tempfile.gettempdir(), f"mindcv-{os.getuid() if hasattr(os, 'getuid') else 'user'}", CACHE_NAME)
+
+
+def _lock_timeout() -> float:
+    try:
+        value = float(os.environ.get("MINDCV_LOCK_TIMEOUT", LOCK_TIMEOUT_S))
+    except ValueError:
+        return LOCK_TIMEOUT_S
+    return value if math.isfinite(value) and value > 0 else LOCK_TIMEOUT_S
+
+
+def complete(entry: dict) -> bool:
+    """Whether every candidate of a measurement finished (only complete measurements are cached)."""
+    runs = entry.get("candidates", {})
+    return all("ops_ms" in run for cap, run in runs.items() if not (cap == "default" and entry.get("choice")))
+
+
 def cached_or_measured(remeasure: bool = False) -> dict:
     """This host's decision: from the cache, or measured now (one process measures; others wait for it).
+
+    A measurement in which a probe failed is not cached (the next process measures again), except a default
+    that timed out while a cap finished: that is the slow default this module exists for. If the cache folder
+    cannot be used, a per-user folder in the temporary directory serves as cache and lock instead.
 
     Args:
         remeasure: measure again even if a decision is cached.
@@ -459,12 +509,25 @@ def cached_or_measured(remeasure: bool = False) -> dict:
     Returns:
         The cache entry (see :func:`measure_cpu_isa`) with the host fingerprint under ``"fingerprint"``.
     """
+    fp = fingerprint()
+    key = _fingerprint_key(fp)
+    for path in (cache_path(), _fallback_cache_path()):
+        try:
+            return _cached_or_measured_in(path, fp, key, remeasure)
+        except _CacheUnusable as err:
+            _logger.warning("mindcv: cannot use %s for the CPU kernel choice (%s)", os.path.dirname(path), err)
+    _logger.warning("mindcv: measuring the CPU kernel choice without a cache")
+    return dict(_measure_and_log(fp, "nowhere (no usable cache folder)"), fingerprint=fp)
+
+
+class _CacheUnusable(Exception):
+    pass
+
+
+def _cached_or_measured_in(path: str, fp: Dict[str, object], key: str, remeasure: bool) -> dict:
     from .atomic import AtomicWriteError
     from .download import LockTimeoutError, _file_lock
 
-    fp = fingerprint()
-    key = _fingerprint_key(fp)
-    path = cache_path()
     if not remeasure:
         entry = _read_cache(path).get(key)
         if entry is not None:
@@ -472,14 +535,22 @@ def cached_or_measured(remeasure: bool = False) -> dict:
     with contextlib.ExitStack() as stack:
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            stack.enter_context(_file_lock(path + ".lock", timeout=LOCK_TIMEOUT_S, what="measuring CPU kernels"))
-        except (OSError, LockTimeoutError) as err:  # an unusable cache folder must not cost the speed-up
-            _logger.warning("mindcv: cannot use the cache for the CPU kernel choice (%s); measuring uncached", err)
-            return dict(_measure_and_log(fp, path), fingerprint=fp)
+            lock = _file_lock(path + ".lock", timeout=_lock_timeout(), what="measuring CPU kernels")
+            stack.enter_context(lock)
+        except (OSError, LockTimeoutError) as err:
+            raise _CacheUnusable(str(err)) from None
         hosts = _read_cache(path)
         if key in hosts and not remeasure:  # another process measured while we waited
             return hosts[key]
         entry = dict(_measure_and_log(fp, path), fingerprint=fp)
+        if not complete(entry):
+            failed = {cap: run["error"] for cap, run in entry["candidates"].items() if "error" in run}
+            _logger.warning(
+                "mindcv: measuring the CPU kernels failed for %s; MindSpore's default is kept for this process and "
+                "the next one measures again (mindcv-cpu-isa --remeasure to retry now)",
+                "; ".join(f"{cap}: {why}" for cap, why in failed.items()),
+            )
+            return entry
         hosts[key] = entry
         try:
             _write_cache(path, hosts)
@@ -488,7 +559,12 @@ def cached_or_measured(remeasure: bool = False) -> dict:
         return entry
 
 
+_measured_in_process = False
+
+
 def _measure_and_log(fp: Dict[str, object], path: str) -> dict:
+    global _measured_in_process
+    _measured_in_process = True
     caps = candidate_caps()
     if caps:
         _logger.warning(
@@ -496,7 +572,7 @@ def _measure_and_log(fp: Dict[str, object], path: str) -> dict:
             "(about %d s); the result is cached in %s",
             fp["cpu"],
             ", ".join(caps),
-            6 * (len(caps) + 1),
+            5 * (len(caps) + 1),
             path,
         )
     entry = measure_cpu_isa(caps)
@@ -512,15 +588,21 @@ def _measure_and_log(fp: Dict[str, object], path: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ applying
-def _mindspore_on_cpu() -> bool:
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        import mindspore as ms
+def _x86_with_onednn() -> bool:
+    # Not tied to the device target: scripts pick it after import, and on GPU/Ascend builds the cap only
+    # affects the CPU kernels those runs use (the measurement runs once per host either way).
+    return platform.machine().lower() in ("x86_64", "amd64") and _load_onednn() is not None
 
-        return ms.get_context("device_target") == "CPU"
-    except Exception:  # noqa: BLE001 - an unusual MindSpore build: leave its kernels alone
-        return False
+
+def _host_tag() -> str:
+    """A short digest of this host's fingerprint: a marker exported by a parent on another CPU is not trusted."""
+    return hashlib.sha1(_fingerprint_key(fingerprint()).encode()).hexdigest()[:12]
+
+
+def _level_name(value: str) -> Optional[str]:
+    name = value.strip().upper()
+    name = ISA_ALIASES.get(name, name)
+    return name if name in ISA_VALUES else None
 
 
 def apply_cpu_isa(remeasure: bool = False) -> CpuIsaDecision:
@@ -531,7 +613,7 @@ def apply_cpu_isa(remeasure: bool = False) -> CpuIsaDecision:
     the selection off.
 
     Args:
-        remeasure: measure again instead of using the cached decision.
+        remeasure: measure again instead of using the cached (or inherited) decision.
 
     Returns:
         The decision in effect for this process.
@@ -543,42 +625,68 @@ def apply_cpu_isa(remeasure: bool = False) -> CpuIsaDecision:
     return _decision
 
 
+def _drop_inherited_cap() -> None:
+    """Forget a cap a mindcv parent exported (the user's own setting or the off switch overrides it)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA") == os.environ.get(CHOSEN_ENV, "").split("@")[0]:
+        os.environ.pop("ONEDNN_MAX_CPU_ISA", None)
+    os.environ.pop(CHOSEN_ENV, None)
+
+
 def _decide(remeasure: bool) -> CpuIsaDecision:
     if os.environ.get(MEASURING_ENV):
         return CpuIsaDecision("not-applicable", None, None, "measuring child process")
-    user = next((os.environ[k] for k in USER_ENV if os.environ.get(k)), None)
-    if not user and os.environ.get(CHOSEN_ENV) == "DEFAULT":
-        return CpuIsaDecision("inherited", None, None, "MindSpore's default CPU kernels (decided by a parent process)")
-    if user:
-        if os.environ.get(CHOSEN_ENV) == user:
-            return CpuIsaDecision("inherited", user, None, f"oneDNN capped at {user} (chosen by measurement)")
-        if user.upper() not in ISA_VALUES:
-            name = next(k for k in USER_ENV if os.environ.get(k))
+    off = os.environ.get(SWITCH_ENV, "").strip().lower() in ("0", "off", "false", "no")
+    marker = os.environ.get(CHOSEN_ENV, "")
+    if marker:
+        cap, _, tag = marker.partition("@")
+        if cap == "DEFAULT":
+            untouched = not any(os.environ.get(k) for k in USER_ENV)
+        else:  # the user's own DNNL_MAX_CPU_ISA or a different ONEDNN_MAX_CPU_ISA in the child wins
+            untouched = os.environ.get("ONEDNN_MAX_CPU_ISA") == cap and not os.environ.get("DNNL_MAX_CPU_ISA")
+        trusted = untouched and not remeasure and not off
+        if trusted and _x86_with_onednn():
+            try:
+                trusted = tag == _host_tag()
+            except Exception:  # noqa: BLE001 - an unreadable fingerprint: decide afresh
+                trusted = False
+        if trusted:
+            if cap == "DEFAULT":
+                return CpuIsaDecision("inherited", None, None, "MindSpore's default CPU kernels (decided by a parent)")
+            return CpuIsaDecision("inherited", cap, None, f"oneDNN capped at {cap} (chosen by measurement)")
+        _drop_inherited_cap()  # from another CPU, overridden by the user, or to be measured again
+    user_var = next((k for k in USER_ENV if os.environ.get(k)), None)
+    if user_var:
+        value = os.environ[user_var]
+        level = _level_name(value)
+        if level is None:
             _logger.warning(
                 "mindcv: %s=%r is not an instruction-set level oneDNN knows, so oneDNN ignores it and uses its "
                 "default; valid: %s",
-                name,
-                user,
-                ", ".join(ISA_VALUES),
+                user_var,
+                value,
+                ", ".join(list(ISA_VALUES) + list(ISA_ALIASES)),
             )
-            return CpuIsaDecision("user", None, None, f"{name}={user!r} is ignored by oneDNN (not a known level)")
-        return CpuIsaDecision("user", user.upper(), None, f"oneDNN capped at {user} by the user's environment")
-    if os.environ.get(SWITCH_ENV, "").strip().lower() in ("0", "off", "false", "no"):
+            return CpuIsaDecision("user", None, None, f"{user_var}={value!r} is ignored by oneDNN (not a known level)")
+        cap = None if level == "DEFAULT" else level
+        return CpuIsaDecision("user", cap, None, f"oneDNN capped at {value} by the user's environment")
+    if off:
         return CpuIsaDecision("off", None, None, f"automatic CPU kernel selection turned off by {SWITCH_ENV}")
-    if not _mindspore_on_cpu() or _load_onednn() is None:
-        return CpuIsaDecision("not-applicable", None, None, "not an x86 CPU device with oneDNN")
+    if not _x86_with_onednn():
+        return CpuIsaDecision("not-applicable", None, None, "not an x86 CPU with MindSpore's oneDNN")
     try:
         entry = cached_or_measured(remeasure)
+        tag = _host_tag()
     except Exception as err:  # noqa: BLE001 - choosing kernels must never stop a user's program
         _logger.warning("mindcv: could not choose the CPU kernels (%s); keeping MindSpore's default", err)
         return CpuIsaDecision("failed", None, None, f"selection failed: {err}")
     choice = entry["choice"]
     if choice is None:
-        os.environ[CHOSEN_ENV] = "DEFAULT"  # child processes need not look the decision up again
+        if complete(entry):  # child processes need not look the decision up again
+            os.environ[CHOSEN_ENV] = f"DEFAULT@{tag}"
         return CpuIsaDecision("default", None, entry, f"MindSpore's default CPU kernels ({entry['reason']})")
     status = _load_onednn().dnnl_set_max_cpu_isa(ISA_VALUES[choice])
     os.environ["ONEDNN_MAX_CPU_ISA"] = choice  # child processes (launcher ranks, workers) inherit the choice
-    os.environ[CHOSEN_ENV] = choice
+    os.environ[CHOSEN_ENV] = f"{choice}@{tag}"
     if status != 0:
         _logger.warning(
             "mindcv: MindSpore already ran a CPU kernel before mindcv was imported, so oneDNN's instruction set "
@@ -686,7 +794,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.remeasure:
         if any(os.environ.get(k) for k in USER_ENV) and not os.environ.get(CHOSEN_ENV):
             print("note: ONEDNN_MAX_CPU_ISA is set in your environment, so the measurement is not applied here")
-        entry = cached_or_measured(remeasure=True)
+        # importing mindcv may just have measured (a first use): once is enough
+        entry = apply_cpu_isa().entry if _measured_in_process else None
+        entry = entry or cached_or_measured(remeasure=True)
         print(f"measured: choice {entry['choice'] or 'default'} ({entry['reason']})")
     if args.json:
         print(json.dumps(cpu_isa_summary(), indent=1))
