@@ -67,10 +67,11 @@ def main() -> None:
         helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torchvision_eager.py")
         run = subprocess.run(
             [args.torch_python, helper, "--alpha", str(alpha), "--batch", str(args.batch), "--size", str(args.size)]
-            + ["--repeats", str(args.repeats)],
+            + ["--repeats", str(args.repeats), "--threads", str(ms.get_context("runtime_num_threads"))],
             capture_output=True,
             text=True,
             check=True,
+            env=dict(os.environ),  # not MindSpore's C-level OMP_NUM_THREADS=1 (see bench_models.torchvision_run)
         )
         tv = json.loads(run.stdout.strip().splitlines()[-1])
         print(

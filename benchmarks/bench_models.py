@@ -105,7 +105,10 @@ def onnxruntime_side_by_side(paths: Dict[str, str], size: int, batches: List[int
 def torchvision_run(python: str, alpha: float, what: str, size: int, batch: int, repeats: int, **extra) -> dict:
     cmd = [python, HELPER, "--alpha", str(alpha), "--what", what, "--size", str(size), "--batch", str(batch)]
     cmd += ["--repeats", str(repeats)] + [f"--{k}={v}" for k, v in extra.items()]
-    run = subprocess.run(cmd, capture_output=True, text=True)
+    cmd += ["--threads", str(ms.get_context("runtime_num_threads"))]  # the same thread count on both sides
+    # MindSpore sets OMP_NUM_THREADS=1 in the C environment once it has run; without an explicit env the
+    # child would inherit it (torch at 1 thread). Python's os.environ does not carry it.
+    run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     if run.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stderr[-2000:]}")
     return json.loads(run.stdout.strip().splitlines()[-1])

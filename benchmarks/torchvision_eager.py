@@ -35,7 +35,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--onnx_path", default="torchvision_mnasnet.onnx")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = torchvision.models.MNASNet(args.alpha)
     x = torch.randn(args.batch, 3, args.size, args.size)
