@@ -1181,3 +1181,42 @@ def test_console_script(clean_env, tmp_path):
     assert {"cpu", "isa_flags", "cpu_isa_cap", "cpu_isa_effective", "mindspore_threads"} <= set(summary)
     assert summary["isa_flags"] == cpu_isa.host_isa_flags()
     assert summary["cpu_isa_cap"] == "default" and summary["cpu_isa_effective"] == DEFAULT_LEVEL
+
+
+# ------------------------------------------------------------------- a narrow win is confirmed by a second run
+def _scripted_probe(monkeypatch, totals):
+    """Replace the probe by scripted totals per cap (``None``: the default), consumed in order."""
+    calls = []
+
+    def fake(cap, budget_s, timeout_s):
+        calls.append(cap)
+        total = totals[cap].pop(0)
+        return {"ops_ms": {"dense3x3 fwd": total}, "total_ms": total, "effective": cap or "AVX512_CORE_BF16"}
+
+    monkeypatch.setattr(cpu_isa, "_measure_one", fake)
+    return calls
+
+
+def test_narrow_win_that_does_not_repeat_is_not_taken(monkeypatch):
+    # first round: the default had an unlucky run (100 ms) and AVX2 looks 1.43x faster; on the second run the
+    # default takes 60 ms: AVX2 (70 ms at best) is slower and must not be chosen
+    calls = _scripted_probe(monkeypatch, {None: [100.0, 60.0], "AVX2": [70.0, 72.0]})
+    record = cpu_isa.measure_cpu_isa(["AVX2"])
+    assert calls == [None, "AVX2", None, "AVX2"]
+    assert record["confirmed"] is True and record["choice"] is None
+    assert record["candidates"]["default"]["total_ms"] == 60.0 and record["candidates"]["AVX2"]["total_ms"] == 70.0
+
+
+def test_narrow_win_that_repeats_is_taken(monkeypatch):
+    calls = _scripted_probe(monkeypatch, {None: [100.0, 98.0], "AVX2": [70.0, 69.0]})
+    record = cpu_isa.measure_cpu_isa(["AVX2"])
+    assert calls == [None, "AVX2", None, "AVX2"]
+    assert record["confirmed"] is True and record["choice"] == "AVX2"
+    assert record["speedup"] == pytest.approx(98.0 / 69.0, rel=1e-3)
+
+
+def test_clear_win_is_not_measured_twice(monkeypatch):
+    calls = _scripted_probe(monkeypatch, {None: [1000.0], "AVX2": [100.0], "AVX512_CORE": [900.0]})
+    record = cpu_isa.measure_cpu_isa(["AVX512_CORE", "AVX2"])
+    assert calls == [None, "AVX512_CORE", "AVX2"]
+    assert record["confirmed"] is False and record["choice"] == "AVX2" and record["speedup"] == 10.0
