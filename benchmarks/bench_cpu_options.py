@@ -110,6 +110,8 @@ def main() -> None:
         print("RESULT " + json.dumps(result), flush=True)
         return
 
+    from report import write_report
+
     from mindcv.utils.cpu_isa import environment_line
 
     chosen = settings()
@@ -156,12 +158,7 @@ def main() -> None:
         "Settings that are the same on this CPU (for example a cap at the level oneDNN already uses) show the "
         "run-to-run noise; a difference smaller than that is not a finding.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(f"wrote {args.out}")
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import mindspore as ms
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_train import build_train_step  # noqa: E402
+from report import write_report  # noqa: E402
 
 from export import export_model, make_onnx_batch_dynamic  # noqa: E402
 from mindcv.models import create_model, list_models  # noqa: E402
@@ -130,15 +131,6 @@ def check_torch_python(python: str) -> bool:
     return has_onnx
 
 
-def write_text(path: str, lines: List[str]) -> None:
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-    print(f"wrote {path}", flush=True)
-
-
 def fmt_latency(r: Optional[dict]) -> str:
     return "–" if r is None else f"{r['median_s'] * 1000:.1f} / {r['p90_s'] * 1000:.1f}"
 
@@ -200,10 +192,10 @@ def main() -> None:
             f"| {fmt_rate(r.get('PYNATIVE_train'), args.batch)} |"
         )
 
-    write_text(args.out, lines)  # kept even if the comparison below fails
+    write_report(args.out, lines)  # kept even if the comparison below fails
     if args.torch_python:
         lines += torchvision_comparison(args, rows, with_onnx and torch_has_onnx, tmp)
-        write_text(args.out, lines)
+        write_report(args.out, lines)
 
 
 def torchvision_comparison(args, rows: Dict[str, dict], with_onnx: bool, tmp: str) -> List[str]:

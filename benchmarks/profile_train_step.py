@@ -24,6 +24,7 @@ import mindspore as ms
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_train import build_train_step  # noqa: E402
+from report import write_report  # noqa: E402
 
 from mindcv.utils.cpu_isa import environment_line  # noqa: E402
 
@@ -157,12 +158,7 @@ def main() -> None:
             lines.append(f"| {kind} | {direction} | {ms_per_step:.1f} | {ms_per_step / op_ms:.1%} |")
     else:
         lines += ["", "(The operator records of this mode carry no layer names; the GRAPH profile splits by layer.)"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(f"wrote {args.out}")
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":
