@@ -5,8 +5,9 @@
 Compiles ``benchmarks/depthwise_direct.cc`` with g++ (``-O3 -march=native -fopenmp``) into a temporary
 folder, wraps it in ``ops.Custom(func_type="aot")`` with a bprop made of the two gradient kernels, checks
 that forward, input gradient and weight gradient agree with ``nn.Conv2d(group=C)`` (relative error), and
-times both, forward and forward+backward, in GRAPH mode at the given batch on the stride-1 depthwise
-layers of mnasnet_100. The kernels are not used by the package; this measures whether they would pay.
+times both, forward and forward+backward, in GRAPH mode at the given batch on every distinct depthwise
+layer of the model (stride 1 and 2, symmetric padding k//2 as the zoo's layers). The kernels are not used
+by the package; this measures whether they would pay.
 """
 
 import argparse
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import List, Tuple
 
 import numpy as np
 
@@ -30,8 +32,23 @@ from mindspore import Parameter, ParameterTuple, nn, ops  # noqa: E402
 from mindcv.utils.cpu_isa import environment_line  # noqa: E402  (chooses the CPU kernels first)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depthwise_direct.cc")
-# (channels, kernel, resolution) of mnasnet_100's stride-1 depthwise layers at 224 px (one of each kind)
-LAYERS = [(48, 3, 112), (72, 3, 56), (120, 5, 28), (240, 5, 28), (480, 3, 14), (576, 3, 14), (1152, 3, 7)]
+
+
+def depthwise_layers(model_name: str, size: int) -> List[Tuple[int, int, int, int]]:
+    """(channels, kernel, stride, input size) of each distinct depthwise convolution of the model, in order."""
+    from mindcv.models import create_model
+
+    found, resolution = [], size
+    for _, cell in create_model(model_name).cells_and_names():
+        if not isinstance(cell, nn.Conv2d):
+            continue
+        stride, kernel = cell.stride[-1], cell.kernel_size[0]
+        if cell.group == cell.in_channels == cell.out_channels and kernel > 1:
+            layer = (cell.in_channels, kernel, stride, resolution)
+            if layer not in found:
+                found.append(layer)
+        resolution = (resolution - 1) // stride + 1  # symmetric padding k//2: ceil(size / stride)
+    return found
 
 
 def build(folder: str) -> str:
@@ -43,20 +60,22 @@ def build(folder: str) -> str:
     return library
 
 
-def custom_depthwise(library: str):
+def custom_depthwise(library: str, stride: int):
+    """The forward op for ``stride`` (symmetric padding k//2), with the two gradient kernels as its bprop."""
     grad_input = ops.Custom(
-        f"{library}:DwBwdInput", out_shape=lambda g, w: g, out_dtype=lambda g, w: g, func_type="aot"
+        f"{library}:DwBwdInput", out_shape=lambda x, g, w: x, out_dtype=lambda x, g, w: x, func_type="aot"
     )
     grad_weight = ops.Custom(
         f"{library}:DwBwdFilter", out_shape=lambda x, g, w: w, out_dtype=lambda x, g, w: w, func_type="aot"
     )
 
     def bprop(x, w, out, dout):
-        return grad_input(dout, w), grad_weight(x, dout, w)
+        return grad_input(x, dout, w), grad_weight(x, dout, w)
 
-    return ops.Custom(
-        f"{library}:DwFwd", out_shape=lambda x, w: x, out_dtype=lambda x, w: x, func_type="aot", bprop=bprop
-    )
+    def out_shape(x, w):
+        return [x[0], x[1], (x[2] - 1) // stride + 1, (x[3] - 1) // stride + 1]
+
+    return ops.Custom(f"{library}:DwFwd", out_shape=out_shape, out_dtype=lambda x, w: x, func_type="aot", bprop=bprop)
 
 
 class DirectDepthwise(nn.Cell):
@@ -108,29 +127,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model", default="mnasnet_100")
+    parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--out", default="benchmarks/results/depthwise_direct.md")
     args = parser.parse_args()
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as folder:
-        op = custom_depthwise(build(folder))
+        library = build(folder)
+        ops_by_stride = {stride: custom_depthwise(library, stride) for stride in (1, 2)}
         lines = [
-            f"Depthwise convolutions of mnasnet_100 (stride 1), batch {args.batch}, fp32, GRAPH mode; median ms of "
-            f"{args.repeats} calls; error = max |difference| / max |MindSpore's value|.",
+            f"Every distinct depthwise convolution of {args.model} at {args.size} px, batch {args.batch}, fp32, "
+            f"GRAPH mode; median ms of {args.repeats} calls; error = max |difference| / max |MindSpore's value|.",
             "",
             f"Host: {environment_line()}",
             "",
-            "| channels, kernel, size | MindSpore fwd | direct fwd | speed-up | MindSpore fwd+grads | direct fwd+grads "
-            "| speed-up | error out / dx / dw |",
+            "| channels, kernel, stride, input size | MindSpore fwd | direct fwd | speed-up | MindSpore fwd+grads "
+            "| direct fwd+grads | speed-up | error out / dx / dw |",
             "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         totals = [0.0, 0.0, 0.0, 0.0]
-        for channels, kernel, size in LAYERS:
-            print(f"C{channels} k{kernel} {size}px", flush=True)
+        for channels, kernel, stride, size in depthwise_layers(args.model, args.size):
+            print(f"C{channels} k{kernel} s{stride} {size}px", flush=True)
             x = ms.Tensor(rng.standard_normal((args.batch, channels, size, size)).astype(np.float32))
-            builtin = nn.Conv2d(channels, channels, kernel, pad_mode="same", group=channels, has_bias=False)
-            direct = DirectDepthwise(op, builtin.weight.value().asnumpy())
+            builtin = nn.Conv2d(
+                channels, channels, kernel, stride, pad_mode="pad", padding=kernel // 2, group=channels, has_bias=False
+            )
+            direct = DirectDepthwise(ops_by_stride[stride], builtin.weight.value().asnumpy())
             ours, theirs = Gradients(SquaredLoss(direct)), Gradients(SquaredLoss(builtin))
             g_ours, g_theirs = ours(x), theirs(x)
             errors = [
@@ -147,7 +171,7 @@ def main() -> None:
             times = [median_ms(call, args.repeats) for call in calls]
             totals = [t + v for t, v in zip(totals, times)]
             lines.append(
-                f"| {channels}, {kernel}x{kernel}, {size} | {times[0]:.1f} | {times[1]:.1f} "
+                f"| {channels}, {kernel}x{kernel}, /{stride}, {size} | {times[0]:.1f} | {times[1]:.1f} "
                 f"| {times[0] / times[1]:.2f}x | {times[2]:.1f} | {times[3]:.1f} | {times[2] / times[3]:.2f}x | "
                 + " / ".join(f"{e:.1e}" for e in errors)
                 + " |"

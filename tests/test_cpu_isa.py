@@ -1031,6 +1031,7 @@ def test_concurrent_imports_measure_once(clean_env, tmp_path):
     saved = json.loads(cache_file(home).read_text())
     assert len(saved["hosts"]) == 1
     (cached,) = saved["hosts"].values()
+    assert a["entry"].pop("cache_file") == str(cache_file(home))  # where the decision is kept, told to the report
     assert cached == a["entry"]
     assert set(cached["candidates"]) == {"default", "SSE41"}
     assert cached["fingerprint"]["candidates"] == ["SSE41"]
@@ -1220,3 +1221,54 @@ def test_clear_win_is_not_measured_twice(monkeypatch):
     record = cpu_isa.measure_cpu_isa(["AVX512_CORE", "AVX2"])
     assert calls == [None, "AVX512_CORE", "AVX2"]
     assert record["confirmed"] is False and record["choice"] == "AVX2" and record["speedup"] == 10.0
+
+
+# ------------------------------------------------- second end-to-end adversarial pass: what it broke, now held
+@pytest.mark.parametrize("value", ["SSE41 ", " SSE41", "SSE41\n"])
+def test_user_value_with_spaces_is_reported_not_claimed(clean_env, value):
+    """oneDNN forgives case but not surrounding spaces: such a value must not be reported as applied."""
+    child = run_child(IMPORT_MINDCV, child_env(clean_env, ONEDNN_MAX_CPU_ISA=value))
+    assert child.result["source"] == "user" and child.result["cap"] is None
+    assert child.result["effective"] == DEFAULT_LEVEL
+    assert "is not an instruction-set level oneDNN knows" in child.stderr and repr(value) in child.stderr
+
+
+def test_cli_rejects_a_mistyped_candidate_list_in_one_line(clean_env):
+    script = os.path.join(os.path.dirname(sys.executable), "mindcv-cpu-isa")
+    for args in ([], ["--remeasure"], ["--json"]):
+        proc = subprocess.run(
+            [script, *args], env=child_env(clean_env, MINDCV_CPU_ISA_CANDIDATES="bogus"), capture_output=True, text=True
+        )
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+        assert "mindcv-cpu-isa: unknown oneDNN instruction-set cap 'BOGUS'" in proc.stderr and "AVX2" in proc.stderr
+
+
+def test_remeasure_reports_the_new_measurement(clean_env):
+    """After --remeasure the report shows the new entry (not the old cache's) and says this process keeps its level."""
+    write_cache(clean_env, {host_key("SSE41"): entry("SSE41", fingerprint=json.loads(host_key("SSE41")))})
+    script = os.path.join(os.path.dirname(sys.executable), "mindcv-cpu-isa")
+    env = child_env(clean_env, MINDCV_CPU_ISA_CANDIDATES="SSE41")
+    proc = subprocess.run([script, "--remeasure"], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = json.loads(cache_file(clean_env).read_text())["hosts"][host_key("SSE41")]
+    assert saved["reason"] != "crafted by the test"  # measured again and stored
+    assert "this one keeps the level it started with" in proc.stdout
+    assert f"choice: {saved['choice'] or 'default'} ({saved['reason']})" in proc.stdout
+    assert "crafted by the test" not in proc.stdout.split("measured:", 1)[1]
+    assert f"cached in {cache_file(clean_env)}" in proc.stdout
+
+
+def test_cache_file_that_cannot_be_written_falls_back_and_is_found_again(clean_env, tmp_path):
+    """cpu_isa.json as a folder: the measurement goes to the temporary cache, and the next process finds it there."""
+    cache_file(clean_env).mkdir(parents=True)
+    tmpdir = tmp_path / "tmp-fallback"
+    env = child_env(clean_env, tmpdir=tmpdir, MINDCV_CPU_ISA_CANDIDATES="SSE41")
+    first = run_child(IMPORT_MINDCV, env)
+    assert first.stderr.count(MEASURING_LINE) == 1
+    fallback = tmpdir / f"mindcv-{os.getuid()}" / "cpu_isa.json"
+    assert first.result["entry"]["cache_file"] == str(fallback) and fallback.is_file()
+    second = run_child(IMPORT_MINDCV, env)
+    assert MEASURING_LINE not in second.stderr  # found in the temporary cache: not measured again
+    assert second.result["entry"]["cache_file"] == str(fallback)
+    assert second.result["entry"]["measured_at"] == first.result["entry"]["measured_at"]

@@ -13,13 +13,14 @@ import pytest
 from mindcv.models import create_model
 from mindcv.models.arch import format_arch_string
 from mindcv.models.mnasnet import ARCH_DEFS, NUM_PARAMS
-from mindcv.nas.latency import LatencyTable, LatencyTableError, layer_keys, read_latency_table
+from mindcv.nas.latency import LatencyTable, LatencyTableError, host_description, layer_keys, read_latency_table
 from mindcv.nas.reward import mnas_reward
 from mindcv.nas.runner import (
     REFERENCES,
     SearchStateError,
     StateMismatchError,
     _check_lut_file,
+    _check_same_latency_platform,
     _discard_state,
     load_state,
     pareto_front,
@@ -607,3 +608,37 @@ def test_non_utf8_search_config_and_cli_overrides(tmp_path, capsys):
         load_config(SMOKE, {"budget": 0})
     with pytest.raises(SystemExit):
         main(["-c", SMOKE, "--budg", "3"])  # abbreviations are not accepted
+
+
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("cpu_isa", "SSE41", "at another oneDNN instruction-set level (cpu_isa 'SSE41'"),
+        ("host", "Some Other CPU (64 logical cores), Linux x86_64", "on another CPU"),
+    ],
+)
+def test_resume_refuses_latencies_measured_elsewhere(tmp_path, key, value, needle):
+    cfg = _search_config(tmp_path)
+    state = _valid_state(cfg)
+    state.update(host=host_description(), cpu_isa=effective_cpu_isa())
+    state[key] = value
+    path = _write_state(cfg, state)
+    before = open(path).read()
+    with pytest.raises(StateMismatchError) as err:
+        run_search(cfg, progress=False)
+    assert needle in str(err.value) and "--restart" in str(err.value)
+    assert ("ONEDNN_MAX_CPU_ISA=SSE41" in str(err.value)) == (key == "cpu_isa")
+    assert open(path).read() == before  # the saved search is left as it was
+
+
+def test_state_without_a_level_is_resumed_with_a_warning(tmp_path, caplog):
+    cfg = _search_config(tmp_path)
+    state = _valid_state(cfg)
+    state.pop("cpu_isa", None)
+    state["host"] = host_description()
+    _check_same_latency_platform(state, cfg.output_dir)  # no error
+    assert "does not record the oneDNN level" in caplog.text
+    state["cpu_isa"] = 7  # not text: the loader calls the file corrupted
+    path = _write_state(cfg, state)
+    with pytest.raises(SearchStateError, match=r"corrupted at \$\.cpu_isa"):
+        load_state(path, cfg, SearchSpace(**cfg.space))

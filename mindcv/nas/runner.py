@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ..models.arch import format_arch_string
 from ..models.mnasnet import ARCH_DEFS
 from ..utils.atomic import atomic_write
+from ..utils.cpu_isa import effective_cpu_isa
 from .latency import LatencyTableError, LatencyWorker, host_description, read_latency_table, write_json_atomic
 from .proxy import ProxyConfig, ProxyTask
 from .reward import CONSTRAINTS, mnas_reward
@@ -220,6 +221,9 @@ def load_state(
         }
     references = {label: format_arch_string(ARCH_DEFS[key]) for label, key in REFERENCES.items()}
     check_search_state(saved, checker, strategies, space, references)
+    for key in ("host", "cpu_isa"):
+        if key in saved:
+            checker.text(saved[key], f"$.{key}")
     for name, strategy_state in saved.get("strategies", {}).items():
         try:
             strategies[name].load_state_dict(strategy_state)
@@ -236,6 +240,29 @@ def _discard_state(path: str, cfg: SearchConfig, space: SearchSpace) -> None:
         _logger.warning("discarding the corrupted '%s' (kept as %s)", path, set_aside(path))
     except StateMismatchError:
         pass
+
+
+def _check_same_latency_platform(state: Dict[str, Any], output_dir: str) -> None:
+    """Latencies already in a state are comparable with new ones only on the same CPU at the same oneDNN level.
+
+    Raises:
+        StateMismatchError: the state was measured on another host or at another instruction-set level.
+    """
+    here = {"host": host_description(), "cpu_isa": effective_cpu_isa() or "none"}
+    if "cpu_isa" not in state:  # a state from before the level was recorded
+        _logger.warning(
+            "'%s' does not record the oneDNN level its latencies were measured at; it is assumed to be this "
+            "process's (%s)",
+            output_dir,
+            here["cpu_isa"],
+        )
+    for key, what in (("host", "on another CPU"), ("cpu_isa", "at another oneDNN instruction-set level")):
+        if key in state and state[key] != here[key]:
+            where = f"with ONEDNN_MAX_CPU_ISA={state[key]}" if key == "cpu_isa" else "on that host"
+            raise StateMismatchError(
+                f"'{output_dir}' holds latencies measured {what} ({key} {state[key]!r}, here {here[key]!r}); "
+                f"new ones would not be comparable with them. Resume {where}, or use another output_dir or --restart"
+            )
 
 
 def _check_lut_file(path: str) -> None:
@@ -278,8 +305,10 @@ def run_search(cfg: SearchConfig, restart: bool = False, progress: bool = True) 
             _discard_state(state_path, cfg, space)
         else:
             state = load_state(state_path, cfg, space, strategies)
+            _check_same_latency_platform(state, cfg.output_dir)
             _logger.info("resuming: %d candidates already evaluated", len(state["records"]))
     state["host"] = host_description()
+    state["cpu_isa"] = effective_cpu_isa() or "none"  # the latency worker inherits this process's level
     state["config"] = asdict(cfg)
 
     lat = cfg.latency
@@ -393,6 +422,7 @@ def summarize(cfg: SearchConfig, state: Dict[str, Any], evaluate: _Evaluator) ->
     )
     summary: Dict[str, Any] = {
         "host": state["host"],
+        "cpu_isa": state["cpu_isa"],
         "target_ms": state["target_ms"],
         "references": {
             k: {f: v[f] for f in ("accuracy", "latency_ms", "params", "arch")} for k, v in state["references"].items()

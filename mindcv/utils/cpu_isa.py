@@ -513,37 +513,49 @@ def cached_or_measured(remeasure: bool = False) -> dict:
 
     A measurement in which a probe failed is not cached (the next process measures again), except a default
     that timed out while a cap finished: that is the slow default this module exists for. If the cache folder
-    cannot be used, a per-user folder in the temporary directory serves as cache and lock instead.
+    cannot be used (or its file written), a per-user folder in the temporary directory serves instead; both are
+    read, the cache folder first.
 
     Args:
         remeasure: measure again even if a decision is cached.
 
     Returns:
-        The cache entry (see :func:`measure_cpu_isa`) with the host fingerprint under ``"fingerprint"``.
+        The cache entry (see :func:`measure_cpu_isa`) with the host fingerprint under ``"fingerprint"`` and the
+        file it is kept in under ``"cache_file"`` (``None``: not cached).
     """
     fp = fingerprint()
     key = _fingerprint_key(fp)
-    for path in (cache_path(), _fallback_cache_path()):
+    paths = (cache_path(), _fallback_cache_path())
+    if not remeasure:
+        for path in paths:
+            entry = _read_cache(path).get(key)
+            if entry is not None:
+                return dict(entry, cache_file=path)
+    for path in paths:
         try:
-            return _cached_or_measured_in(path, fp, key, remeasure)
+            entry = _measure_in(path, fp, key, remeasure, spare=paths[-1])
         except _CacheUnusable as err:
             _logger.warning("mindcv: cannot use %s for the CPU kernel choice (%s)", os.path.dirname(path), err)
+            continue
+        if remeasure and entry.get("cache_file") != paths[0] and key in _read_cache(paths[0]):
+            _logger.warning(
+                "mindcv: the new measurement could not replace the decision in %s, which processes read first: "
+                "make that file writable or delete it",
+                paths[0],
+            )
+        return entry
     _logger.warning("mindcv: measuring the CPU kernel choice without a cache")
-    return dict(_measure_and_log(fp, "nowhere (no usable cache folder)"), fingerprint=fp)
+    return dict(_measure_and_log(fp, "nowhere (no usable cache folder)"), fingerprint=fp, cache_file=None)
 
 
 class _CacheUnusable(Exception):
     pass
 
 
-def _cached_or_measured_in(path: str, fp: Dict[str, object], key: str, remeasure: bool) -> dict:
-    from .atomic import AtomicWriteError
+def _measure_in(path: str, fp: Dict[str, object], key: str, remeasure: bool, spare: str) -> dict:
+    """Measure under the lock next to ``path`` (unless another process just did) and cache the result."""
     from .download import LockTimeoutError, _file_lock
 
-    if not remeasure:
-        entry = _read_cache(path).get(key)
-        if entry is not None:
-            return entry
     with contextlib.ExitStack() as stack:
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -553,7 +565,7 @@ def _cached_or_measured_in(path: str, fp: Dict[str, object], key: str, remeasure
             raise _CacheUnusable(str(err)) from None
         hosts = _read_cache(path)
         if key in hosts and not remeasure:  # another process measured while we waited
-            return hosts[key]
+            return dict(hosts[key], cache_file=path)
         entry = dict(_measure_and_log(fp, path), fingerprint=fp)
         if not complete(entry):
             failed = {cap: run["error"] for cap, run in entry["candidates"].items() if "error" in run}
@@ -562,13 +574,26 @@ def _cached_or_measured_in(path: str, fp: Dict[str, object], key: str, remeasure
                 "the next one measures again (mindcv-cpu-isa --remeasure to retry now)",
                 "; ".join(f"{cap}: {why}" for cap, why in failed.items()),
             )
-            return entry
+            return dict(entry, cache_file=None)
+        for target in dict.fromkeys((path, spare)):  # the spare only if the cache file itself cannot be written
+            if _store(target, key, entry, hosts if target == path else None):
+                return dict(entry, cache_file=target)
+        return dict(entry, cache_file=None)
+
+
+def _store(path: str, key: str, entry: dict, hosts: Optional[Dict[str, dict]]) -> bool:
+    """Add ``entry`` to the cache file ``path``; False (with a warning) if it cannot be written."""
+    from .atomic import AtomicWriteError
+
+    try:
+        hosts = dict(_read_cache(path) if hosts is None else hosts)
         hosts[key] = entry
-        try:
-            _write_cache(path, hosts)
-        except (OSError, AtomicWriteError) as err:  # a full or read-only disk must not cost the measured choice
-            _logger.warning("mindcv: could not cache the CPU kernel choice in %s (%s)", path, err)
-        return entry
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _write_cache(path, hosts)
+        return True
+    except (OSError, AtomicWriteError) as err:  # a full or read-only disk must not cost the measured choice
+        _logger.warning("mindcv: could not cache the CPU kernel choice in %s (%s)", path, err)
+        return False
 
 
 _measured_in_process = False
@@ -612,7 +637,7 @@ def _host_tag() -> str:
 
 
 def _level_name(value: str) -> Optional[str]:
-    name = value.strip().upper()
+    name = value.upper()  # oneDNN ignores case, not surrounding spaces
     name = ISA_ALIASES.get(name, name)
     return name if name in ISA_VALUES else None
 
@@ -748,8 +773,11 @@ def environment_line() -> str:
     )
 
 
-def cpu_isa_report() -> str:
+def cpu_isa_report(entry: Optional[dict] = None) -> str:
     """A readable account of the CPU kernel choice: host, candidates with their timings, the decision.
+
+    Args:
+        entry: the measurement to show (default: the one behind this process's decision, or the cached one).
 
     Returns:
         The report (also what ``mindcv-cpu-isa`` prints).
@@ -764,14 +792,19 @@ def cpu_isa_report() -> str:
     effective = effective_cpu_isa()
     if effective:
         lines.append(f"oneDNN level in effect in this process: {effective}")
-    entry = decision.entry
+    entry = entry or decision.entry
     if entry is None and decision.source in ("user", "inherited", "off"):
-        entry = _read_cache(cache_path()).get(_fingerprint_key(fingerprint()))
+        for path in (cache_path(), _fallback_cache_path()):
+            found = _read_cache(path).get(_fingerprint_key(fingerprint()))
+            if found is not None:
+                entry = dict(found, cache_file=path)
+                break
     if entry:
         fp = entry.get("fingerprint", {})
         lines.append(
             f"measured {entry.get('measured_at', '?')} in {entry.get('seconds', '?')} s "
-            f"(MindSpore {fp.get('mindspore', '?')}, oneDNN {fp.get('onednn', '?')}), cached in {cache_path()}"
+            f"(MindSpore {fp.get('mindspore', '?')}, oneDNN {fp.get('onednn', '?')}), "
+            + (f"cached in {entry['cache_file']}" if entry.get("cache_file") else "not cached")
         )
         runs = entry.get("candidates", {})
         order = sorted(runs, key=lambda cap: (cap != "default", -ISA_VALUES.get(cap, 0)))  # default, then best first
@@ -803,17 +836,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--remeasure", action="store_true", help="measure again and update the cache")
     parser.add_argument("--json", action="store_true", help="print the summary record as JSON")
     args = parser.parse_args(argv)
+    try:
+        candidate_caps()
+    except ValueError as err:  # a mistyped $MINDCV_CPU_ISA_CANDIDATES
+        print(f"mindcv-cpu-isa: {err}", file=sys.stderr)
+        return 2
+    entry = None
     if args.remeasure:
         if any(os.environ.get(k) for k in USER_ENV) and not os.environ.get(CHOSEN_ENV):
             print("note: ONEDNN_MAX_CPU_ISA is set in your environment, so the measurement is not applied here")
         # importing mindcv may just have measured (a first use): once is enough
         entry = apply_cpu_isa().entry if _measured_in_process else None
         entry = entry or cached_or_measured(remeasure=True)
-        print(f"measured: choice {entry['choice'] or 'default'} ({entry['reason']})")
+        print(
+            f"measured: choice {entry['choice'] or 'default'} ({entry['reason']}); processes started from now on "
+            f"use it, this one keeps the level it started with"
+        )
     if args.json:
         print(json.dumps(cpu_isa_summary(), indent=1))
     else:
-        print(cpu_isa_report())
+        print(cpu_isa_report(entry))
     return 0
 
 
