@@ -27,8 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from report import write_report  # noqa: E402
 
 import mindspore as ms  # noqa: E402
-from mindspore import Parameter, ParameterTuple, nn, ops  # noqa: E402
+from mindspore import Parameter, nn, ops  # noqa: E402
 
+from mindcv.utils._cpu_isa_probe import _Backward as Gradients  # noqa: E402  (input and weight gradients)
 from mindcv.utils.cpu_isa import environment_line  # noqa: E402  (chooses the CPU kernels first)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depthwise_direct.cc")
@@ -96,17 +97,6 @@ class SquaredLoss(nn.Cell):
     def construct(self, x):
         y = self.conv(x)
         return (y * y).sum()
-
-
-class Gradients(nn.Cell):
-    def __init__(self, loss: nn.Cell) -> None:
-        super().__init__()
-        self.loss = loss
-        self.weights = ParameterTuple(loss.trainable_params())
-        self.grad = ops.GradOperation(get_all=True, get_by_list=True)
-
-    def construct(self, x):
-        return self.grad(self.loss, self.weights)(x)
 
 
 def median_ms(fn, repeats: int) -> float:

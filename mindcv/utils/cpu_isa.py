@@ -27,6 +27,7 @@ what was measured and what is in effect.
 import contextlib
 import ctypes
 import datetime
+import functools
 import hashlib
 import importlib.util
 import json
@@ -134,6 +135,7 @@ _decision: Optional[CpuIsaDecision] = None
 
 
 # ---------------------------------------------------------------------------------------------------- host facts
+@functools.lru_cache(maxsize=1)  # read once per process: every import asks for the model and flags several times
 def _cpuinfo() -> Dict[str, str]:
     fields: Dict[str, str] = {}
     try:
@@ -198,8 +200,6 @@ def candidate_caps(flags: Optional[Sequence[str]] = None) -> List[str]:
     caps = []
     for cap in _TRIED_CAPS:
         if rank[cap] >= rank[best]:
-            continue
-        if cap == "AVX2_VNNI" and "avx_vnni" not in have:
             continue
         if _supported(cap, have):
             caps.append(cap)
