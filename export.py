@@ -24,6 +24,7 @@ import mindspore as ms
 from mindspore import nn
 
 from mindcv.errors import InvalidArgumentError
+from mindcv.kernels import standard_depthwise
 from mindcv.models import create_model
 from mindcv.models.fuse import fuse_bn
 from mindcv.models.model_factory import weights_num_classes
@@ -35,7 +36,7 @@ ONNX_BATCH_NAME = "batch"
 def export_model(
     model: nn.Cell, file_name: str, fmt: str, image_size: int, batch_size: int = -1, in_channels: int = 3
 ) -> str:
-    """Export ``model`` (inference mode) as it is.
+    """Export ``model`` (inference mode) as it is, with MindSpore's own depthwise convolution.
 
     Args:
         model: the network; call :func:`~mindcv.models.fuse.fuse_bn` on it first to fold BatchNorm.
@@ -51,7 +52,8 @@ def export_model(
     model.set_train(False)
     batch = None if batch_size < 0 else batch_size
     spec = ms.Tensor(shape=[batch, in_channels, image_size, image_size], dtype=ms.float32)
-    ms.export(model, spec, file_name=file_name, file_format=fmt)
+    with standard_depthwise(model):  # an exported file must run without this machine's kernel library
+        ms.export(model, spec, file_name=file_name, file_format=fmt)
     return f"{file_name}.{'mindir' if fmt == 'MINDIR' else 'onnx'}"
 
 

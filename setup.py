@@ -21,7 +21,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["mindcv", "mindcv.*"]),
     include_package_data=True,
-    package_data={"mindcv": ["data/imagenet_classes.txt"]},
+    package_data={"mindcv": ["data/imagenet_classes.txt", "kernels/depthwise_direct.cc"]},
     install_requires=[
         "mindspore==2.10.0",
         # MindSpore 2.10's tensor/scalar arithmetic and several dataset paths break with numpy 2

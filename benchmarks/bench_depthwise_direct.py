@@ -2,21 +2,17 @@
 
     python benchmarks/bench_depthwise_direct.py --batch 32 --out benchmarks/results/depthwise_direct.md
 
-Compiles ``benchmarks/depthwise_direct.cc`` with g++ (``-O3 -march=native -fopenmp``) into a temporary
-folder, wraps it in ``ops.Custom(func_type="aot")`` with a bprop made of the two gradient kernels, checks
-that forward, input gradient and weight gradient agree with ``nn.Conv2d(group=C)`` (relative error), and
-times both, forward and forward+backward, in GRAPH mode at the given batch on every distinct depthwise
-layer of the model (stride 1 and 2, symmetric padding k//2 as the zoo's layers). The kernels are not used
-by the package; this measures whether they would pay.
+Times the package's direct kernels (``mindcv.kernels.DepthwiseConv2d``, built from
+``mindcv/kernels/depthwise_direct.cc`` at first use) against ``nn.Conv2d(group=C)``, after checking that
+forward, input gradient and weight gradient agree (relative error), forward and forward+backward, in GRAPH
+mode at the given batch on every distinct depthwise layer of the model (stride 1 and 2, symmetric padding
+k//2 as the zoo's layers). Stops if the direct kernels are not available here.
 """
 
 import argparse
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from typing import List, Tuple
 
@@ -27,12 +23,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from report import write_report  # noqa: E402
 
 import mindspore as ms  # noqa: E402
-from mindspore import Parameter, nn, ops  # noqa: E402
+from mindspore import nn  # noqa: E402
 
+from mindcv.kernels import DepthwiseConv2d, depthwise_kernel_status  # noqa: E402
 from mindcv.utils._cpu_isa_probe import _Backward as Gradients  # noqa: E402  (input and weight gradients)
 from mindcv.utils.cpu_isa import environment_line  # noqa: E402  (chooses the CPU kernels first)
-
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depthwise_direct.cc")
 
 
 def depthwise_layers(model_name: str, size: int) -> List[Tuple[int, int, int, int]]:
@@ -50,43 +45,6 @@ def depthwise_layers(model_name: str, size: int) -> List[Tuple[int, int, int, in
                 found.append(layer)
         resolution = (resolution - 1) // stride + 1  # symmetric padding k//2: ceil(size / stride)
     return found
-
-
-def build(folder: str) -> str:
-    if shutil.which("g++") is None:
-        raise SystemExit("g++ is needed to build the kernels (Debian: apt-get install g++)")
-    library = os.path.join(folder, "depthwise_direct.so")
-    cmd = ["g++", "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-o", library, SOURCE]
-    subprocess.run(cmd, check=True)
-    return library
-
-
-def custom_depthwise(library: str, stride: int):
-    """The forward op for ``stride`` (symmetric padding k//2), with the two gradient kernels as its bprop."""
-    grad_input = ops.Custom(
-        f"{library}:DwBwdInput", out_shape=lambda x, g, w: x, out_dtype=lambda x, g, w: x, func_type="aot"
-    )
-    grad_weight = ops.Custom(
-        f"{library}:DwBwdFilter", out_shape=lambda x, g, w: w, out_dtype=lambda x, g, w: w, func_type="aot"
-    )
-
-    def bprop(x, w, out, dout):
-        return grad_input(x, dout, w), grad_weight(x, dout, w)
-
-    def out_shape(x, w):
-        return [x[0], x[1], (x[2] - 1) // stride + 1, (x[3] - 1) // stride + 1]
-
-    return ops.Custom(f"{library}:DwFwd", out_shape=out_shape, out_dtype=lambda x, w: x, func_type="aot", bprop=bprop)
-
-
-class DirectDepthwise(nn.Cell):
-    def __init__(self, op, weight: np.ndarray) -> None:
-        super().__init__()
-        self.op = op
-        self.weight = Parameter(ms.Tensor(weight))
-
-    def construct(self, x):
-        return self.op(x, self.weight)
 
 
 class SquaredLoss(nn.Cell):
@@ -124,52 +82,53 @@ def main() -> None:
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)
     rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as folder:
-        library = build(folder)
-        ops_by_stride = {stride: custom_depthwise(library, stride) for stride in (1, 2)}
-        lines = [
-            f"Every distinct depthwise convolution of {args.model} at {args.size} px, batch {args.batch}, fp32, "
-            f"GRAPH mode; median ms of {args.repeats} calls; error = max |difference| / max |MindSpore's value|.",
-            "",
-            f"Host: {environment_line()}",
-            "",
-            "| channels, kernel, stride, input size | MindSpore fwd | direct fwd | speed-up | MindSpore fwd+grads "
-            "| direct fwd+grads | speed-up | error out / dx / dw |",
-            "|---|---:|---:|---:|---:|---:|---:|---|",
-        ]
-        totals = [0.0, 0.0, 0.0, 0.0]
-        for channels, kernel, stride, size in depthwise_layers(args.model, args.size):
-            print(f"C{channels} k{kernel} s{stride} {size}px", flush=True)
-            x = ms.Tensor(rng.standard_normal((args.batch, channels, size, size)).astype(np.float32))
-            builtin = nn.Conv2d(
-                channels, channels, kernel, stride, pad_mode="pad", padding=kernel // 2, group=channels, has_bias=False
-            )
-            direct = DirectDepthwise(ops_by_stride[stride], builtin.weight.value().asnumpy())
-            ours, theirs = Gradients(SquaredLoss(direct)), Gradients(SquaredLoss(builtin))
-            g_ours, g_theirs = ours(x), theirs(x)
-            errors = [
-                relative_error(direct(x).asnumpy(), builtin(x).asnumpy()),
-                relative_error(g_ours[0][0].asnumpy(), g_theirs[0][0].asnumpy()),
-                relative_error(g_ours[1][0].asnumpy(), g_theirs[1][0].asnumpy()),
-            ]
-            calls = [
-                lambda b=builtin, x=x: b(x).asnumpy(),
-                lambda d=direct, x=x: d(x).asnumpy(),
-                lambda g=theirs, x=x: g(x)[1][0].asnumpy(),
-                lambda g=ours, x=x: g(x)[1][0].asnumpy(),
-            ]
-            times = [median_ms(call, args.repeats) for call in calls]
-            totals = [t + v for t, v in zip(totals, times)]
-            lines.append(
-                f"| {channels}, {kernel}x{kernel}, /{stride}, {size} | {times[0]:.1f} | {times[1]:.1f} "
-                f"| {times[0] / times[1]:.2f}x | {times[2]:.1f} | {times[3]:.1f} | {times[2] / times[3]:.2f}x | "
-                + " / ".join(f"{e:.1e}" for e in errors)
-                + " |"
-            )
-        lines.append(
-            f"| all | {totals[0]:.1f} | {totals[1]:.1f} | {totals[0] / totals[1]:.2f}x | {totals[2]:.1f} "
-            f"| {totals[3]:.1f} | {totals[2] / totals[3]:.2f}x | |"
+    status = depthwise_kernel_status()
+    if status.library is None:
+        raise SystemExit(f"the direct depthwise kernels are not available here: {status.reason}")
+    lines = [
+        f"Every distinct depthwise convolution of {args.model} at {args.size} px, batch {args.batch}, fp32, "
+        f"GRAPH mode; median ms of {args.repeats} calls; error = max |difference| / max |MindSpore's value|.",
+        "",
+        f"Host: {environment_line()}",
+        "",
+        "| channels, kernel, stride, input size | MindSpore fwd | direct fwd | speed-up | MindSpore fwd+grads "
+        "| direct fwd+grads | speed-up | error out / dx / dw |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    totals = [0.0, 0.0, 0.0, 0.0]
+    for channels, kernel, stride, size in depthwise_layers(args.model, args.size):
+        print(f"C{channels} k{kernel} s{stride} {size}px", flush=True)
+        x = ms.Tensor(rng.standard_normal((args.batch, channels, size, size)).astype(np.float32))
+        builtin = nn.Conv2d(
+            channels, channels, kernel, stride, pad_mode="pad", padding=kernel // 2, group=channels, has_bias=False
         )
+        direct = DepthwiseConv2d(channels, kernel, stride)
+        direct.weight.set_data(builtin.weight.value())
+        ours, theirs = Gradients(SquaredLoss(direct)), Gradients(SquaredLoss(builtin))
+        g_ours, g_theirs = ours(x), theirs(x)
+        errors = [
+            relative_error(direct(x).asnumpy(), builtin(x).asnumpy()),
+            relative_error(g_ours[0][0].asnumpy(), g_theirs[0][0].asnumpy()),
+            relative_error(g_ours[1][0].asnumpy(), g_theirs[1][0].asnumpy()),
+        ]
+        calls = [
+            lambda b=builtin, x=x: b(x).asnumpy(),
+            lambda d=direct, x=x: d(x).asnumpy(),
+            lambda g=theirs, x=x: g(x)[1][0].asnumpy(),
+            lambda g=ours, x=x: g(x)[1][0].asnumpy(),
+        ]
+        times = [median_ms(call, args.repeats) for call in calls]
+        totals = [t + v for t, v in zip(totals, times)]
+        lines.append(
+            f"| {channels}, {kernel}x{kernel}, /{stride}, {size} | {times[0]:.1f} | {times[1]:.1f} "
+            f"| {times[0] / times[1]:.2f}x | {times[2]:.1f} | {times[3]:.1f} | {times[2] / times[3]:.2f}x | "
+            + " / ".join(f"{e:.1e}" for e in errors)
+            + " |"
+        )
+    lines.append(
+        f"| all | {totals[0]:.1f} | {totals[1]:.1f} | {totals[0] / totals[1]:.2f}x | {totals[2]:.1f} "
+        f"| {totals[3]:.1f} | {totals[2] / totals[3]:.2f}x | |"
+    )
     write_report(args.out, lines)
 
 

@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -7,6 +9,9 @@ from PIL import Image
 import mindspore as ms
 
 ms.set_device("CPU")
+# One build of the direct depthwise kernels for the whole run, subprocesses included (each test has its own
+# MINDCV_HOME); tests of the kernel cache itself point MINDCV_KERNEL_CACHE elsewhere.
+_KERNEL_CACHE = os.environ.setdefault("MINDCV_KERNEL_CACHE", tempfile.mkdtemp(prefix="mindcv-kernels-"))
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
@@ -56,3 +61,8 @@ def tiny_data(tmp_path_factory):
                 img = np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(folder / f"{i}.jpg", quality=92)
     return str(root)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.path.basename(_KERNEL_CACHE).startswith("mindcv-kernels-"):
+        shutil.rmtree(_KERNEL_CACHE, ignore_errors=True)

@@ -138,26 +138,35 @@ def test_latency_table_sums_layers_and_caches(tmp_path):
     assert again.predict(arch, 0.5, 32) == predicted  # read from the file, nothing re-measured
 
 
-@pytest.mark.parametrize("cpu_isa", ["SSE41", None])  # another oneDNN level, or a table from before levels were kept
-def test_latency_table_from_another_cpu_isa_is_not_reused(tmp_path, cpu_isa):
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("cpu_isa", "SSE41"),  # another oneDNN level
+        ("cpu_isa", None),  # a table from before levels were kept
+        ("depthwise_kernels", "mindspore"),  # measured with MindSpore's depthwise kernels instead of the direct ones
+    ],
+)
+def test_latency_table_from_another_cpu_isa_is_not_reused(tmp_path, key, value):
     arch = "ds_r1_k3_s1_c16_noskip"
     path = str(tmp_path / "lut.json")
     table = LatencyTable(path, warmup=1, repeats=2, threads=0)
     table.predict(arch, 0.5, 32)
     saved = json.load(open(path))
     assert saved["meta"]["cpu_isa"] == effective_cpu_isa() and saved["meta"]["cpu_isa"] in ISA_VALUES
+    assert saved["meta"]["depthwise_kernels"] == "direct"
     fake = {k: 1.0e6 for k in saved["entries"]}  # absurd values: reusing them would show in the prediction
     meta = dict(saved["meta"])
-    if cpu_isa is None:
-        del meta["cpu_isa"]
+    if value is None:
+        del meta[key]
     else:
-        meta["cpu_isa"] = cpu_isa
+        meta[key] = value
     with open(path, "w") as f:
         json.dump({"meta": meta, "entries": fake}, f)
     again = LatencyTable(path, warmup=1, repeats=2, threads=0)
     assert again.entries == {}
     assert again.predict(arch, 0.5, 32) < 1.0e5
     assert json.load(open(path))["meta"]["cpu_isa"] == effective_cpu_isa()
+    assert json.load(open(path))["meta"]["depthwise_kernels"] == "direct"
 
 
 def test_spearman_and_pareto_front():
@@ -615,12 +624,13 @@ def test_non_utf8_search_config_and_cli_overrides(tmp_path, capsys):
     [
         ("cpu_isa", "SSE41", "at another oneDNN instruction-set level (cpu_isa 'SSE41'"),
         ("host", "Some Other CPU (64 logical cores), Linux x86_64", "on another CPU"),
+        ("depthwise_kernels", "mindspore", "with other depthwise kernels (depthwise_kernels 'mindspore'"),
     ],
 )
 def test_resume_refuses_latencies_measured_elsewhere(tmp_path, key, value, needle):
     cfg = _search_config(tmp_path)
     state = _valid_state(cfg)
-    state.update(host=host_description(), cpu_isa=effective_cpu_isa())
+    state.update(host=host_description(), cpu_isa=effective_cpu_isa(), depthwise_kernels="direct")
     state[key] = value
     path = _write_state(cfg, state)
     before = open(path).read()
@@ -628,6 +638,7 @@ def test_resume_refuses_latencies_measured_elsewhere(tmp_path, key, value, needl
         run_search(cfg, progress=False)
     assert needle in str(err.value) and "--restart" in str(err.value)
     assert ("ONEDNN_MAX_CPU_ISA=SSE41" in str(err.value)) == (key == "cpu_isa")
+    assert ("MINDCV_DIRECT_DEPTHWISE=0" in str(err.value)) == (key == "depthwise_kernels")
     assert open(path).read() == before  # the saved search is left as it was
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
+from ..kernels import depthwise_kernel_status, set_kernel_threads
 from ..models.arch import decode_arch_def, parse_arch_string, round_channels
 from ..models.fuse import fuse_bn
 from ..models.layers import BLOCK_CLASSES, ConvBnAct, make_norm_layer
@@ -206,7 +207,7 @@ def read_latency_table(path: str) -> Dict:
     meta = c.obj(saved["meta"], "$.meta", ("host", "threads"))
     c.text(meta["host"], "$.meta.host")
     c.integer(meta["threads"], "$.meta.threads", 0)
-    for optional in ("mindspore", "cpu_isa"):
+    for optional in ("mindspore", "cpu_isa", "depthwise_kernels"):
         if optional in meta:
             c.text(meta[optional], f"$.meta.{optional}")
     entries = c.obj(saved["entries"], "$.entries")
@@ -231,8 +232,9 @@ class LatencyTable:
         repeats: timed calls per entry.
         threads: recorded with the table (measurements with another thread count are not comparable).
 
-    The table also records the host, the MindSpore version and the oneDNN instruction-set level its kernels ran
-    with (:func:`mindcv.utils.cpu_isa.effective_cpu_isa`); a saved table is reused only when all of them match,
+    The table also records the host, the MindSpore version, the oneDNN instruction-set level its kernels ran
+    with (:func:`mindcv.utils.cpu_isa.effective_cpu_isa`) and which depthwise kernels ran
+    (:func:`mindcv.kernels.depthwise_kernel_status`); a saved table is reused only when all of them match,
     since a layer's latency under another level (or on another CPU) says nothing about this one.
     """
 
@@ -245,6 +247,7 @@ class LatencyTable:
             "threads": threads,
             "mindspore": ms.__version__,
             "cpu_isa": effective_cpu_isa() or "none",
+            "depthwise_kernels": depthwise_kernel_status().name,
         }
         if path and os.path.exists(path):
             saved = read_latency_table(path)
@@ -341,6 +344,7 @@ def _serve(threads: int, lut_path: Optional[str], warmup: int, repeats: int) -> 
     ms.set_device("CPU")
     if threads > 0:
         ms.device_context.cpu.op_tuning.threads_num(threads)
+        set_kernel_threads(threads)
     table = None  # read on the first lookup-table query (a bad file is then reported to the parent)
     host, cpu_isa = host_description(), effective_cpu_isa() or "none"
     for line in sys.stdin:

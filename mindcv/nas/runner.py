@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from tqdm import tqdm
 
+from ..kernels import depthwise_kernel_status
 from ..models.arch import format_arch_string
 from ..models.mnasnet import ARCH_DEFS
 from ..utils.atomic import atomic_write
@@ -221,7 +222,7 @@ def load_state(
         }
     references = {label: format_arch_string(ARCH_DEFS[key]) for label, key in REFERENCES.items()}
     check_search_state(saved, checker, strategies, space, references)
-    for key in ("host", "cpu_isa"):
+    for key in ("host", "cpu_isa", "depthwise_kernels"):
         if key in saved:
             checker.text(saved[key], f"$.{key}")
     for name, strategy_state in saved.get("strategies", {}).items():
@@ -248,7 +249,11 @@ def _check_same_latency_platform(state: Dict[str, Any], output_dir: str) -> None
     Raises:
         StateMismatchError: the state was measured on another host or at another instruction-set level.
     """
-    here = {"host": host_description(), "cpu_isa": effective_cpu_isa() or "none"}
+    here = {
+        "host": host_description(),
+        "cpu_isa": effective_cpu_isa() or "none",
+        "depthwise_kernels": depthwise_kernel_status().name,
+    }
     if "cpu_isa" not in state:  # a state from before the level was recorded
         _logger.warning(
             "'%s' does not record the oneDNN level its latencies were measured at; it is assumed to be this "
@@ -256,9 +261,17 @@ def _check_same_latency_platform(state: Dict[str, Any], output_dir: str) -> None
             output_dir,
             here["cpu_isa"],
         )
-    for key, what in (("host", "on another CPU"), ("cpu_isa", "at another oneDNN instruction-set level")):
+    mismatches = (
+        ("host", "on another CPU", "on that host"),
+        ("cpu_isa", "at another oneDNN instruction-set level", f"with ONEDNN_MAX_CPU_ISA={state.get('cpu_isa')}"),
+        (
+            "depthwise_kernels",
+            "with other depthwise kernels",
+            "with MINDCV_DIRECT_DEPTHWISE=" + ("1" if state.get("depthwise_kernels") == "direct" else "0"),
+        ),
+    )
+    for key, what, where in mismatches:
         if key in state and state[key] != here[key]:
-            where = f"with ONEDNN_MAX_CPU_ISA={state[key]}" if key == "cpu_isa" else "on that host"
             raise StateMismatchError(
                 f"'{output_dir}' holds latencies measured {what} ({key} {state[key]!r}, here {here[key]!r}); "
                 f"new ones would not be comparable with them. Resume {where}, or use another output_dir or --restart"
@@ -309,6 +322,7 @@ def run_search(cfg: SearchConfig, restart: bool = False, progress: bool = True) 
             _logger.info("resuming: %d candidates already evaluated", len(state["records"]))
     state["host"] = host_description()
     state["cpu_isa"] = effective_cpu_isa() or "none"  # the latency worker inherits this process's level
+    state["depthwise_kernels"] = depthwise_kernel_status().name  # and its kernel cache and switch
     state["config"] = asdict(cfg)
 
     lat = cfg.latency
@@ -423,6 +437,7 @@ def summarize(cfg: SearchConfig, state: Dict[str, Any], evaluate: _Evaluator) ->
     summary: Dict[str, Any] = {
         "host": state["host"],
         "cpu_isa": state["cpu_isa"],
+        "depthwise_kernels": state.get("depthwise_kernels", "unknown"),
         "target_ms": state["target_ms"],
         "references": {
             k: {f: v[f] for f in ("accuracy", "latency_ms", "params", "arch")} for k, v in state["references"].items()

@@ -761,7 +761,8 @@ def cpu_isa_summary() -> Dict[str, object]:
 
 
 def environment_line() -> str:
-    """One line for benchmark results: CPU, its ISA flags, oneDNN's level and cap, MindSpore version and threads."""
+    """One line for benchmark results: CPU, its ISA flags, oneDNN's level and cap, MindSpore version, threads and
+    which depthwise kernels run (:mod:`mindcv.kernels`)."""
     info = cpu_isa_summary()
     lib = _load_onednn()
     onednn = f"oneDNN {_onednn_version(lib)}" if lib else "no oneDNN"
@@ -769,8 +770,17 @@ def environment_line() -> str:
         f"{info['cpu']} ({info['logical_cores']} logical cores, {platform.machine()}); ISA flags "
         f"{' '.join(info['isa_flags']) or 'none'}; {onednn} at {info['cpu_isa_effective']} "
         f"(cap {info['cpu_isa_cap']}, decided by: {info['cpu_isa_source']}); MindSpore {_mindspore_version()}, "
-        f"{info['mindspore_threads']} op threads"
+        f"{info['mindspore_threads']} op threads; depthwise kernels: {_depthwise_kernels()}"
     )
+
+
+def _depthwise_kernels() -> str:
+    from ..kernels import depthwise_kernel_status  # imported late: this module runs before MindSpore's import
+
+    try:
+        return depthwise_kernel_status().name
+    except Exception as err:  # noqa: BLE001  (MINDCV_DIRECT_DEPTHWISE=1 without the kernels: say so in the line)
+        return f"unavailable ({err})"
 
 
 def cpu_isa_report(entry: Optional[dict] = None) -> str:

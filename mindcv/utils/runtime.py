@@ -13,6 +13,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, ops
 
+from ..kernels import set_kernel_threads
+
 __all__ = ["Runtime", "init_runtime", "launched_by_cluster_tool", "port_in_use"]
 
 _logger = logging.getLogger(__name__)
@@ -104,7 +106,9 @@ def init_runtime(
     if device_target == "CPU":
         # ranks on one host share its cores: one op thread pool per rank, not one per core per rank
         local = int(os.environ.get("MS_LOCAL_WORKER_NUM") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or size)
-        ms.device_context.cpu.op_tuning.threads_num(max(1, (os.cpu_count() or 1) // max(1, local)))
+        threads = max(1, (os.cpu_count() or 1) // max(1, local))
+        ms.device_context.cpu.op_tuning.threads_num(threads)
+        set_kernel_threads(threads)  # our own kernels (mindcv.kernels) too
     ms.reset_auto_parallel_context()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=size)
     _logger.info("joined data-parallel group: rank %d of %d", rank, size)
