@@ -354,3 +354,17 @@ def test_two_processes_build_once(tmp_path):
     assert len(libraries) == 1 and os.path.isfile(libraries.pop())
     builds = sum(err.count("building the direct depthwise kernels") for _, err in outputs)
     assert builds == 1, outputs
+
+
+def test_folding_batchnorm_keeps_the_direct_kernels(mode):
+    from mindcv.models.fuse import fuse_bn
+
+    model, reference = (create_model("mnasnet_small", num_classes=5) for _ in range(2))
+    ms.load_param_into_net(reference, {p.name: p for p in model.get_parameters()}, strict_load=True)
+    reference.set_train(False)
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    expected = reference(x).asnumpy()
+    assert fuse_bn(model) > 0
+    fused = [cell for _, cell in model.cells_and_names() if isinstance(cell, DepthwiseConv2d)]
+    assert fused and all(cell.direct and cell.has_bias for cell in fused)
+    np.testing.assert_allclose(model(x).asnumpy(), expected, rtol=1e-4, atol=1e-5)

@@ -6,6 +6,7 @@ import numpy as np
 
 from mindspore import Tensor, nn
 
+from ..kernels import DepthwiseConv2d
 from .layers import ConvBnAct, DepthwiseSeparableConv, InvertedResidual
 
 __all__ = ["fuse_bn", "CONV_BN_PAIRS"]
@@ -23,17 +24,21 @@ def _fused_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     w = conv.weight.asnumpy().astype(np.float64)
     b = conv.bias.asnumpy().astype(np.float64) if conv.bias is not None else np.zeros(w.shape[0])
     scale = bn.gamma.asnumpy() / np.sqrt(bn.moving_variance.asnumpy().astype(np.float64) + bn.eps)
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        pad_mode=conv.pad_mode,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        group=conv.group,
-        has_bias=True,
-    )
+    if isinstance(conv, DepthwiseConv2d):  # keeps its kernels (and its switch: see mindcv.kernels)
+        fused = DepthwiseConv2d(conv.in_channels, conv.kernel_size[0], stride=conv.stride[-1], has_bias=True)
+        fused.direct = conv.direct
+    else:
+        fused = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            pad_mode=conv.pad_mode,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            group=conv.group,
+            has_bias=True,
+        )
     fused.weight.set_data(Tensor((w * scale.reshape(-1, 1, 1, 1)).astype(np.float32)))
     fused.bias.set_data(Tensor(((b - bn.moving_mean.asnumpy()) * scale + bn.beta.asnumpy()).astype(np.float32)))
     return fused
