@@ -368,3 +368,36 @@ def test_folding_batchnorm_keeps_the_direct_kernels(mode):
     fused = [cell for _, cell in model.cells_and_names() if isinstance(cell, DepthwiseConv2d)]
     assert fused and all(cell.direct and cell.has_bias for cell in fused)
     np.testing.assert_allclose(model(x).asnumpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_on_an_accelerator_mindspore_kernels_run_without_a_warning(fresh_status, monkeypatch, recwarn):
+    real = ms.get_context
+    monkeypatch.setattr(dw.ms, "get_context", lambda key: "GPU" if key == "device_target" else real(key))
+    status = depthwise_kernel_status()
+    assert status.library is None and "device target is GPU" in status.reason and not status.slower
+    assert not [w for w in recwarn if "depthwise" in str(w.message)]
+    monkeypatch.setenv(dw.ENV_SWITCH, "1")  # asked for explicitly: an error, not a silent fallback
+    dw._reset_for_tests()
+    with pytest.raises(DirectDepthwiseUnavailableError, match="device target is GPU"):
+        depthwise_kernel_status()
+
+
+def test_a_hanging_compiler_is_timed_out(fresh_status, monkeypatch, tmp_path):
+    fake = tmp_path / "slow-g++"
+    fake.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo slow 1.0; exit 0; fi\nexec sleep 60\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("CXX", str(fake))
+    monkeypatch.setattr(dw, "BUILD_TIMEOUT_S", 1.0)
+    with pytest.warns(RuntimeWarning, match="did not finish within 1 s"):
+        assert depthwise_kernel_status().library is None
+    assert not any(p.suffix == ".so" for p in fresh_status.iterdir())
+
+
+def test_a_mindir_export_never_contains_the_kernels(tmp_path):
+    from export import export_model
+
+    model = create_model("mnasnet_small", num_classes=5)
+    assert use_direct_depthwise(model, True) > 0
+    path = export_model(model, str(tmp_path / "m"), "MINDIR", 32, batch_size=1)
+    content = open(path, "rb").read()
+    assert b"Conv2D" in content and b"DwFwd" not in content and b"depthwise_direct" not in content

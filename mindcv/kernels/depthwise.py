@@ -79,10 +79,12 @@ class KernelStatus:
     Attributes:
         library: the checked library, or ``None`` when MindSpore's convolution is used.
         reason: one sentence for logs and reports.
+        slower: MindSpore's kernels run where the direct ones would have been faster (warned about once).
     """
 
     library: Optional[str]
     reason: str
+    slower: bool = True
 
     @property
     def name(self) -> str:
@@ -132,12 +134,13 @@ def depthwise_kernel_status() -> KernelStatus:
                         raise DirectDepthwiseUnavailableError(
                             f"{ENV_SWITCH}=1 asks for the direct depthwise kernels, but {status.reason}"
                         )
-                    warnings.warn(
-                        f"direct depthwise kernels not used: {_status.reason}; MindSpore's depthwise convolution "
-                        f"runs instead (about 2.4x slower on the CPU; {ENV_SWITCH}=0 silences this)",
-                        RuntimeWarning,
-                        stacklevel=3,
-                    )
+                    if _status.slower:
+                        warnings.warn(
+                            f"direct depthwise kernels not used: {_status.reason}; MindSpore's depthwise "
+                            f"convolution runs instead (about 2.4x slower on the CPU; {ENV_SWITCH}=0 silences this)",
+                            RuntimeWarning,
+                            stacklevel=3,
+                        )
                 else:
                     _apply_threads(_status.library)
             _logger.info("depthwise kernels: %s (%s)", _status.name, _status.reason)
@@ -247,7 +250,8 @@ def _build(compiler: str, target: str) -> Optional[str]:
 def _find_library() -> KernelStatus:
     try:
         if ms.get_context("device_target") != "CPU":
-            return KernelStatus(None, f"the device target is {ms.get_context('device_target')}, not CPU")
+            # the kernels are CPU code: on an accelerator MindSpore's own kernels are the right ones, no warning
+            return KernelStatus(None, f"the device target is {ms.get_context('device_target')}, not CPU", slower=False)
     except Exception as err:  # noqa: BLE001  (no device set yet and none available: report it, do not crash)
         return KernelStatus(None, f"the device target could not be read ({err})")
     compiler = _compiler()
