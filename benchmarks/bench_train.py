@@ -15,6 +15,7 @@ import numpy as np
 
 import mindspore as ms
 
+from mindcv.kernels import use_direct_depthwise
 from mindcv.loss import create_loss
 from mindcv.models import create_model
 from mindcv.optim import create_optimizer
@@ -22,11 +23,15 @@ from mindcv.utils.cpu_isa import environment_line
 from mindcv.utils.train_step import NetWithLoss, TrainStep
 
 
-def build_train_step(model_name: str, mode: int, batch: int, size: int) -> Callable[[], float]:
-    """A closure running one optimizer step of ``model_name`` on a fixed random batch and returning the loss."""
+def build_train_step(
+    model_name: str, mode: int, batch: int, size: int, direct_depthwise: bool = True
+) -> Callable[[], float]:
+    """A closure running one optimizer step of ``model_name`` on a fixed random batch and returning the loss
+    (``direct_depthwise=False``: with MindSpore's depthwise convolution instead of mindcv.kernels')."""
     ms.set_context(mode=mode)
     ms.set_seed(0)
     model = create_model(model_name)
+    use_direct_depthwise(model, direct_depthwise)
     step = TrainStep(
         NetWithLoss(model, create_loss("CE", label_smoothing=0.1)), create_optimizer(model, "rmsprop", lr=0.01)
     )

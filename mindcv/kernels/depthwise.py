@@ -24,6 +24,7 @@ gradients, ``benchmarks/results/depthwise_direct.md``). :class:`DepthwiseConv2d`
 """
 
 import contextlib
+import copy
 import ctypes
 import hashlib
 import json
@@ -40,6 +41,7 @@ from typing import Dict, Iterator, Optional
 
 import mindspore as ms
 from mindspore import nn, ops
+from mindspore.ops import functional as F
 
 from ..errors import InvalidArgumentError, RunFailedError
 
@@ -160,7 +162,7 @@ def _compiler() -> Optional[str]:
 
 def _compiler_version(compiler: str) -> str:
     try:
-        done = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60)
+        done = subprocess.run([compiler, "--version"], capture_output=True, text=True, errors="replace", timeout=60)
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"unknown ({err})"
     return done.stdout.splitlines()[0] if done.stdout else "unknown"
@@ -182,7 +184,8 @@ def library_path(compiler: str) -> str:
     key = hashlib.sha256(
         b"\0".join([source, " ".join(FLAGS).encode(), _compiler_version(compiler).encode(), _cpu_identity().encode()])
     ).hexdigest()[:16]
-    return os.path.join(os.path.expanduser(folder), f"depthwise_direct-{key}.so")
+    # absolute: MindSpore opens the library at the first forward, possibly after the process changed directory
+    return os.path.abspath(os.path.join(os.path.expanduser(folder), f"depthwise_direct-{key}.so"))
 
 
 def _sha256(path: str) -> str:
@@ -207,7 +210,7 @@ def _self_test(library: str) -> Optional[str]:
     """Run the child check; ``None`` when it passed, else what went wrong."""
     cmd = [sys.executable, "-c", _RUN_SCRIPT, _SELFTEST, library]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=SELFTEST_TIMEOUT_S)
+        done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=SELFTEST_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return f"its check did not finish within {SELFTEST_TIMEOUT_S:.0f} s"
     if done.returncode == 0:
@@ -227,7 +230,7 @@ def _build(compiler: str, target: str) -> Optional[str]:
         cmd = [compiler, *FLAGS, "-o", tmp, SOURCE]
         _logger.warning("building the direct depthwise kernels once for this machine: %s", " ".join(cmd))
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+            done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=BUILD_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             return f"{compiler} did not finish within {BUILD_TIMEOUT_S:.0f} s"
         if done.returncode != 0:
@@ -236,13 +239,14 @@ def _build(compiler: str, target: str) -> Optional[str]:
         problem = _self_test(tmp)
         if problem:
             return f"the library built by {compiler} is wrong: {problem}"
-        with open(tmp + ".checked", "w", encoding="utf-8") as f:
+        record = tmp[: -len(".so")] + ".checked"  # a temporary name remove_stale_temporaries knows
+        with open(record, "w", encoding="utf-8") as f:
             json.dump({"sha256": _sha256(tmp), "source": SOURCE, "compiler": _compiler_version(compiler)}, f)
-        os.replace(tmp + ".checked", target + ".checked")  # the record is only trusted with a matching sha256
+        os.replace(record, target + ".checked")  # the record is only trusted with a matching sha256
         os.replace(tmp, target)
         return None
     finally:
-        for leftover in (tmp, tmp + ".checked"):
+        for leftover in (tmp, tmp[: -len(".so")] + ".checked"):
             if os.path.exists(leftover):
                 os.remove(leftover)
 
@@ -261,21 +265,35 @@ def _find_library() -> KernelStatus:
     from ..utils.cpu_isa import _lock_timeout
     from ..utils.download import LockTimeoutError, _file_lock
 
+    from ..utils.atomic import remove_stale_temporaries
+
     target = library_path(compiler)
+    if ":" in target:  # MindSpore names an AOT kernel "<library>:<function>" and splits at the first colon
+        return KernelStatus(None, f"the kernel cache path {target!r} contains ':'; set {CACHE_ENV} to a path without")
     try:
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with _file_lock(target + ".lock", timeout=_lock_timeout(), what="building depthwise kernels"):
+        # one lock for the folder: whoever holds it may remove temporaries left by a killed build
+        lock = os.path.join(os.path.dirname(target), "build.lock")
+        with _file_lock(lock, timeout=_lock_timeout(), what="building depthwise kernels"):
             if os.path.exists(target) and _recorded_check(target):
-                return KernelStatus(target, f"built and checked library {target}")
-            if os.path.exists(target):
-                _logger.warning("the depthwise kernel library %s does not match its check record: rebuilding", target)
-            problem = _build(compiler, target)
+                problem = None
+            else:
+                if os.path.exists(target):
+                    _logger.warning(
+                        "the depthwise kernel library %s does not match its check record: rebuilding", target
+                    )
+                remove_stale_temporaries(os.path.dirname(target))  # a build killed mid-way (we hold the lock)
+                problem = _build(compiler, target)
     except LockTimeoutError as err:
         return KernelStatus(None, f"another process held the build lock too long ({err})")
     except OSError as err:
         return KernelStatus(None, f"the kernel cache {os.path.dirname(target)} is unusable ({err})")
     if problem:
         return KernelStatus(None, problem)
+    try:
+        _direct_op(target, 1)  # MindSpore checks the library's folder (MS_CUSTOM_AOT_WHITE_LIST) when the op is made
+    except Exception as err:  # noqa: BLE001  (whatever MindSpore refuses, the layers fall back)
+        return KernelStatus(None, f"MindSpore refuses the kernel library {target} ({type(err).__name__}: {err})")
     return KernelStatus(target, f"built and checked library {target}")
 
 
@@ -318,7 +336,7 @@ def _direct_op(library: str, stride: int) -> ops.Custom:
             return grad_input(x, dout, w), grad_weight(x, dout, w)
 
         def out_shape(x, w):
-            return [x[0], x[1], (x[2] - 1) // stride + 1, (x[3] - 1) // stride + 1]
+            return [x[0], x[1], *(-1 if d < 0 else (d - 1) // stride + 1 for d in x[2:])]
 
         _ops[key] = ops.Custom(
             f"{library}:DwFwdS{stride}", out_shape=out_shape, out_dtype=lambda x, w: x, func_type="aot", bprop=bprop
@@ -366,7 +384,17 @@ class DepthwiseConv2d(nn.Conv2d):
         self.direct_conv = _direct_op(status.library, stride) if self.direct else self.conv2d
 
     def construct(self, x):
-        if self.direct and x.dtype == ms.float32 and self.weight.dtype == ms.float32:
+        # decided at compile time in GRAPH mode; anything the kernels do not compute (another dtype, a shape
+        # known only at run time, a wrong input, which MindSpore's convolution then reports clearly) goes to
+        # MindSpore's convolution
+        if (
+            self.direct
+            and x.dtype == ms.float32
+            and self.weight.dtype == ms.float32
+            and x.ndim == 4
+            and not F.is_sequence_value_unknown(x.shape)
+            and x.shape[1] == self.in_channels
+        ):
             output = self.direct_conv(x, self.weight)
         else:
             output = self.conv2d(x, self.weight)
@@ -374,9 +402,23 @@ class DepthwiseConv2d(nn.Conv2d):
             output = self.bias_add(output, self.bias)
         return output
 
+    def __deepcopy__(self, memo):
+        # the operators are stateless, shared by every layer, and cannot be re-created by copy: copies share them
+        memo[id(self.direct_conv)] = self.direct_conv
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        for key, value in self.__dict__.items():
+            copied.__dict__[key] = copy.deepcopy(value, memo)
+        return copied
+
 
 def use_direct_depthwise(model: nn.Cell, enabled: bool) -> int:
     """Switch every :class:`DepthwiseConv2d` of ``model`` to the direct kernels (if built) or to MindSpore's.
+
+    Switch before the model's first call in GRAPH mode: MindSpore keeps a compiled graph, and the kernels in
+    it, whatever the layers' switch says afterwards (as for :func:`~mindcv.models.fuse.fuse_bn`). A model
+    called in GRAPH mode itself is refused; one compiled only inside another cell or function (a gradient
+    wrapper) cannot be detected, so switch first, or create the model again.
 
     Args:
         model: the network.
@@ -384,7 +426,20 @@ def use_direct_depthwise(model: nn.Cell, enabled: bool) -> int:
 
     Returns:
         How many layers run the direct kernels now.
+
+    Raises:
+        InvalidArgumentError: ``model`` (or one of its cells) was already compiled in GRAPH mode.
     """
+    compiled = [name or "the model" for name, cell in model.cells_and_names() if getattr(cell, "compile_cache", None)]
+    if compiled:
+        raise InvalidArgumentError(
+            f"{compiled[0]} was already run in GRAPH mode and keeps the depthwise kernels it was compiled with; "
+            "switch before its first call, or create the model again"
+        )
+    return _set_direct(model, enabled)
+
+
+def _set_direct(model: nn.Cell, enabled: bool) -> int:
     count = 0
     for _, cell in model.cells_and_names():
         if isinstance(cell, DepthwiseConv2d):
@@ -395,9 +450,13 @@ def use_direct_depthwise(model: nn.Cell, enabled: bool) -> int:
 
 @contextlib.contextmanager
 def standard_depthwise(model: nn.Cell) -> Iterator[nn.Cell]:
-    """Within the block, ``model`` uses MindSpore's depthwise convolution (for export); restored after."""
+    """Within the block, ``model`` uses MindSpore's depthwise convolution; restored after.
+
+    For export: ``ms.export`` compiles a graph of its own, so this works after GRAPH-mode calls too, and the
+    model's own compiled graph is left as it was.
+    """
     saved = {id(cell): cell.direct for _, cell in model.cells_and_names() if isinstance(cell, DepthwiseConv2d)}
-    use_direct_depthwise(model, False)
+    _set_direct(model, False)
     try:
         yield model
     finally:
