@@ -12,6 +12,8 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -401,3 +403,54 @@ def test_a_mindir_export_never_contains_the_kernels(tmp_path):
     path = export_model(model, str(tmp_path / "m"), "MINDIR", 32, batch_size=1)
     content = open(path, "rb").read()
     assert b"Conv2D" in content and b"DwFwd" not in content and b"depthwise_direct" not in content
+
+
+def _selftest_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dw_selftest", dw._SELFTEST)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_concurrent_calls_and_a_forked_child_compute_correctly():
+    """The kernels' thread pool runs one job at a time: concurrent callers (MindSpore may launch two kernels at
+    once) and a forked child (whose copy of the pool has no threads) must still get exact results, not hang."""
+    selftest = _selftest_module()
+    library = selftest.Library(depthwise_kernel_status().library)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 16, 23, 19)).astype(np.float32)
+    w = rng.standard_normal((16, 1, 5, 5)).astype(np.float32)
+    expected = selftest.reference_forward(x, w, 2)
+    results, errors = [], []
+
+    def call():
+        for _ in range(20):
+            y = np.empty_like(expected, dtype=np.float32)
+            if library.call("DwFwdS2", [x, w, y]) != 0:
+                errors.append("refused")
+            results.append(float(np.abs(y - expected).max()))
+
+    workers = [threading.Thread(target=call) for _ in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout=120)
+    assert not errors and len(results) == 80 and max(results) < 1e-4
+    pid = os.fork()
+    if pid == 0:  # the child: compute, report through the exit code, never return into pytest
+        y = np.empty_like(expected, dtype=np.float32)
+        ok = library.call("DwFwdS2", [x, w, y]) == 0 and float(np.abs(y - expected).max()) < 1e-4
+        os._exit(0 if ok else 1)
+    deadline = 60
+    while deadline > 0:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+        deadline -= 0.1
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the forked child hung in the kernel's thread pool")
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -7,7 +7,7 @@ gradients, ``benchmarks/results/depthwise_direct.md``). :class:`DepthwiseConv2d`
 (same parameters, same checkpoint names, same results) that runs them when it can:
 
 * device target CPU, float32 input and weight, odd kernel up to 11, stride 1 or 2, padding ``k // 2``;
-* the library is built with the C++ compiler (``$CXX`` or ``g++``, ``-O3 -march=native -fopenmp``) the first
+* the library is built with the C++ compiler (``$CXX`` or ``g++``, ``-O3 -march=native -pthread``) the first
   time a model needs it, into ``$MINDCV_KERNEL_CACHE`` or ``<cache>/kernels/`` (``<cache>`` is ``$MINDCV_HOME``
   or ``~/.cache/mindcv``),
   named by a hash of the source, the flags, the compiler and the CPU, so that a cache shared between
@@ -64,7 +64,7 @@ CACHE_ENV = "MINDCV_KERNEL_CACHE"  # the folder for built kernels (default: <cac
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depthwise_direct.cc")
 _SELFTEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_depthwise_selftest.py")
 _RUN_SCRIPT = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++14")
+FLAGS = ("-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-std=c++14")
 MAX_KERNEL = 11
 BUILD_TIMEOUT_S = 300.0
 SELFTEST_TIMEOUT_S = 120.0

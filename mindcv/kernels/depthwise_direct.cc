@@ -7,14 +7,100 @@
 // Each stride has its own entry points (DwFwdS1, DwFwdS2, ...): the stride is never guessed from shapes.
 // Every entry point checks the shapes and types it is given and returns non-zero, which MindSpore reports as a
 // failed kernel launch, instead of reading or writing outside a buffer.
-#include <omp.h>
+//
+// Threads: a small pool of our own whose idle workers sleep on a condition variable. OpenMP was used first, but
+// its idle threads spin-wait after every parallel region and took the cores from MindSpore's next kernel (and
+// MindSpore's spinning pool from ours): whole models at batch 1 or 64 px ran up to 1.5x slower than with
+// MindSpore's kernels, while OMP_WAIT_POLICY=passive made every case faster
+// (benchmarks/results/direct_depthwise_models.md).
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
-static int g_threads = 0;  // 0: every processor; set through DwSetThreads to MindSpore's op thread count
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+static int g_threads = 0;  // 0: every processor this process may run on; DwSetThreads sets MindSpore's count
+
+static int processors() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set) > 0 ? CPU_COUNT(&set) : 1;
+  unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? (int)n : 1;
+}
 
 extern "C" void DwSetThreads(int n) { g_threads = n > 0 ? n : 0; }
-extern "C" int DwThreads() { return g_threads > 0 ? g_threads : omp_get_num_procs(); }
+extern "C" int DwThreads() { return g_threads > 0 ? g_threads : processors(); }
+
+// Runs body(begin, end) over [0, n) in `parts` contiguous chunks, the calling thread taking the first. One job at a
+// time: a call that finds the pool busy (MindSpore may launch two kernels at once) or runs in a forked child (whose
+// copy of the pool has no threads) runs its whole range itself.
+class Pool {
+ public:
+  void run(int64_t n, int parts, const std::function<void(int64_t, int64_t)> &body) {
+    if (parts > n) parts = (int)n;
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (parts <= 1 || !busy.owns_lock() || getpid() != owner_) {
+      if (n > 0) body(0, n);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      while ((int)workers_.size() < parts - 1) workers_.emplace_back([this, i = (int)workers_.size()] { work(i + 1); });
+      body_ = &body, n_ = n, parts_ = parts, pending_ = parts - 1, ++generation_;
+    }
+    wake_.notify_all();
+    body(0, chunk_end(0));
+    std::unique_lock<std::mutex> lock(mu_);
+    done_.wait(lock, [this] { return pending_ == 0; });
+    body_ = nullptr;
+  }
+
+ private:
+  int64_t chunk_end(int part) const { return n_ * (part + 1) / parts_; }
+
+  void work(int part) {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      wake_.wait(lock, [&] { return generation_ != seen; });
+      seen = generation_;
+      if (part >= parts_) continue;  // this job needs fewer threads
+      const std::function<void(int64_t, int64_t)> *body = body_;
+      int64_t begin = n_ * part / parts_, end = chunk_end(part);
+      lock.unlock();
+      if (begin < end) (*body)(begin, end);
+      lock.lock();
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  std::mutex busy_, mu_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> workers_;
+  const std::function<void(int64_t, int64_t)> *body_ = nullptr;
+  int64_t n_ = 0;
+  int parts_ = 0, pending_ = 0;
+  uint64_t generation_ = 0;
+  const pid_t owner_ = getpid();
+};
+
+// Never destroyed: the workers sleep until the process ends (no join at exit, when MindSpore may still be running).
+static Pool &pool() {
+  static Pool *instance = new Pool();
+  return *instance;
+}
+
+template <typename Body>
+static void parallel_for(int64_t n, Body per_index) {
+  pool().run(n, DwThreads(), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) per_index(i);
+  });
+}
 
 static const int64_t kMaxKernel = 11;
 
@@ -52,8 +138,7 @@ static bool read_geometry(const int *ndims, int64_t **shapes, const char **dtype
 template <int64_t S>
 static void forward(const float *x, const float *w, float *y, const Geometry &g) {
   const int64_t P = g.K / 2, K = g.K, H = g.H, W = g.W, Ho = g.Ho, Wo = g.Wo, C = g.C;
-#pragma omp parallel for num_threads(DwThreads()) schedule(static)
-  for (int64_t nc = 0; nc < g.N * C; ++nc) {
+  parallel_for(g.N * C, [&](int64_t nc) {
     const float *xi = x + nc * H * W, *wk = w + (nc % C) * K * K;
     float *yo = y + nc * Ho * Wo;
     memset(yo, 0, sizeof(float) * Ho * Wo);
@@ -71,15 +156,14 @@ static void forward(const float *x, const float *w, float *y, const Geometry &g)
         }
       }
     }
-  }
+  });
 }
 
 // The transpose of the forward pass: every output gradient is spread back onto the inputs it read.
 template <int64_t S>
 static void input_gradient(const float *dy, const float *w, float *dx, const Geometry &g) {
   const int64_t P = g.K / 2, K = g.K, H = g.H, W = g.W, Ho = g.Ho, Wo = g.Wo, C = g.C;
-#pragma omp parallel for num_threads(DwThreads()) schedule(static)
-  for (int64_t nc = 0; nc < g.N * C; ++nc) {
+  parallel_for(g.N * C, [&](int64_t nc) {
     const float *gi = dy + nc * Ho * Wo, *wk = w + (nc % C) * K * K;
     float *o = dx + nc * H * W;
     memset(o, 0, sizeof(float) * H * W);
@@ -97,14 +181,13 @@ static void input_gradient(const float *dy, const float *w, float *dx, const Geo
         }
       }
     }
-  }
+  });
 }
 
 template <int64_t S>
 static void weight_gradient(const float *x, const float *dy, float *dw, const Geometry &g) {
   const int64_t P = g.K / 2, K = g.K, H = g.H, W = g.W, Ho = g.Ho, Wo = g.Wo, C = g.C;
-#pragma omp parallel for num_threads(DwThreads()) schedule(static)
-  for (int64_t c = 0; c < C; ++c) {
+  parallel_for(C, [&](int64_t c) {
     float acc[kMaxKernel * kMaxKernel] = {0.f};
     for (int64_t n = 0; n < g.N; ++n) {
       const float *xi = x + (n * C + c) * H * W, *gi = dy + (n * C + c) * Ho * Wo;
@@ -124,7 +207,7 @@ static void weight_gradient(const float *x, const float *dy, float *dw, const Ge
       }
     }
     for (int64_t i = 0; i < K * K; ++i) dw[c * K * K + i] = acc[i];
-  }
+  });
 }
 
 // params: x[N,C,H,W], w[C,1,K,K] -> y[N,C,Ho,Wo]
