@@ -16,6 +16,20 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
 @pytest.fixture
+def fresh_status(tmp_path, monkeypatch):
+    """The direct depthwise kernels' status decided again, with a kernel cache of this test's own; the session's
+    status comes back after."""
+    from mindcv.kernels import depthwise as dw
+
+    monkeypatch.setenv("MINDCV_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.delenv(dw.ENV_SWITCH, raising=False)
+    saved = dw._status
+    dw._reset_for_tests()
+    yield tmp_path / "kernels"
+    dw._status = saved
+
+
+@pytest.fixture
 def fixtures_dir() -> str:
     return FIXTURES
 

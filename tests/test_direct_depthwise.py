@@ -34,17 +34,6 @@ from mindcv.models.layers import create_conv2d
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture
-def fresh_status(tmp_path, monkeypatch):
-    """A status decided again, with a kernel cache of this test's own; the session's status comes back after."""
-    monkeypatch.setenv("MINDCV_KERNEL_CACHE", str(tmp_path / "kernels"))
-    monkeypatch.delenv(dw.ENV_SWITCH, raising=False)
-    saved = dw._status
-    dw._reset_for_tests()
-    yield tmp_path / "kernels"
-    dw._status = saved
-
-
 def reference_conv(channels: int, kernel: int, stride: int, bias: bool) -> nn.Conv2d:
     return nn.Conv2d(
         channels, channels, kernel, stride, pad_mode="pad", padding=kernel // 2, group=channels, has_bias=bias
