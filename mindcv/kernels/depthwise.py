@@ -26,6 +26,7 @@ gradients, ``benchmarks/results/depthwise_direct.md``). :class:`DepthwiseConv2d`
 import contextlib
 import copy
 import ctypes
+import functools
 import hashlib
 import json
 import logging
@@ -160,6 +161,7 @@ def _compiler() -> Optional[str]:
     return shutil.which(os.environ.get("CXX") or "g++")
 
 
+@functools.lru_cache(maxsize=None)  # asked for the cache key and the check record: run it once per process
 def _compiler_version(compiler: str) -> str:
     try:
         done = subprocess.run([compiler, "--version"], capture_output=True, text=True, errors="replace", timeout=60)
@@ -188,20 +190,14 @@ def library_path(compiler: str) -> str:
     return os.path.abspath(os.path.join(os.path.expanduser(folder), f"depthwise_direct-{key}.so"))
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _recorded_check(library: str) -> bool:
     """Whether ``library`` passed the check as it is now (its sha256 is the one recorded after the check)."""
+    from ..utils.download import file_sha256
+
     try:
         with open(library + ".checked", encoding="utf-8") as f:
             recorded = json.load(f)
-        return isinstance(recorded, dict) and recorded.get("sha256") == _sha256(library)
+        return isinstance(recorded, dict) and recorded.get("sha256") == file_sha256(library)
     except (OSError, ValueError):
         return False
 
@@ -222,7 +218,8 @@ def _self_test(library: str) -> Optional[str]:
 
 def _build(compiler: str, target: str) -> Optional[str]:
     """Compile into a temporary sibling of ``target`` and check it there; ``None`` on success."""
-    from ..utils.atomic import TMP_PREFIX
+    from ..utils.atomic import TMP_PREFIX, atomic_write
+    from ..utils.download import file_sha256
 
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".so", dir=os.path.dirname(target))
     os.close(fd)
@@ -239,16 +236,13 @@ def _build(compiler: str, target: str) -> Optional[str]:
         problem = _self_test(tmp)
         if problem:
             return f"the library built by {compiler} is wrong: {problem}"
-        record = tmp[: -len(".so")] + ".checked"  # a temporary name remove_stale_temporaries knows
-        with open(record, "w", encoding="utf-8") as f:
-            json.dump({"sha256": _sha256(tmp), "source": SOURCE, "compiler": _compiler_version(compiler)}, f)
-        os.replace(record, target + ".checked")  # the record is only trusted with a matching sha256
+        with atomic_write(target + ".checked") as f:  # the record is only trusted with a matching sha256
+            json.dump({"sha256": file_sha256(tmp), "source": SOURCE, "compiler": _compiler_version(compiler)}, f)
         os.replace(tmp, target)
         return None
     finally:
-        for leftover in (tmp, tmp[: -len(".so")] + ".checked"):
-            if os.path.exists(leftover):
-                os.remove(leftover)
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _find_library() -> KernelStatus:
@@ -262,10 +256,9 @@ def _find_library() -> KernelStatus:
     if compiler is None:
         wanted = os.environ.get("CXX") or "g++"
         return KernelStatus(None, f"no C++ compiler ({wanted!r} is not on PATH; Debian: apt-get install g++)")
+    from ..utils.atomic import AtomicWriteError, remove_stale_temporaries
     from ..utils.cpu_isa import _lock_timeout
     from ..utils.download import LockTimeoutError, _file_lock
-
-    from ..utils.atomic import remove_stale_temporaries
 
     target = library_path(compiler)
     if ":" in target:  # MindSpore names an AOT kernel "<library>:<function>" and splits at the first colon
@@ -286,7 +279,7 @@ def _find_library() -> KernelStatus:
                 problem = _build(compiler, target)
     except LockTimeoutError as err:
         return KernelStatus(None, f"another process held the build lock too long ({err})")
-    except OSError as err:
+    except (OSError, AtomicWriteError) as err:  # AtomicWriteError: the check record could not be written
         return KernelStatus(None, f"the kernel cache {os.path.dirname(target)} is unusable ({err})")
     if problem:
         return KernelStatus(None, problem)
