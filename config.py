@@ -244,6 +244,13 @@ def create_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "--result_file", type=_none_or(str), default=None, help="validate.py: also write the JSON result here"
     )
     _flag(g, "--random_weights", False, "validate.py: evaluate a model without weights on purpose")
+    g.add_argument(
+        "--backend",
+        type=str,
+        default="mindspore",
+        choices=["mindspore", "onnxruntime"],
+        help="validate.py: onnxruntime scores the deployed graph (the checked, BN-folded ONNX export)",
+    )
     return parser_config, parser
 
 
@@ -593,21 +600,19 @@ def explicit_keys(args: Optional[Sequence[str]] = None) -> List[str]:
     return list(sources)
 
 
-def architecture_kwargs(args: argparse.Namespace, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """``arch`` / ``width_mult`` for ``create_model``: from the options, else from a checkpoint's metadata.
+def architecture_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """``arch`` / ``width_mult`` for ``create_model`` when train.py builds a model from the options.
 
-    Only ``mnasnet_arch`` takes them (the zoo variants fix their architecture and width).
+    Only ``mnasnet_arch`` takes them (the zoo variants fix their architecture and width). Models built from
+    weights get theirs from :func:`mindcv.models.loading.load_model`.
     """
-    meta = meta or {}
     if args.model != "mnasnet_arch":
         if args.arch is not None or args.width_mult is not None:
             raise ConfigError(f"arch / width_mult apply to model 'mnasnet_arch' only, not '{args.model}'")
         return {}
-    arch = args.arch or meta.get("arch")
-    if not arch:
+    if not args.arch:
         raise ConfigError("model 'mnasnet_arch' needs --arch (an architecture string or a search.py top-k file)")
-    kwargs: Dict[str, Any] = {"arch": arch}
-    width = args.width_mult if args.width_mult is not None else (meta.get("width_mult") if not args.arch else None)
-    if width is not None:
-        kwargs["width_mult"] = width
+    kwargs: Dict[str, Any] = {"arch": args.arch}
+    if args.width_mult is not None:
+        kwargs["width_mult"] = args.width_mult
     return kwargs

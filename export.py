@@ -1,119 +1,154 @@
-"""Export a model to MindIR or ONNX and check the exported graph against the in-framework model.
+"""Export a model to MindIR or ONNX (optionally INT8), checked against the in-framework model.
 
-    python export.py --model mnasnet_100 --ckpt_path ckpt.ckpt --format MINDIR --file_name mnasnet_100
-    python export.py --model mnasnet_100 --pretrained --format ONNX --image_size 224
+    python export.py --ckpt_path ckpt.ckpt --format MINDIR --file_name mnasnet_100
+    python export.py --model mnasnet_050 --ckpt_path mnasnet0.5.pth --format ONNX        # torchvision weights
+    python export.py --ckpt_path outputs/quickstart/mnasnet_050_best.ckpt --format ONNX --quantize int8 \\
+        --calib_data ~/.cache/mindcv/datasets/demo-v1-seed0/train --val_data ~/.cache/mindcv/datasets/demo-v1-seed0/val
 
-BatchNorm is folded into the preceding convolutions before export (``--no_fuse_bn`` keeps it), so the
-exported graph holds only conv (with bias), activation, add, pooling and the classifier. The batch
-dimension is dynamic by default (``--batch_size -1``). MindSpore 2.10 itself cannot export ONNX with
-dynamic shapes, so the ONNX graph is traced at batch 1 and its batch dimension is then made symbolic with
-the ``onnx`` package (``pip install mindcv[onnx]``); without it the ONNX file keeps a fixed batch.
-After exporting, a random batch is run through the reloaded MindIR (MindSpore) or the ONNX file
-(onnxruntime, when installed) and compared with the unfused in-framework model; the max-abs and relative
-differences are printed, and a relative difference above ``--tolerance`` makes the command fail.
+Weights of any format mindcv reads (its own checkpoints, torchvision, timm, upstream mindcv, a search
+result trained with ``--model mnasnet_arch``) are loaded with ``mindcv.models.load_model``: the model name,
+architecture, class count and BN epsilon come from the file when it records them. BatchNorm is folded into
+the convolutions of a copy built with the model's own settings (``--no_fuse_bn`` keeps it). The input size
+defaults to the checkpoint's evaluation transform. The batch dimension is dynamic by default
+(``--batch_size -1``; MindSpore 2.10 traces ONNX at batch 1 and the dimension is made symbolic with the
+``onnx`` package). Before the file is published, batches run through it (MindIR reloaded by MindSpore, ONNX
+in onnxruntime) and are compared with the unfused model; a relative difference above ``--tolerance`` fails
+the command and leaves no file.
+
+``--quantize int8`` also writes ``<file_name>.int8.onnx``: static post-training quantization with
+onnxruntime (QDQ, per-channel int8 weights, uint8 activations), calibrated on ``--calib_images`` images of
+``--calib_data`` through the model's evaluation transform. With ``--val_data`` (``<class>/<images>``
+folders named as the model's classes) it prints fp32 and INT8 top-1 and their throughput measured side by
+side in one run.
 """
 
 import argparse
+import json
 import os
 import sys
-from typing import Optional
 
 import numpy as np
 
 import mindspore as ms
-from mindspore import nn
 
+from mindcv.deploy import EXPORT_FORMATS, OnnxRuntimeModel, export_checked
+from mindcv.deploy.export import check_exported, export_model, make_onnx_batch_dynamic, run_exported  # noqa: F401
+from mindcv.deploy.quantize import CALIBRATION_METHODS, KEEP_FP32_CHOICES, quantize_int8, select_calibration_files
 from mindcv.errors import InvalidArgumentError
-from mindcv.kernels import standard_depthwise
-from mindcv.models import create_model
-from mindcv.models.fuse import fuse_bn
-from mindcv.models.model_factory import weights_num_classes
+from mindcv.inference import Classifier, collect_images
+from mindcv.models.loading import load_model
+from mindcv.utils.atomic import atomic_write
 from mindcv.utils.cli import call_cli
 
-ONNX_BATCH_NAME = "batch"
+__all__ = ["main", "export_model", "make_onnx_batch_dynamic", "run_exported", "check_exported"]
 
 
-def export_model(
-    model: nn.Cell, file_name: str, fmt: str, image_size: int, batch_size: int = -1, in_channels: int = 3
-) -> str:
-    """Export ``model`` (inference mode) as it is, with MindSpore's own depthwise convolution.
-
-    Args:
-        model: the network; call :func:`~mindcv.models.fuse.fuse_bn` on it first to fold BatchNorm.
-        file_name: output path without extension.
-        fmt: ``"MINDIR"`` or ``"ONNX"``.
-        image_size: input height and width.
-        batch_size: fixed batch size, or -1 for a dynamic batch (MindIR only; see :func:`make_onnx_batch_dynamic`).
-        in_channels: input channels.
-
-    Returns:
-        The written path.
-    """
-    model.set_train(False)
-    batch = None if batch_size < 0 else batch_size
-    spec = ms.Tensor(shape=[batch, in_channels, image_size, image_size], dtype=ms.float32)
-    with standard_depthwise(model):  # an exported file must run without this machine's kernel library
-        ms.export(model, spec, file_name=file_name, file_format=fmt)
-    return f"{file_name}.{'mindir' if fmt == 'MINDIR' else 'onnx'}"
+def _keep_fp32(text: str):
+    kinds = [k for k in text.split(",") if k] if text not in ("", "none") else []
+    unknown = sorted(set(kinds) - set(KEEP_FP32_CHOICES))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown layer kind(s) {unknown}; valid: none or {','.join(KEEP_FP32_CHOICES)}"
+        )
+    return kinds
 
 
-def make_onnx_batch_dynamic(path: str) -> bool:
-    """Turn the leading dimension of every graph input and output of an ONNX file into a symbolic ``batch``.
-
-    MindSpore traces ONNX graphs with static shapes; MnasNet has no reshape that bakes the batch size in,
-    so renaming the leading dimension is enough. Returns False when the ``onnx`` package is missing.
-    """
-    try:
-        import onnx
-    except ImportError:
-        return False
-    graph_proto = onnx.load(path)
-    for value in list(graph_proto.graph.input) + list(graph_proto.graph.output):
-        value.type.tensor_type.shape.dim[0].dim_param = ONNX_BATCH_NAME
-    # intermediate shapes recorded at trace time would contradict other batch sizes
-    del graph_proto.graph.value_info[:]
-    onnx.save(graph_proto, path)
-    return True
-
-
-def run_exported(path: str, x: np.ndarray) -> np.ndarray:
-    """Run an exported file: MindIR with MindSpore, ONNX with onnxruntime (ImportError when it is missing)."""
-    if path.endswith(".mindir"):
-        return nn.GraphCell(ms.load(path))(ms.Tensor(x)).asnumpy()
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
-
-
-def exported_difference(reference: nn.Cell, path: str, image_size: int, batch: int, in_channels: int = 3):
-    """``(max-abs, relative)`` difference between the exported graph and ``reference`` on a random batch."""
-    x = np.random.default_rng(batch).standard_normal((batch, in_channels, image_size, image_size)).astype(np.float32)
-    expected = reference(ms.Tensor(x)).asnumpy()
-    diff = float(np.abs(run_exported(path, x) - expected).max())
-    return diff, diff / max(float(np.abs(expected).max()), 1e-30)
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--model", default=None, help="registered model name (default: the checkpoint's record)")
+    parser.add_argument("--ckpt_path", default="")
+    parser.add_argument("--pretrained", action="store_true")
+    parser.add_argument("--arch", default=None, help="mnasnet_arch only: architecture (default: the checkpoint's)")
+    parser.add_argument("--ema", action="store_true", help="export the checkpoint's EMA weights")
+    parser.add_argument("--num_classes", type=int, default=None, help="default: from the checkpoint, else 1000")
+    parser.add_argument("--format", default="MINDIR", choices=list(EXPORT_FORMATS))
+    parser.add_argument("--file_name", default=None, help="output path without extension (default: the model name)")
+    parser.add_argument("--image_size", type=int, default=None, help="default: the checkpoint's eval size, else 224")
+    parser.add_argument("--batch_size", type=int, default=-1, help="-1: dynamic batch dimension")
+    parser.add_argument("--no_fuse_bn", action="store_true", help="keep BatchNorm layers in the exported graph")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted relative difference")
+    quant = parser.add_argument_group("INT8 (ONNX only)")
+    quant.add_argument("--quantize", default=None, choices=["int8"], help="also write <file_name>.int8.onnx")
+    quant.add_argument("--calib_data", default=None, help="folder of calibration images (searched recursively)")
+    quant.add_argument("--calib_images", type=int, default=200, help="calibration images drawn from --calib_data")
+    quant.add_argument("--calib_method", default="minmax", choices=CALIBRATION_METHODS)
+    quant.add_argument("--calib_seed", type=int, default=0, help="which --calib_images images are drawn")
+    quant.add_argument(
+        "--keep_fp32",
+        type=_keep_fp32,
+        default=[],
+        help=f"layer kinds left in fp32: none or a comma list of {','.join(KEEP_FP32_CHOICES)}",
+    )
+    quant.add_argument("--val_data", default=None, help="<class>/<images> folder: report fp32 vs INT8 top-1 and speed")
+    quant.add_argument("--report", default=None, help="write the fp32 vs INT8 comparison as JSON here")
+    quant.add_argument("--speed_rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
+    return parser
 
 
-def check_exported(
-    model: nn.Cell,
-    path: str,
-    image_size: int,
-    batch: int = 3,
-    in_channels: int = 3,
-    reference: Optional[nn.Cell] = None,
-) -> float:
-    """Max-abs difference between the exported graph and ``reference`` (default: ``model``) on a random batch."""
-    return exported_difference(reference or model, path, image_size, batch, in_channels)[0]
+def _check_arguments(args) -> None:
+    if args.batch_size == 0 or args.batch_size < -1 or (args.image_size is not None and args.image_size < 1):
+        raise InvalidArgumentError(
+            f"--image_size must be >= 1 and --batch_size >= 1 or -1 (dynamic), got {args.image_size}, {args.batch_size}"
+        )
+    if not (args.ckpt_path or args.pretrained):  # exporting random weights is never what a user wants
+        raise InvalidArgumentError("no weights: pass --ckpt_path <weight file> or --pretrained")
+    if args.quantize:
+        if args.format != "ONNX":
+            raise InvalidArgumentError("--quantize int8 needs --format ONNX")
+        if not args.calib_data:
+            raise InvalidArgumentError("--quantize int8 needs --calib_data <folder of images> to calibrate on")
+        if not os.path.isdir(args.calib_data):
+            raise InvalidArgumentError(f"--calib_data '{args.calib_data}' is not a folder")
+        if args.calib_images < 1:
+            raise InvalidArgumentError(f"--calib_images must be >= 1, got {args.calib_images}")
+        if args.speed_rounds < 1:
+            raise InvalidArgumentError(f"--speed_rounds must be >= 1, got {args.speed_rounds}")
+    elif args.calib_data or args.val_data or args.keep_fp32 or args.report:
+        raise InvalidArgumentError("--calib_data, --val_data, --keep_fp32 and --report apply to --quantize int8 only")
 
 
-def _twin(model_name: str, source: nn.Cell, num_classes: int) -> nn.Cell:
-    """A second instance of ``model_name`` holding ``source``'s weights (BN folding works in place)."""
-    twin = create_model(model_name, num_classes=num_classes)
-    values = {name: ms.Parameter(p.value().copy(), name=name) for name, p in source.parameters_and_names()}
-    not_loaded, _ = ms.load_param_into_net(twin, values, strict_load=True)
-    if not_loaded:
-        raise RuntimeError(f"could not copy parameters into the export copy: {not_loaded[:5]}")
-    return twin
+def _calibration_batch(classifier: Classifier, folder: str, count: int, seed: int = 0) -> np.ndarray:
+    files = collect_images([folder])
+    if not files:
+        raise InvalidArgumentError(f"--calib_data '{folder}' holds no images")
+    images, skipped = [], 0
+    for path in select_calibration_files(files, count, seed):
+        image, reason = classifier.preprocess(path)
+        if image is None:
+            skipped += 1
+            print(f"calibration: skipping unreadable '{path}': {reason}", file=sys.stderr)
+            continue
+        images.append(image)
+    if not images:
+        raise InvalidArgumentError(f"--calib_data '{folder}': none of the chosen images is readable")
+    print(f"calibrating on {len(images)} images of {folder}" + (f" ({skipped} unreadable skipped)" if skipped else ""))
+    return np.stack(images)
+
+
+def _compare(classifier: Classifier, fp32_path: str, int8_path: str, val_data: str, rounds: int) -> dict:
+    from mindcv.deploy.compare import labelled_images, throughput_side_by_side, top1
+
+    data = labelled_images(val_data, classifier.class_names, classifier.preprocess)
+    fp32, int8 = OnnxRuntimeModel(fp32_path), OnnxRuntimeModel(int8_path)
+    report = {
+        "val_data": val_data,
+        "images": int(len(data.labels)),
+        "unreadable": len(data.unreadable),
+        "top1_fp32": top1(fp32, data),
+        "top1_int8": top1(int8, data),
+    }
+    batch = data.images[:32] if len(data.images) >= 32 else np.resize(data.images, (32,) + data.images.shape[1:])
+    speed = throughput_side_by_side({"fp32": fp32, "int8": int8}, batch, rounds=rounds)
+    report.update(
+        batch=32,
+        fp32_images_per_second=speed["fp32"],
+        int8_images_per_second=speed["int8"],
+        speedup=speed["int8"] / speed["fp32"],
+        top1_drop=report["top1_fp32"] - report["top1_int8"],
+    )
+    return report
 
 
 def main(argv=None) -> int:
@@ -122,61 +157,63 @@ def main(argv=None) -> int:
 
 
 def _export(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--ckpt_path", default="")
-    parser.add_argument("--pretrained", action="store_true")
-    parser.add_argument("--num_classes", type=int, default=None, help="default: from the checkpoint, else 1000")
-    parser.add_argument("--format", default="MINDIR", choices=["MINDIR", "ONNX"])
-    parser.add_argument("--file_name", default=None, help="output path without extension (default: the model name)")
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--batch_size", type=int, default=-1, help="-1: dynamic batch dimension")
-    parser.add_argument("--no_fuse_bn", action="store_true", help="keep BatchNorm layers in the exported graph")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted relative difference")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     ms.set_device("CPU")
-    if args.image_size < 1 or args.batch_size == 0 or args.batch_size < -1:
-        raise InvalidArgumentError(
-            f"--image_size must be >= 1 and --batch_size >= 1 or -1 (dynamic), got {args.image_size}, {args.batch_size}"
-        )
-    num_classes = weights_num_classes(args.model, args.ckpt_path, args.pretrained, requested=args.num_classes) or 1000
-    reference = create_model(
-        args.model, num_classes=num_classes, pretrained=args.pretrained, checkpoint_path=args.ckpt_path
+    _check_arguments(args)
+    loaded = load_model(
+        args.model, args.ckpt_path, args.pretrained, ema=args.ema, num_classes=args.num_classes, arch=args.arch
     )
-    reference.set_train(False)
-    model = reference
-    if not args.no_fuse_bn:
-        model = _twin(args.model, reference, num_classes)
-        print(f"folded {fuse_bn(model)} BatchNorm layers into their convolutions")
-    dynamic = args.batch_size < 0
-    batch_size = args.batch_size
-    if args.format == "ONNX" and dynamic:
-        batch_size = 1  # MindSpore 2.10: "not support dynamic shape mode" for ONNX; the dimension is renamed below
-    file_name = args.file_name or args.model
-    if os.path.dirname(file_name):
-        os.makedirs(os.path.dirname(file_name), exist_ok=True)
-    path = export_model(model, file_name, args.format, args.image_size, batch_size)
-    if args.format == "ONNX" and dynamic:
-        if make_onnx_batch_dynamic(path):
-            print("ONNX batch dimension made dynamic")
-        else:
-            dynamic = False
-            print("note: the onnx package is not installed (pip install mindcv[onnx]): the ONNX batch stays fixed at 1")
-    print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
-    try:
-        worst = 0.0
-        for batch in (1, 3) if dynamic else (batch_size,):
-            diff, relative = exported_difference(reference, path, args.image_size, batch)
-            worst = max(worst, relative)
-            print(f"batch {batch}: exported vs in-framework output: max |diff| = {diff:.3e} (relative {relative:.2e})")
-    except ImportError:
-        print("onnxruntime is not installed (pip install mindcv[onnx]): the ONNX file was not checked")
-        return 0
-    if worst > args.tolerance:
-        print(f"export.py: relative difference {worst:.2e} above tolerance {args.tolerance}", file=sys.stderr)
-        return 1
+    print(
+        f"{loaded.model_name} from {loaded.source} ({loaded.layout} layout): {loaded.num_classes} classes, "
+        f"BN eps {loaded.bn_eps:g}, input {args.image_size or loaded.image_size}px"
+    )
+    file_name = args.file_name or loaded.model_name
+    result = export_checked(
+        loaded,
+        file_name,
+        args.format,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        fuse=not args.no_fuse_bn,
+        tolerance=args.tolerance,
+    )
+    if result.folded:
+        print(f"folded {result.folded} BatchNorm layers into their convolutions")
+    if result.dynamic_batch:
+        print("batch dimension is dynamic")
+    for batch, (diff, relative) in result.differences.items():
+        print(f"batch {batch}: exported vs in-framework output: max |diff| = {diff:.3e} (relative {relative:.2e})")
+    print(f"wrote {result.path} ({os.path.getsize(result.path) / 1e6:.1f} MB)")
+    if args.quantize:
+        classifier = Classifier(loaded=loaded)
+        calibration = _calibration_batch(classifier, args.calib_data, args.calib_images, args.calib_seed)
+        if calibration.shape[-1] != result.image_size:
+            raise InvalidArgumentError(
+                f"the evaluation transform makes {calibration.shape[-1]}px images but the graph takes "
+                f"{result.image_size}px: export at the transform's size (leave out --image_size)"
+            )
+        int8 = quantize_int8(
+            result.path, file_name + ".int8.onnx", calibration, keep_fp32=args.keep_fp32, method=args.calib_method
+        )
+        kept = f", kept in fp32: {len(int8.kept_fp32)} nodes ({','.join(args.keep_fp32)})" if int8.kept_fp32 else ""
+        print(f"wrote {int8.path} ({os.path.getsize(int8.path) / 1e6:.1f} MB, {args.calib_method} calibration{kept})")
+        if args.val_data:
+            report = _compare(classifier, result.path, int8.path, args.val_data, args.speed_rounds)
+            report.update(
+                keep_fp32=args.keep_fp32,
+                calib_method=args.calib_method,
+                calib_images=len(calibration),
+                calib_seed=args.calib_seed,
+            )
+            print(
+                f"on {report['images']} images of {args.val_data}: top-1 fp32 {report['top1_fp32']:.2f}%, "
+                f"INT8 {report['top1_int8']:.2f}% (drop {report['top1_drop']:.2f} points); batch 32: "
+                f"fp32 {report['fp32_images_per_second']:.0f} img/s, INT8 {report['int8_images_per_second']:.0f} "
+                f"img/s ({report['speedup']:.2f}x, medians of interleaved rounds)"
+            )
+            if args.report:
+                with atomic_write(args.report) as f:
+                    json.dump(report, f, indent=1)
     return 0
 
 

@@ -1,5 +1,8 @@
 """Classify images: ``python infer.py --model mnasnet_100 --ckpt_path x.ckpt image.jpg folder/ ...``.
 
+``--backend onnxruntime`` runs the checked, BN-folded ONNX export of the same weights (exported on first
+use, cached next to the checkpoint) with the same preprocessing and label names.
+
 Prints the top-k classes of each image and writes one JSON record per image
 (``{"class_ids", "scores", "file_name", "label_names"}``) to ``--output`` (default ``predictions.json``).
 Unreadable files (corrupt, not an image, or above ``--max_image_pixels``, which are never decoded) get an
@@ -18,6 +21,7 @@ import sys
 import mindspore as ms
 
 from mindcv.data.image_folder import MAX_IMAGE_PIXELS, UnreadableFiles
+from mindcv.deploy import BACKENDS
 from mindcv.errors import InvalidArgumentError
 from mindcv.inference import Classifier, collect_images
 from mindcv.utils.atomic import atomic_write
@@ -49,7 +53,14 @@ def _infer(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("inputs", nargs="+", help="image files and/or folders")
-    parser.add_argument("--model", required=True, help="registered model name")
+    parser.add_argument("--model", default=None, help="registered model name (default: the checkpoint's record)")
+    parser.add_argument("--arch", default=None, help="mnasnet_arch only: architecture (default: the checkpoint's)")
+    parser.add_argument(
+        "--backend",
+        default="mindspore",
+        choices=BACKENDS,
+        help="onnxruntime: the checked, BN-folded ONNX export of the same weights (cached next to the checkpoint)",
+    )
     parser.add_argument("--ckpt_path", default="", help="weights (any format create_model reads)")
     parser.add_argument("--pretrained", action="store_true", help="use the published weights")
     parser.add_argument("--topk", type=_positive_int, default=5)
@@ -82,6 +93,8 @@ def _infer(argv=None) -> int:
         args.topk,
         args.batch_size,
         max_image_pixels=args.max_image_pixels,
+        backend=args.backend,
+        arch=args.arch,
     )
     report_path = args.unreadable_log or unreadable_report_path(args.output)
     report = UnreadableFiles(report_path, overwrite=True)  # a stale report of an earlier run must not remain

@@ -27,8 +27,7 @@ from mindcv.engine import (
 )
 from mindcv.loss import create_loss
 from mindcv.models import CheckpointError, create_model
-from mindcv.models.arch import format_arch_string
-from mindcv.models.checkpoint import NonFiniteWeightsError, read_checkpoint
+from mindcv.models.checkpoint import NonFiniteWeightsError, model_metadata, read_checkpoint
 from mindcv.optim import create_optimizer
 from mindcv.optim.optim_factory import load_optimizer_state
 from mindcv.scheduler import create_scheduler
@@ -328,12 +327,10 @@ def main(args) -> int:
         )
 
     meta_base = {
+        **model_metadata(model),  # everything load_model needs to rebuild the architecture
         "model": args.model,
-        "arch": format_arch_string(model.arch_def),
-        "width_mult": model.width_mult,
         "num_classes": num_classes,
         "class_names": train_set.class_names,
-        "bn_eps": model.bn_eps,
         "dataset": args.dataset,
         "eval_transform": eval_transform_kwargs(args),
         "seed": args.seed,

@@ -12,12 +12,11 @@ import logging
 import os
 import sys
 
-from config import ConfigError, architecture_kwargs, explicit_keys, parse_args
+from config import ConfigError, explicit_keys, parse_args
 from mindcv.data import create_dataset, create_loader, create_transforms
+from mindcv.deploy import OnnxEvalStep, OnnxRuntimeModel
 from mindcv.engine import evaluate
-from mindcv.models import create_model, get_pretrained_cfg
-from mindcv.models.checkpoint import read_checkpoint_metadata
-from mindcv.models.model_factory import split_model_name_tag, weights_num_classes
+from mindcv.models.loading import load_model
 from mindcv.utils.cli import run_cli
 from mindcv.utils.logger import set_logger
 from mindcv.utils.runtime import init_runtime
@@ -26,19 +25,10 @@ logger = logging.getLogger("mindcv.validate")
 _TRANSFORM_KEYS = ("image_resize", "crop_pct", "interpolation", "mean", "std")
 
 
-def resolve_eval_transform(args, explicit, meta: dict) -> dict:
-    """Evaluation transform: recipe/command line > checkpoint record > published weights' cfg > defaults."""
+def resolve_eval_transform(args, explicit, recorded: dict) -> dict:
+    """Evaluation transform: recipe/command line > the weights' record (checkpoint or published cfg) > defaults."""
     resolved = {k: getattr(args, k) for k in _TRANSFORM_KEYS if getattr(args, k) is not None}
-    recorded = dict(meta.get("eval_transform") or {})
-    if not recorded and args.pretrained:
-        name, tag = split_model_name_tag(args.model)
-        cfg = get_pretrained_cfg(name, tag or None)
-        if cfg:
-            recorded = dict(
-                image_resize=cfg.input_size[-1], interpolation=cfg.interpolation, mean=list(cfg.mean), std=list(cfg.std)
-            )
-            recorded["resize_size"] = cfg.eval_resize
-    for key, value in recorded.items():
+    for key, value in (recorded or {}).items():
         if key not in explicit:
             resolved[key] = value
     if {"crop_pct", "image_resize"} & set(explicit):
@@ -56,15 +46,6 @@ def main(args, explicit) -> dict:
             "no weights to evaluate: pass --ckpt_path <weight file> or --pretrained True "
             "(--random_weights True evaluates an untrained model on purpose)"
         )
-    meta = read_checkpoint_metadata(args.ckpt_path)
-    if meta.get("model") and split_model_name_tag(args.model)[0] != meta["model"]:
-        raise ConfigError(
-            f"checkpoint '{args.ckpt_path}' was trained as '{meta['model']}', not '{args.model}': "
-            f"pass --model {meta['model']}"
-        )
-    if args.ema and meta and not meta.get("ema"):
-        raise ConfigError(f"--ema was given but '{args.ckpt_path}' holds no EMA weights (train with --ema True)")
-
     dataset = create_dataset(
         args.dataset,
         root=args.data_dir,
@@ -76,15 +57,24 @@ def main(args, explicit) -> dict:
         is_training=False,
         strict=args.strict_data,
     )
-    num_classes = (
-        weights_num_classes(args.model, args.ckpt_path, args.pretrained, args.ema, args.num_classes)
-        or dataset.num_classes()
+    loaded = load_model(
+        args.model,
+        args.ckpt_path,
+        args.pretrained,
+        ema=args.ema,
+        num_classes=args.num_classes,
+        in_channels=args.in_channels,
+        arch=args.arch,
+        width_mult=args.width_mult,
+        bn_eps=args.bn_eps,
+        default_num_classes=dataset.num_classes(),
     )
-    if meta.get("class_names") and meta["class_names"] != dataset.class_names:
+    num_classes = loaded.num_classes
+    if loaded.metadata.get("class_names") and loaded.metadata["class_names"] != dataset.class_names:
         logger.warning(
             "class folders of '%s' differ from those the checkpoint was trained on; labels may not match", dataset.root
         )
-    transform_kwargs = resolve_eval_transform(args, explicit, meta)
+    transform_kwargs = resolve_eval_transform(args, explicit, loaded.eval_transform)
     loader = create_loader(
         dataset,
         args.batch_size,
@@ -92,16 +82,11 @@ def main(args, explicit) -> dict:
         transform=create_transforms(args.dataset, is_training=False, **transform_kwargs),
         num_parallel_workers=args.num_parallel_workers,
     )
-    model = create_model(
-        args.model,
-        num_classes=num_classes,
-        in_channels=args.in_channels,
-        pretrained=args.pretrained,
-        checkpoint_path=args.ckpt_path,
-        ema=args.ema,
-        bn_eps=args.bn_eps,
-        **architecture_kwargs(args, meta),
-    )
+    model, eval_step = loaded.model, None
+    if args.backend == "onnxruntime":  # the deployed graph: BN folded, exported, checked and cached
+        image_size = int(transform_kwargs.get("image_resize") or 224)
+        eval_step = OnnxEvalStep(OnnxRuntimeModel.from_loaded(loaded, image_size), topk=min(5, num_classes))
+        model = None
     logger.info(
         "validating %s (%s) on %s/%s: %d images, %d batches, transform %s",
         args.model,
@@ -112,12 +97,15 @@ def main(args, explicit) -> dict:
         loader.get_dataset_size(),
         transform_kwargs,
     )
-    result = evaluate(model, loader, num_classes, runtime.sum_across_ranks(), args.progress and runtime.is_main)
+    result = evaluate(
+        model, loader, num_classes, runtime.sum_across_ranks(), args.progress and runtime.is_main, eval_step=eval_step
+    )
     unreadable = dataset.unreadable.count()
     result.update(
         model=args.model,
         checkpoint=args.ckpt_path or ("pretrained" if args.pretrained else ""),
         ema=bool(args.ema),
+        backend=args.backend,
         dataset=args.dataset,
         split=args.val_split,
         unreadable_images=unreadable,

@@ -4,9 +4,10 @@
 
 Per model: trainable parameters, MACs (224x224), batch-1 latency (median and p90) and batch-32 throughput
 for inference in GRAPH and PYNATIVE mode (BatchNorm folded, as deployed), in onnxruntime on our ONNX export
-(when onnxruntime and onnx are installed), and training-step throughput at batch 32 (RMSProp, fp32) in both
-modes. With ``--torch-python`` the widths torchvision ships are measured in the same run with torchvision in
-eager mode and its own ONNX export in onnxruntime, and the ratios are printed. The machine is shared and
+and on its INT8 quantization (when onnxruntime and onnx are installed; fp32 and INT8 timed interleaved),
+and training-step throughput at batch 32 (RMSProp, fp32) in both modes. With ``--torch-python`` the widths
+torchvision ships are measured in the same run with torchvision in eager mode and its own ONNX export in
+onnxruntime, and the ratios are printed. The machine is shared and
 noisy; compare ratios from one run, not absolute numbers across runs.
 """
 
@@ -29,7 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_train import build_train_step  # noqa: E402
 from report import write_report  # noqa: E402
 
-from export import export_model, make_onnx_batch_dynamic  # noqa: E402
+from mindcv.deploy import export_model, make_onnx_batch_dynamic  # noqa: E402
+from mindcv.deploy.quantize import quantize_int8  # noqa: E402
 from mindcv.models import create_model, list_models  # noqa: E402
 from mindcv.models.fuse import fuse_bn  # noqa: E402
 from mindcv.nas.latency import time_calls  # noqa: E402
@@ -75,6 +77,13 @@ def export_onnx(name: str, size: int, directory: str) -> str:
     if not make_onnx_batch_dynamic(path):
         raise RuntimeError("the onnx package is needed for a dynamic-batch ONNX export")
     return path
+
+
+def quantize_onnx(path: str, size: int) -> str:
+    """INT8 (QDQ, per-channel) copy of an exported graph. Calibrated on random images: the speed of int8
+    kernels does not depend on the ranges (accuracy is measured by ``export.py --quantize int8 --val_data``)."""
+    calibration = np.random.default_rng(1).standard_normal((16, 3, size, size)).astype(np.float32)
+    return quantize_int8(path, path[: -len(".onnx")] + ".int8.onnx", calibration).path
 
 
 def onnxruntime_side_by_side(paths: Dict[str, str], size: int, batches: List[int], repeats: int) -> Dict[str, dict]:
@@ -169,8 +178,10 @@ def main() -> None:
                 row[f"{mode_name}_train"] = training(name, mode, args.size, args.batch, args.repeats)
         if with_onnx:
             path = export_onnx(name, args.size, tmp)
-            ort_times = onnxruntime_side_by_side({"ours": path}, args.size, [1, args.batch], args.latency_repeats)
+            paths = {"ours": path, "int8": quantize_onnx(path, args.size)}
+            ort_times = onnxruntime_side_by_side(paths, args.size, [1, args.batch], args.latency_repeats)
             row["ORT_b1"], row["ORT_bN"] = ort_times["ours"][1], ort_times["ours"][args.batch]
+            row["INT8_b1"], row["INT8_bN"] = ort_times["int8"][1], ort_times["int8"][args.batch]
         rows[name] = row
 
     host = environment_line()
@@ -179,16 +190,17 @@ def main() -> None:
         f"median / p90 in ms; throughput in img/s at batch {args.batch}; training = one RMSProp step at "
         f"batch {args.batch}.",
         "",
-        "| model | params | MACs | latency GRAPH | latency PYNATIVE | latency ORT | img/s GRAPH | img/s PYNATIVE "
-        "| img/s ORT | train img/s GRAPH | train img/s PYNATIVE |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | params | MACs | latency GRAPH | latency PYNATIVE | latency ORT | latency ORT INT8 | img/s GRAPH "
+        "| img/s PYNATIVE | img/s ORT | img/s ORT INT8 | INT8 / fp32 ORT | train img/s GRAPH | train img/s PYNATIVE |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in rows.items():
         lines.append(
             f"| {name} | {r['params'] / 1e6:.2f}M | {r['macs'] / 1e6:.1f}M | {fmt_latency(r.get('GRAPH_b1'))} "
-            f"| {fmt_latency(r.get('PYNATIVE_b1'))} | {fmt_latency(r.get('ORT_b1'))} "
+            f"| {fmt_latency(r.get('PYNATIVE_b1'))} | {fmt_latency(r.get('ORT_b1'))} | {fmt_latency(r.get('INT8_b1'))} "
             f"| {fmt_rate(r.get('GRAPH_bN'), args.batch)} | {fmt_rate(r.get('PYNATIVE_bN'), args.batch)} "
-            f"| {fmt_rate(r.get('ORT_bN'), args.batch)} | {fmt_rate(r.get('GRAPH_train'), args.batch)} "
+            f"| {fmt_rate(r.get('ORT_bN'), args.batch)} | {fmt_rate(r.get('INT8_bN'), args.batch)} "
+            f"| {ratio(r.get('INT8_bN'), r.get('ORT_bN'))} | {fmt_rate(r.get('GRAPH_train'), args.batch)} "
             f"| {fmt_rate(r.get('PYNATIVE_train'), args.batch)} |"
         )
 
@@ -205,8 +217,9 @@ def torchvision_comparison(args, rows: Dict[str, dict], with_onnx: bool, tmp: st
         f"batch {args.batch} img/s:",
         "",
         "| model | mindcv GRAPH | torchvision eager | ratio | mindcv ONNX in ORT | torchvision ONNX in ORT | ratio "
-        "| mindcv train GRAPH | torchvision train eager | ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| mindcv INT8 ONNX in ORT | ratio to torchvision ONNX | mindcv train GRAPH | torchvision train eager "
+        "| ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, alpha in TORCHVISION_WIDTHS.items():
         if name not in rows:
@@ -219,19 +232,21 @@ def torchvision_comparison(args, rows: Dict[str, dict], with_onnx: bool, tmp: st
         if not args.no_train:
             r["GRAPH_train"] = training(name, ms.GRAPH_MODE, args.size, args.batch, args.repeats)
             tv_train = torchvision_run(args.torch_python, alpha, "train", args.size, args.batch, args.repeats)
-        ours_ort = tv_ort = None
+        ours_ort = tv_ort = int8_ort = None
         if with_onnx:
             tv_path = os.path.join(tmp, f"torchvision_{alpha}.onnx")
             torchvision_run(args.torch_python, alpha, "onnx", args.size, 1, 1, onnx_path=tv_path)
-            ours_path = os.path.join(tmp, f"{name}.onnx")
-            both = onnxruntime_side_by_side({"ours": ours_path, "tv": tv_path}, args.size, [args.batch], args.repeats)
-            ours_ort, tv_ort = both["ours"][args.batch], both["tv"][args.batch]
+            paths = {"ours": os.path.join(tmp, f"{name}.onnx"), "int8": os.path.join(tmp, f"{name}.int8.onnx")}
+            paths["tv"] = tv_path
+            both = onnxruntime_side_by_side(paths, args.size, [args.batch], args.repeats)
+            ours_ort, tv_ort, int8_ort = both["ours"][args.batch], both["tv"][args.batch], both["int8"][args.batch]
         version = f"torch {tv_infer['torch']}, {tv_infer.get('threads', '?')} threads"
         lines.append(
             f"| {name} vs MNASNet({alpha}), {version} "
             f"| {fmt_rate(r['GRAPH_bN'], args.batch)} | {fmt_rate(tv_infer, args.batch)} "
             f"| {ratio(r['GRAPH_bN'], tv_infer)} | {fmt_rate(ours_ort, args.batch)} | {fmt_rate(tv_ort, args.batch)} "
-            f"| {ratio(ours_ort, tv_ort)} | {fmt_rate(r.get('GRAPH_train'), args.batch)} "
+            f"| {ratio(ours_ort, tv_ort)} | {fmt_rate(int8_ort, args.batch)} | {ratio(int8_ort, tv_ort)} "
+            f"| {fmt_rate(r.get('GRAPH_train'), args.batch)} "
             f"| {fmt_rate(tv_train, args.batch)} | {ratio(r.get('GRAPH_train'), tv_train)} |"
         )
     return lines

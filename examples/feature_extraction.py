@@ -20,7 +20,7 @@ import mindspore as ms
 
 from mindcv.data import create_dataset, create_loader, create_transforms
 from mindcv.data.demo import ensure_demo_dataset
-from mindcv.models import create_model
+from mindcv.models import FeatureExtractWrapper, load_model
 
 
 def embed(model, loader) -> tuple:
@@ -54,8 +54,11 @@ def main(argv=None) -> dict:
     ms.set_device("CPU")
     data_dir = args.data_dir or ensure_demo_dataset()["root"]
 
+    # the one way from weights to a model: architecture, classes and BN eps come with the weights
+    loaded = load_model(args.model, args.ckpt_path, args.pretrained)
+
     # 1. feature maps of every stage, for a detection or segmentation head
-    backbone = create_model(args.model, features_only=True, pretrained=args.pretrained, checkpoint_path=args.ckpt_path)
+    backbone = FeatureExtractWrapper(loaded.rebuild())
     backbone.set_train(False)
     x = ms.Tensor(np.zeros((1, 3, args.image_size, args.image_size), np.float32))
     maps = backbone(x)
@@ -63,8 +66,7 @@ def main(argv=None) -> dict:
         print(f"stride {info['reduction']:2d}: {info['chs']:4d} channels, map {tuple(fmap.shape)}")
 
     # 2. one embedding per image, then a nearest-class-mean classifier on top
-    model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.ckpt_path)
-    model.set_train(False)
+    model = loaded.model
     transform = create_transforms("imagefolder", image_resize=args.image_size)
     loaders = {
         split: create_loader(

@@ -112,8 +112,12 @@ class EvalStep(nn.Cell):
         return (loss * weight).sum(), top1.sum(), topk.sum(), weight.sum()
 
 
+def _to_float(value) -> float:
+    return float(value.asnumpy()) if hasattr(value, "asnumpy") else float(value)
+
+
 def evaluate(
-    network: nn.Cell,
+    network: Optional[nn.Cell],
     loader,
     num_classes: int,
     reduce_fn: Optional[Callable[[np.ndarray], np.ndarray]] = None,
@@ -124,25 +128,27 @@ def evaluate(
     """Top-1 / top-5 accuracy (%) and mean cross-entropy over a loader.
 
     Args:
-        network: the model (set to inference mode here).
+        network: the model (set to inference mode here); may be ``None`` when ``eval_step`` is given.
         loader: batches of ``(images, int labels)``.
         num_classes: for top-k (k = min(5, num_classes)).
         reduce_fn: sums a ``float64`` vector over ranks in distributed evaluation.
         progress: show a progress bar.
         desc: progress-bar label.
-        eval_step: a compiled :class:`EvalStep` of ``network`` to reuse (saves a graph compile per call).
+        eval_step: a compiled :class:`EvalStep` of ``network`` to reuse (saves a graph compile per call), or
+            any callable returning the same four sums (e.g. :class:`mindcv.deploy.OnnxEvalStep`).
 
     Returns:
         ``{"top1", "top5", "loss", "num_samples"}``.
     """
-    network.set_train(False)
+    if network is not None:
+        network.set_train(False)
     step = eval_step or EvalStep(network, topk=min(5, num_classes))
     sums = np.zeros(4, np.float64)
     total = loader.get_dataset_size()
     for images, labels in tqdm(
         loader.create_tuple_iterator(num_epochs=1), total=total, desc=desc, disable=not progress, leave=False
     ):
-        sums += np.array([float(v.asnumpy()) for v in step(images, labels)], np.float64)
+        sums += np.array([_to_float(v) for v in step(images, labels)], np.float64)
     if reduce_fn is not None:
         sums = reduce_fn(sums)
     count = sums[3]

@@ -2,29 +2,21 @@
 
 import logging
 import os
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 import mindspore as ms
-from mindspore import ops
 
 from .data.image_folder import IMG_EXTENSIONS, UnreadableFiles, decode_image, resolve_max_image_pixels
 from .data.transforms_factory import create_transforms
+from .deploy.onnxruntime_backend import BACKENDS, OnnxRuntimeModel
 from .errors import InvalidArgumentError
-from .models import create_model, get_pretrained_cfg
-from .models.checkpoint import read_checkpoint_metadata
-from .models.model_factory import split_model_name_tag, weights_num_classes
+from .models.loading import LoadedModel, imagenet_class_names, load_model
 
 __all__ = ["Classifier", "imagenet_class_names", "collect_images"]
 
 _logger = logging.getLogger(__name__)
-
-
-def imagenet_class_names() -> List[str]:
-    """The 1000 ImageNet-1k class names, in class-index order."""
-    with open(os.path.join(os.path.dirname(__file__), "data", "imagenet_classes.txt")) as f:
-        return [line.rstrip("\n") for line in f]
 
 
 def collect_images(inputs: Iterable[str]) -> List[str]:
@@ -42,10 +34,14 @@ def collect_images(inputs: Iterable[str]) -> List[str]:
 
 
 class Classifier:
-    """A model plus its evaluation preprocessing and class names.
+    """A model plus its evaluation preprocessing and class names, on MindSpore or ONNX Runtime.
+
+    Everything about the weights (architecture, width, class count, BN eps, class names, evaluation
+    transform) comes from :func:`~mindcv.models.loading.load_model`.
 
     Args:
-        model_name: registered model (``"mnasnet_100"`` or with a weights tag).
+        model_name: registered model (``"mnasnet_100"`` or with a weights tag); ``None``: the name a
+            checkpoint written by this package records.
         ckpt_path: weights (a train.py checkpoint carries its class names and eval transform).
         pretrained: use the published weights (ImageNet class names).
         topk: how many classes per image.
@@ -53,45 +49,60 @@ class Classifier:
         class_names: override the label names.
         max_image_pixels: images whose header claims more pixels are reported as unreadable by path and never
             decoded (default ``mindcv.data.image_folder.MAX_IMAGE_PIXELS``, PIL's 89,478,485).
+        backend: ``"mindspore"`` or ``"onnxruntime"`` (the checked, BN-folded ONNX export of the same weights,
+            exported on first use and cached next to the checkpoint).
+        arch: for ``mnasnet_arch``: the architecture (default: the one the checkpoint records).
+        loaded: an already loaded model (then the weight arguments above must be left out).
     """
 
     def __init__(
         self,
-        model_name: str,
+        model_name: Optional[str] = None,
         ckpt_path: str = "",
         pretrained: bool = False,
         topk: int = 5,
         batch_size: int = 16,
         class_names: Optional[Sequence[str]] = None,
         max_image_pixels: Optional[int] = None,
+        backend: str = "mindspore",
+        arch: Optional[str] = None,
+        loaded: Optional[LoadedModel] = None,
     ) -> None:
         self.max_image_pixels = resolve_max_image_pixels(max_image_pixels)
         if topk < 1 or batch_size < 1:
             raise InvalidArgumentError(f"topk and batch_size must be >= 1, got {topk} and {batch_size}")
-        meta = read_checkpoint_metadata(ckpt_path)
-        names = list(class_names or meta.get("class_names") or imagenet_class_names())
-        num_classes = weights_num_classes(model_name, ckpt_path, pretrained) or len(names)
-        self.model = create_model(model_name, num_classes=num_classes, pretrained=pretrained, checkpoint_path=ckpt_path)
-        self.model.set_train(False)
-        self.class_names = names if len(names) == num_classes else [str(i) for i in range(num_classes)]
-        transform = dict(meta.get("eval_transform") or {})
-        if not transform and pretrained:
-            cfg = get_pretrained_cfg(*split_model_name_tag(model_name))
-            transform = dict(
-                image_resize=cfg.input_size[-1],
-                interpolation=cfg.interpolation,
-                resize_size=cfg.eval_resize,
-                mean=list(cfg.mean),
-                std=list(cfg.std),
-            )
-        self.ops = create_transforms("imagenet", is_training=False, **transform)
-        self.topk = min(topk, num_classes)
+        if backend not in BACKENDS:
+            raise InvalidArgumentError(f"unknown backend '{backend}'; valid: {', '.join(BACKENDS)}")
+        if loaded is None:
+            loaded = load_model(model_name, ckpt_path, pretrained, arch=arch, class_names=class_names)
+        elif ckpt_path or pretrained or arch or class_names is not None:
+            raise InvalidArgumentError("pass either a loaded model or the weights to load, not both")
+        self.loaded = loaded
+        self.model = loaded.model
+        self.class_names = loaded.class_names
+        self.backend = backend
+        self.ops = create_transforms("imagenet", is_training=False, **loaded.eval_transform)
+        self.topk = min(topk, loaded.num_classes)
         self.batch_size = batch_size
+        self.runtime = OnnxRuntimeModel.from_loaded(loaded) if backend == "onnxruntime" else None
 
-    def _preprocess(self, image: np.ndarray) -> np.ndarray:
-        for op in self.ops:
-            image = op(image)
-        return image
+    def preprocess(self, path: str) -> Tuple[Optional[np.ndarray], Optional[str]]:
+        """Decode and preprocess one image file: ``(CHW float32 array, None)`` or ``(None, reason)``.
+
+        Any per-file failure (unreadable or oversized file, decoder error, an image the preprocessing
+        cannot handle) is returned as the reason, never raised.
+        """
+        image, reason = decode_image(path, self.max_image_pixels)
+        if image is None:
+            return None, reason
+        try:
+            for op in self.ops:
+                image = op(image)
+        except MemoryError:
+            return None, "out of memory while preprocessing this image"
+        except Exception as err:  # noqa: BLE001  (one odd image must not stop the others)
+            return None, f"preprocessing failed ({type(err).__name__}: {err})"
+        return np.asarray(image, dtype=np.float32), None
 
     def predict(self, paths: Sequence[str], report: Optional[UnreadableFiles] = None) -> List[Dict]:
         """One record per file: ``{"file_name", "class_ids", "scores", "label_names"}``, or ``"error"`` for
@@ -103,14 +114,7 @@ class Classifier:
         records: List[Dict] = []
         batch, batch_records = [], []
         for path in paths:
-            image, reason = decode_image(path, self.max_image_pixels)
-            if image is not None:
-                try:
-                    image = self._preprocess(image)
-                except MemoryError:
-                    image, reason = None, "out of memory while preprocessing this image"
-                except Exception as err:  # noqa: BLE001  (one odd image must not stop the others)
-                    image, reason = None, f"preprocessing failed ({type(err).__name__}: {err})"
+            image, reason = self.preprocess(path)
             if image is None:
                 if report is not None:
                     report.record(path, reason)
@@ -129,10 +133,20 @@ class Classifier:
             self._run(batch, batch_records)
         return records
 
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """Logits of preprocessed images ``(N, C, H, W)`` on the chosen backend."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if self.runtime is not None:
+            return self.runtime(images)
+        return self.model(ms.Tensor(images)).asnumpy()
+
     def _run(self, batch: List[np.ndarray], records: List[Dict]) -> None:
-        logits = self.model(ms.Tensor(np.stack(batch).astype(np.float32)))
-        scores, ids = ops.topk(ops.softmax(logits, axis=-1), self.topk)
-        for record, s, i in zip(records, scores.asnumpy(), ids.asnumpy()):
+        logits = self.logits(np.stack(batch)).astype(np.float64)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        ids = np.argsort(-probs, axis=1, kind="stable")[:, : self.topk]
+        scores = np.take_along_axis(probs, ids, axis=1)
+        for record, s, i in zip(records, scores, ids):
             record.update(
                 class_ids=[int(c) for c in i],
                 scores=[float(v) for v in s],

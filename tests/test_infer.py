@@ -142,16 +142,15 @@ def test_classifier_turns_any_per_file_failure_into_an_error_record(tmp_path, mo
 
     monkeypatch.setattr(cv2, "imdecode", imdecode)
     classifier = Classifier("mnasnet_050", model_ckpt, topk=1, batch_size=2, max_image_pixels=10_000)
-    original = classifier._preprocess
 
-    def preprocess(image):  # the second decoded image (3.png) breaks the preprocessing
-        preprocess.calls += 1
-        if preprocess.calls == 2:
+    def failing_op(image):  # the second decoded image (3.png) breaks the preprocessing
+        failing_op.calls += 1
+        if failing_op.calls == 2:
             raise RuntimeError("resize failed")
-        return original(image)
+        return image
 
-    preprocess.calls = 0
-    monkeypatch.setattr(classifier, "_preprocess", preprocess)
+    failing_op.calls = 0
+    monkeypatch.setattr(classifier, "ops", [failing_op] + list(classifier.ops))
     report = UnreadableFiles()
     records = classifier.predict([str(images / f"{i}.png") for i in range(4)], report=report)
     errors = [r.get("error") for r in records]

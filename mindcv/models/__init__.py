@@ -1,6 +1,6 @@
 """Model zoo: MnasNet-B1 / A1 / small built from one architecture-as-data builder."""
 
-from . import arch, checkpoint, features, layers, mnasnet, model_factory, registry
+from . import arch, checkpoint, features, layers, loading, mnasnet, model_factory, registry
 from .arch import (
     decode_arch_def,
     decode_block_str,
@@ -18,6 +18,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .features import FeatureExtractWrapper
+from .loading import LoadedModel, load_model
 from .mnasnet import ARCH_DEFS, MnasNet
 from .model_factory import build_model_with_cfg, create_model, load_model_checkpoint, load_pretrained
 from .pretrained import PretrainedCfg
@@ -37,6 +38,8 @@ from .registry import (
 
 __all__ = [
     "create_model",
+    "load_model",
+    "LoadedModel",
     "build_model_with_cfg",
     "load_model_checkpoint",
     "load_pretrained",

@@ -61,6 +61,7 @@ __all__ = [
     "find_non_finite",
     "read_checkpoint",
     "read_checkpoint_metadata",
+    "model_metadata",
     "detect_layout",
     "convert_state_dict",
     "source_bn_eps",
@@ -207,6 +208,9 @@ _METADATA_CHECKS = {
     "num_classes": (_is_int, "an integer >= 1"),
     "class_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
     "width_mult": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "stem_size": (_is_int, "an integer >= 1"),
+    "num_features": (_is_int, "an integer >= 1"),
+    "in_channels": (_is_int, "an integer >= 1"),
     "model": (lambda v: isinstance(v, str), "a string"),
     "arch": (lambda v: isinstance(v, str), "a string"),
 }
@@ -693,7 +697,7 @@ def load_state_dict_into(
     # cast first, then check: a float64 1e300 is finite until it becomes the model's float32
     with np.errstate(over="ignore", invalid="ignore"):
         cast = {
-            name: np.ascontiguousarray(state_dict[name], dtype=ms.dtype_to_nptype(param.dtype))
+            name: np.ascontiguousarray(state_dict[name], dtype=_ckpt_dtype(str(param.dtype)))
             for name, param in params.items()
         }
     non_finite = find_non_finite(cast)
@@ -729,7 +733,7 @@ def save_checkpoint(
     tensors = model_state_dict(model_or_params) if isinstance(model_or_params, nn.Cell) else dict(model_or_params)
     tensors.update(extra_tensors or {})
     if isinstance(model_or_params, nn.Cell):
-        metadata = {**_model_metadata(model_or_params), **(metadata or {})}
+        metadata = {**model_metadata(model_or_params), **(metadata or {})}
     meta_json = json.dumps(metadata or {})
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -755,11 +759,14 @@ def save_checkpoint(
     return path
 
 
-def _model_metadata(model: nn.Cell) -> Dict[str, Any]:
+def model_metadata(model: nn.Cell) -> Dict[str, Any]:
+    """What rebuilds ``model``'s architecture from a checkpoint: BN eps, classes, channels, width, architecture."""
     meta = {}
-    for attr in ("bn_eps", "num_classes", "in_channels", "width_mult"):
+    for attr in ("bn_eps", "num_classes", "in_channels", "width_mult", "stem_size", "num_features"):
         if hasattr(model, attr):
             meta[attr] = getattr(model, attr)
+    if isinstance(getattr(model, "model_name", None), str):
+        meta["model"] = model.model_name
     if hasattr(model, "arch_def"):
         meta["arch"] = format_arch_string(model.arch_def)
     return meta

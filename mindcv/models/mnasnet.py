@@ -110,6 +110,7 @@ class MnasNet(nn.Cell):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.width_mult = width_mult
+        self.stem_size = stem_size
         self.num_features = num_features
         self.drop_rate = drop_rate
         self.drop_path_rate = drop_path_rate

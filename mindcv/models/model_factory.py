@@ -286,6 +286,7 @@ def build_model_with_cfg(
             )
         kwargs.setdefault("bn_eps", cfg.bn_eps)
     model = model_cls(**kwargs)
+    model.model_name = variant  # recorded in checkpoints, so load_model needs no name for them
     model.pretrained_cfg = cfg
     model.default_cfg = cfg
     if pretrained:

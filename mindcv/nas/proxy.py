@@ -18,7 +18,7 @@ import mindspore as ms
 from ..data import create_dataset, create_loader, create_transforms
 from ..engine import EvalStep, make_noise
 from ..loss import create_loss
-from ..models.mnasnet import MnasNet
+from ..models.loading import load_model
 from ..optim import create_optimizer
 from ..utils.random import set_seed
 from ..utils.train_step import NetWithLoss, TrainStep
@@ -151,13 +151,14 @@ class ProxyTask:
         start = time.perf_counter()
         ms.set_context(mode=ms.GRAPH_MODE)
         set_seed(seed)
-        model = MnasNet(
-            arch,
+        model = load_model(  # the one way to a model, as validate/infer/export build the retrained result
+            "mnasnet_arch",
+            arch=arch,
             num_classes=self.num_classes,
             width_mult=c.width_mult,
             drop_rate=c.drop_rate,
             bn_momentum=c.bn_momentum,
-        )
+        ).model
         steps_per_epoch = len(self.train_y) // c.batch_size
         total = steps_per_epoch * epochs
         warmup = int(round(c.warmup_epochs * steps_per_epoch))
