@@ -31,6 +31,7 @@ import numpy as np
 
 import mindspore as ms
 
+from mindcv.data.image_folder import find_classes
 from mindcv.deploy import EXPORT_FORMATS, OnnxRuntimeModel, export_checked
 from mindcv.deploy.export import check_exported, export_model, make_onnx_batch_dynamic, run_exported  # noqa: F401
 from mindcv.deploy.quantize import CALIBRATION_METHODS, KEEP_FP32_CHOICES, quantize_int8, select_calibration_files
@@ -73,7 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     quant.add_argument("--quantize", default=None, choices=["int8"], help="also write <file_name>.int8.onnx")
     quant.add_argument("--calib_data", default=None, help="folder of calibration images (searched recursively)")
     quant.add_argument("--calib_images", type=int, default=200, help="calibration images drawn from --calib_data")
-    quant.add_argument("--calib_method", default="minmax", choices=CALIBRATION_METHODS)
+    quant.add_argument(
+        "--calib_method",
+        default="percentile",
+        choices=CALIBRATION_METHODS,
+        help="percentile: the smallest spread of the top-1 drop over calibration seeds (README, Deployment)",
+    )
     quant.add_argument("--calib_seed", type=int, default=0, help="which --calib_images images are drawn")
     quant.add_argument(
         "--keep_fp32",
@@ -105,8 +111,29 @@ def _check_arguments(args) -> None:
             raise InvalidArgumentError(f"--calib_images must be >= 1, got {args.calib_images}")
         if args.speed_rounds < 1:
             raise InvalidArgumentError(f"--speed_rounds must be >= 1, got {args.speed_rounds}")
+        if args.report and not args.val_data:
+            raise InvalidArgumentError("--report writes the fp32 vs INT8 comparison on --val_data: pass --val_data")
+        if args.val_data and not os.path.isdir(args.val_data):
+            raise InvalidArgumentError(f"--val_data '{args.val_data}' is not a folder")
     elif args.calib_data or args.val_data or args.keep_fp32 or args.report:
         raise InvalidArgumentError("--calib_data, --val_data, --keep_fp32 and --report apply to --quantize int8 only")
+
+
+def _check_before_writing(args, loaded) -> None:
+    """What would make --quantize fail after the export: refused before any file is written."""
+    if args.image_size is not None and args.image_size != loaded.image_size:
+        raise InvalidArgumentError(
+            f"--quantize calibrates on images the evaluation transform makes ({loaded.image_size}px), but "
+            f"--image_size is {args.image_size}: leave out --image_size"
+        )
+    if args.val_data:
+        classes, _ = find_classes(args.val_data)
+        unknown = [c for c in classes if c not in set(loaded.class_names)]
+        if unknown:
+            raise InvalidArgumentError(
+                f"class folder(s) {unknown[:5]} of --val_data '{args.val_data}' are not classes of the model "
+                f"({', '.join(loaded.class_names[:10])}{' ...' if len(loaded.class_names) > 10 else ''})"
+            )
 
 
 def _calibration_batch(classifier: Classifier, folder: str, count: int, seed: int = 0) -> np.ndarray:
@@ -167,6 +194,8 @@ def _export(argv=None) -> int:
         f"{loaded.model_name} from {loaded.source} ({loaded.layout} layout): {loaded.num_classes} classes, "
         f"BN eps {loaded.bn_eps:g}, input {args.image_size or loaded.image_size}px"
     )
+    if args.quantize:
+        _check_before_writing(args, loaded)
     file_name = args.file_name or loaded.model_name
     result = export_checked(
         loaded,
@@ -187,11 +216,6 @@ def _export(argv=None) -> int:
     if args.quantize:
         classifier = Classifier(loaded=loaded)
         calibration = _calibration_batch(classifier, args.calib_data, args.calib_images, args.calib_seed)
-        if calibration.shape[-1] != result.image_size:
-            raise InvalidArgumentError(
-                f"the evaluation transform makes {calibration.shape[-1]}px images but the graph takes "
-                f"{result.image_size}px: export at the transform's size (leave out --image_size)"
-            )
         int8 = quantize_int8(
             result.path, file_name + ".int8.onnx", calibration, keep_fp32=args.keep_fp32, method=args.calib_method
         )

@@ -471,7 +471,7 @@ def test_a_recorded_bn_eps_that_is_not_an_epsilon_is_refused(tmp_path, eps):
         ({"eval_transform": {"std": [0, 1, 1]}}, "'eval_transform.std' must be numbers > 0"),
         ({"eval_transform": {"rm_rf": 1}}, "unknown 'eval_transform' entry 'rm_rf'"),
         ({"num_classes": 0}, "'num_classes' must be an integer >= 1"),
-        ({"class_names": "abc"}, "'class_names' must be a list of strings"),
+        ({"class_names": "abc"}, "'class_names' must be a list of distinct strings"),
     ],
 )
 def test_metadata_the_tools_rely_on_is_validated_at_read_time(tmp_path, meta, problem):

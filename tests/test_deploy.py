@@ -136,8 +136,16 @@ def test_search_result_checkpoint_exports_exactly_without_naming_the_architectur
 def test_load_model_refuses_contradictions(tmp_path, searched_ckpt):
     with pytest.raises(InvalidArgumentError, match="was trained as 'mnasnet_arch', not 'mnasnet_050'"):
         load_model("mnasnet_050", searched_ckpt)
-    with pytest.raises(InvalidArgumentError, match="records no model name"):
-        load_model(None, os.path.join(FIXTURES, "torchvision_mnasnet0.5.safetensors"))
+    # a foreign file records no name: the zoo model with its parameter shapes is found, or a clear error
+    assert load_model(None, os.path.join(FIXTURES, "torchvision_mnasnet0.5.safetensors")).model_name == "mnasnet_050"
+    from safetensors.numpy import save_file
+
+    from mindcv.models.checkpoint import model_state_dict
+
+    odd = model_state_dict(create_model("mnasnet_arch", arch="b1", stem_size=8, num_classes=3))
+    save_file(odd, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(CheckpointError, match="records no model name and no registered architecture fit"):
+        load_model(None, str(tmp_path / "odd.safetensors"))
     with pytest.raises(InvalidArgumentError, match="10 classes were asked"):
         load_model("mnasnet_arch", searched_ckpt, num_classes=10)
     with pytest.raises(CheckpointError, match="does not exist"):

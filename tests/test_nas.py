@@ -187,7 +187,7 @@ def test_config_errors_name_the_key(tmp_path):
 
 def test_smoke_search_writes_outputs_resumes_and_retrains(tmp_path, tiny_data):
     out = str(tmp_path / "search")
-    cfg = load_config(SMOKE, {"output_dir": out})
+    cfg = load_config(SMOKE, {"output_dir": out, "budget": 1})  # one candidate per strategy, then a resume
     summary = run_search(cfg, progress=False)
     for name in ("candidates.csv", "summary.json", "pareto.png", "reward_curve.png", "top1.json", "state.json"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name

@@ -21,7 +21,7 @@ from ..errors import InvalidArgumentError, MindcvError
 from ..kernels import standard_depthwise
 from ..models.fuse import fuse_bn
 from ..models.loading import LoadedModel
-from ..utils.atomic import TMP_PREFIX
+from ..utils.atomic import TMP_PREFIX, AtomicWriteError, describe_write_error
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -38,6 +38,12 @@ __all__ = [
 
 EXPORT_FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 ONNX_BATCH_NAME = "batch"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class ExportError(MindcvError, RuntimeError):
@@ -203,6 +209,10 @@ def export_checked(
         )
     if not np.isfinite(tolerance) or tolerance < 0:
         raise InvalidArgumentError(f"tolerance must be a finite number >= 0, got {tolerance}")
+    if not check_batches or any(not isinstance(b, int) or b < 1 for b in check_batches):
+        raise InvalidArgumentError(
+            f"check_batches must be batch sizes >= 1 (a file is never published unchecked), got {check_batches}"
+        )
     if fmt == "ONNX":
         require_onnx("checking an ONNX export")
     model, folded = loaded.model, 0
@@ -219,6 +229,7 @@ def export_checked(
     os.close(fd)
     try:
         export_model(model, tmp[: -len(EXPORT_FORMATS[fmt])], fmt, image_size, traced_batch, loaded.model.in_channels)
+        os.chmod(tmp, 0o666 & ~_umask())  # MindSpore leaves it owner-read-only: unrewritable, unreadable to others
         if fmt == "ONNX" and dynamic:
             make_onnx_batch_dynamic(tmp)
         result = ExportResult(final, fmt, image_size, dynamic, folded)
@@ -233,6 +244,8 @@ def export_checked(
                 f"logit, tolerance {tolerance:g}); nothing was written to '{final}'"
             )
         os.replace(tmp, final)
+    except OSError as err:  # a full disk or a read-only folder: one line naming the file (exit 1), nothing left
+        raise AtomicWriteError(describe_write_error(final, err)) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

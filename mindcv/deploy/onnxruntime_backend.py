@@ -4,8 +4,9 @@ The graph is exported on first use, checked against the MindSpore model (:func:`
 cached next to the checkpoint (or in ``<cache>/onnx`` when that folder is not writable or there is no
 checkpoint). The cache key is a hash of the loaded weights and of everything that shapes the graph (model,
 settings, input size, package version), so a changed checkpoint, the EMA copy or another input size get
-their own file. A record beside the file holds the file's sha256: a cached graph that was changed or
-damaged after it was written is exported again, never trusted.
+their own file. A record beside the file holds the file's sha256, and every cache hit is run once more
+against the model: a cached graph that was changed, damaged or replaced after it was written, or that misses
+a stricter tolerance, is exported again, never used.
 """
 
 import hashlib
@@ -20,7 +21,7 @@ from ..models.loading import LoadedModel
 from ..utils.atomic import AtomicWriteError, atomic_write
 from ..utils.download import file_sha256, get_cache_dir
 from ..version import __version__
-from .export import ExportError, export_checked, require_onnx
+from .export import ExportError, export_checked, exported_difference, require_onnx
 
 __all__ = ["OnnxRuntimeModel", "OnnxEvalStep", "cached_onnx_export", "onnx_cache_key", "BACKENDS"]
 
@@ -71,6 +72,25 @@ def _valid_record(stem: str, key: str) -> bool:
     return intact
 
 
+def _still_reproduces(loaded: LoadedModel, path: str, image_size: int, tolerance: float) -> bool:
+    """A cache hit is checked again on one image: the record beside a file cannot vouch for it against someone
+    who can write both, and the tolerance asked for now may be stricter than the one it was exported with."""
+    try:
+        _, relative = exported_difference(loaded.model, path, image_size, 1, loaded.model.in_channels)
+    except Exception as err:  # noqa: BLE001  (whatever the file is, it is not the graph of this model)
+        _logger.warning("cached ONNX graph '%s' does not run (%s): exporting again", path, err)
+        return False
+    if relative <= tolerance:
+        return True
+    _logger.warning(
+        "cached ONNX graph '%s' differs from the model by %.2e (tolerance %g): exporting again",
+        path,
+        relative,
+        tolerance,
+    )
+    return False
+
+
 def _export_into(loaded: LoadedModel, stem: str, key: str, image_size: int, tolerance: float) -> str:
     result = export_checked(loaded, stem, "ONNX", image_size=image_size, tolerance=tolerance)
     record = {
@@ -107,7 +127,7 @@ def cached_onnx_export(loaded: LoadedModel, image_size: Optional[int] = None, to
     key = onnx_cache_key(loaded, image_size)
     locations = _cache_locations(loaded, key)
     for stem in locations:
-        if _valid_record(stem, key):
+        if _valid_record(stem, key) and _still_reproduces(loaded, stem + ".onnx", image_size, tolerance):
             return stem + ".onnx"
     errors = []
     for stem in locations:

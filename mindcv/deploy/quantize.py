@@ -98,7 +98,7 @@ def quantize_int8(
     out_path: str,
     calibration: np.ndarray,
     keep_fp32: Sequence[str] = (),
-    method: str = "minmax",
+    method: str = "percentile",
     progress: Optional[Callable[[int], None]] = None,
     batch_size: int = 16,
     reduce_range: Optional[bool] = None,
@@ -133,15 +133,20 @@ def quantize_int8(
 
     if method not in CALIBRATION_METHODS:
         raise InvalidArgumentError(f"unknown calibration method '{method}'; valid: {', '.join(CALIBRATION_METHODS)}")
-    calibration = np.asarray(calibration)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    with np.errstate(over="ignore", invalid="ignore"):  # cast first: 1e300 is finite until it is float32
+        calibration = np.asarray(calibration, dtype=np.float32)
     if calibration.ndim != 4 or len(calibration) == 0:
         raise InvalidArgumentError(
             f"calibration images must be a non-empty (N, C, H, W) array, got {calibration.shape}"
         )
     if not np.isfinite(calibration).all():
         raise InvalidArgumentError("calibration images contain NaN or infinite values")
-    calibration = calibration.astype(np.float32)
-    input_name = onnx.load(fp32_path, load_external_data=False).graph.input[0].name
+    try:
+        input_name = onnx.load(fp32_path, load_external_data=False).graph.input[0].name
+    except Exception as err:  # noqa: BLE001  (protobuf's DecodeError, a missing file, an empty graph)
+        raise ExportError(f"cannot read the fp32 ONNX graph '{fp32_path}': {type(err).__name__}: {err}") from None
     # the histogram calibrators stack their batches: they need equal batch sizes
     step = batch_size if method == "minmax" else 1
 

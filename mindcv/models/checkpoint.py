@@ -196,22 +196,27 @@ def _is_number(value: Any) -> bool:
 
 
 # what the readers of this package's metadata (validate.py, infer.py, export.py, create_model) rely on
+_MAX_IMAGE_SIDE = 8192  # a recorded size beyond this is a crafted file, not a model input
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "pilcubic")
 _EVAL_TRANSFORM_CHECKS = {
-    "image_resize": (_is_int, "an integer >= 1"),
-    "resize_size": (_is_int, "an integer >= 1"),
+    "image_resize": (lambda v: _is_int(v) and v <= _MAX_IMAGE_SIDE, f"an integer in [1, {_MAX_IMAGE_SIDE}]"),
+    "resize_size": (lambda v: _is_int(v) and v <= _MAX_IMAGE_SIDE, f"an integer in [1, {_MAX_IMAGE_SIDE}]"),
     "crop_pct": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "interpolation": (lambda v: isinstance(v, str), "a string"),
+    "interpolation": (lambda v: v in _INTERPOLATIONS, f"one of {', '.join(_INTERPOLATIONS)}"),
     "mean": (lambda v: isinstance(v, list) and len(v) >= 1 and all(_is_number(x) for x in v), "a list of numbers"),
     "std": (lambda v: isinstance(v, list) and len(v) >= 1 and all(_is_number(x) and x > 0 for x in v), "numbers > 0"),
 }
 _METADATA_CHECKS = {
     "num_classes": (_is_int, "an integer >= 1"),
-    "class_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "class_names": (
+        lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v) and len(set(v)) == len(v),
+        "a list of distinct strings",
+    ),
     "width_mult": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "stem_size": (_is_int, "an integer >= 1"),
     "num_features": (_is_int, "an integer >= 1"),
     "in_channels": (_is_int, "an integer >= 1"),
-    "model": (lambda v: isinstance(v, str), "a string"),
+    "model": (lambda v: isinstance(v, str) and "." not in v, "a model name without a weights tag"),
     "arch": (lambda v: isinstance(v, str), "a string"),
 }
 
@@ -232,6 +237,9 @@ def _metadata_problem(meta: Dict[str, Any]) -> Optional[str]:
         valid, text = _EVAL_TRANSFORM_CHECKS[key]
         if value is not None and not valid(value):
             return f"'eval_transform.{key}' must be {text}, got {_clip(repr(value))}"
+    mean, std = transform.get("mean"), transform.get("std")
+    if mean is not None and std is not None and len(mean) != len(std):
+        return f"'eval_transform' has {len(mean)} mean values but {len(std)} std values"
     return None
 
 

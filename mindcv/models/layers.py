@@ -8,6 +8,8 @@ PyTorch BN-momentum conventions, are one model-level setting instead of forks of
 from functools import partial
 from typing import Callable
 
+import numpy as np
+
 from mindspore import Tensor, nn, ops
 
 from ..errors import InvalidArgumentError
@@ -86,10 +88,11 @@ def bn_momentum_from_torch(torch_momentum: float) -> float:
 
 def make_norm_layer(momentum: float = 0.99, eps: float = 1e-3) -> Callable[[int], nn.Cell]:
     """A BatchNorm2d factory in MindSpore's momentum convention (see :func:`bn_momentum_from_torch`)."""
-    if not 0.0 <= momentum <= 1.0:
+    if not 0.0 <= momentum <= 1.0:  # also false for NaN
         raise InvalidArgumentError(f"bn_momentum must be in [0, 1] (MindSpore convention), got {momentum}")
-    if eps <= 0:
-        raise InvalidArgumentError(f"bn_eps must be > 0, got {eps}")
+    # the model computes in float32: 1e-320 is positive here and 0 there; NaN and inf fail the comparison
+    if isinstance(eps, bool) or not 0.0 < float(np.float32(eps)) < 1.0:
+        raise InvalidArgumentError(f"bn_eps must be a number in (0, 1) that is positive in float32, got {eps}")
     return partial(nn.BatchNorm2d, momentum=momentum, eps=eps)
 
 

@@ -17,9 +17,9 @@ from .arch import format_arch_string
 from .checkpoint import CheckpointError, read_checkpoint_metadata
 from .fuse import fuse_bn
 from .model_factory import create_model, read_converted, split_model_name_tag, weights_num_classes
-from .registry import get_pretrained_cfg
+from .registry import get_pretrained_cfg, is_model, list_models
 
-__all__ = ["LoadedModel", "load_model", "imagenet_class_names", "model_settings"]
+__all__ = ["LoadedModel", "load_model", "imagenet_class_names", "infer_model_name"]
 
 _IMAGENET_CLASSES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "imagenet_classes.txt")
 
@@ -107,14 +107,31 @@ class LoadedModel:
         return twin
 
 
-def model_settings(model: nn.Cell) -> Dict[str, Any]:
-    """The constructor settings of a :class:`~mindcv.models.mnasnet.MnasNet` that decide its outputs."""
-    return {
-        "num_classes": model.num_classes,
-        "in_channels": model.in_channels,
-        "bn_eps": model.bn_eps,
-        "width_mult": model.width_mult,
-    }
+def infer_model_name(state_dict: Dict[str, Any], candidates: Optional[List[str]] = None) -> str:
+    """The registered model whose parameter names and shapes equal those of a (native-named) state dict.
+
+    Args:
+        state_dict: arrays named like this package's models (see ``convert_state_dict``).
+        candidates: models to try (default: all registered but ``mnasnet_arch``).
+
+    Returns:
+        The model name.
+
+    Raises:
+        CheckpointError: no registered architecture (or more than one) fits.
+    """
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    weight = state_dict.get("classifier.weight")
+    num_classes = 0 if weight is None else int(weight.shape[0])
+    matches = []
+    for name in candidates or [m for m in list_models() if m != "mnasnet_arch"]:
+        model = create_model(name, num_classes=num_classes)
+        if {p.name: tuple(p.shape) for p in model.get_parameters()} == shapes:
+            matches.append(name)
+    if len(matches) != 1:
+        what = "no registered architecture" if not matches else f"several architectures ({', '.join(matches)})"
+        raise CheckpointError(f"{what} fit(s) these weights; pass the model name explicitly")
+    return matches[0]
 
 
 def _class_names(given: Optional[Sequence[str]], recorded: Any, num_classes: int, source: str) -> List[str]:
@@ -122,6 +139,8 @@ def _class_names(given: Optional[Sequence[str]], recorded: Any, num_classes: int
         names = [str(n) for n in given]
         if len(names) != num_classes:
             raise InvalidArgumentError(f"{len(names)} class names given for a {num_classes}-class classifier")
+        if len(set(names)) != len(names):
+            raise InvalidArgumentError("the class names given are not distinct: labels would be ambiguous")
         return names
     if recorded:
         if len(recorded) != num_classes:
@@ -236,11 +255,18 @@ def load_model(
     meta = read_checkpoint_metadata(checkpoint_path)
     recorded_name = meta.get("model")
     if not model_name:
-        if not recorded_name:
-            what = f"'{checkpoint_path}' records no model name" if checkpoint_path else "no checkpoint is given"
-            raise InvalidArgumentError(f"name the model (e.g. mnasnet_100): {what}")
-        model_name = recorded_name
+        if recorded_name:
+            model_name = recorded_name
+        elif checkpoint_path:  # a foreign file: the zoo model whose parameter shapes it has
+            try:
+                model_name = infer_model_name(read_converted(checkpoint_path, ema)[0])
+            except CheckpointError as err:
+                raise CheckpointError(f"'{checkpoint_path}' records no model name and {err}") from None
+        else:
+            raise InvalidArgumentError("name the model (e.g. mnasnet_100): no checkpoint is given")
     name = split_model_name_tag(model_name)[0]
+    if recorded_name and not is_model(recorded_name):
+        raise CheckpointError(f"'{checkpoint_path}' records model '{recorded_name}', which is not a registered model")
     if recorded_name and name != recorded_name:
         raise InvalidArgumentError(
             f"checkpoint '{checkpoint_path}' was trained as '{recorded_name}', not '{name}': "
@@ -254,10 +280,20 @@ def load_model(
     classes = weights_num_classes(model_name, checkpoint_path, pretrained, ema, num_classes)
     if classes is None:
         classes = len(class_names) if class_names is not None else default_num_classes
-    layout = read_converted(checkpoint_path, ema)[1] if checkpoint_path else ""
+    layout, weights_in_channels = "", None
+    if checkpoint_path:
+        state_dict, layout, _ = read_converted(checkpoint_path, ema)
+        stem = state_dict.get("conv_stem.weight")
+        weights_in_channels = int(stem.shape[1]) if stem is not None and stem.ndim == 4 else None
+    for what, value in (("recorded", meta.get("in_channels")), ("asked for", in_channels)):
+        if value is not None and weights_in_channels is not None and value != weights_in_channels:
+            raise (CheckpointError if what == "recorded" else InvalidArgumentError)(
+                f"'{checkpoint_path}' has a {weights_in_channels}-channel stem but {value} input channels are "
+                f"{what}: load_model uses weights as they are (create_model adapts the stem for fine-tuning)"
+            )
     build_kwargs = {
         "num_classes": classes,
-        "in_channels": in_channels or meta.get("in_channels") or 3,
+        "in_channels": in_channels or weights_in_channels or meta.get("in_channels") or 3,
         **_architecture(name, arch, width_mult, meta, checkpoint_path),
         **{k: v for k, v in model_kwargs.items() if v is not None},
     }

@@ -18,48 +18,11 @@ import numpy as np
 
 import mindspore as ms
 
-from ..models.checkpoint import (
-    CheckpointError,
-    model_state_dict,
-    read_checkpoint,
-    save_checkpoint,
-)
-from ..models.model_factory import create_model, read_converted
-from ..models.registry import list_models
+from ..models.checkpoint import CheckpointError, model_state_dict, read_checkpoint, save_checkpoint
+from ..models.loading import infer_model_name, load_model
 from ..utils.cli import call_cli
 
 __all__ = ["infer_model_name", "convert_file", "main"]
-
-
-def _classes(state_dict: Dict[str, np.ndarray]) -> int:
-    weight = state_dict.get("classifier.weight")
-    return 0 if weight is None else int(weight.shape[0])
-
-
-def infer_model_name(state_dict: Dict[str, np.ndarray], candidates: Optional[List[str]] = None) -> str:
-    """The registered model whose parameter names and shapes equal those of a (native-named) state dict.
-
-    Args:
-        state_dict: arrays named like this package's models (see ``convert_state_dict``).
-        candidates: models to try (default: all registered).
-
-    Returns:
-        The model name.
-
-    Raises:
-        CheckpointError: no registered architecture (or more than one) fits.
-    """
-    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
-    num_classes = _classes(state_dict)
-    matches = []
-    for name in candidates or [m for m in list_models() if m != "mnasnet_arch"]:
-        model = create_model(name, num_classes=num_classes)
-        if {p.name: tuple(p.shape) for p in model.get_parameters()} == shapes:
-            matches.append(name)
-    if len(matches) != 1:
-        what = "no registered architecture" if not matches else f"several architectures ({', '.join(matches)})"
-        raise CheckpointError(f"{what} fit(s) these weights; pass --model explicitly")
-    return matches[0]
 
 
 def convert_file(src: str, dst: str, model_name: Optional[str] = None, ema: bool = False) -> Dict[str, object]:
@@ -74,9 +37,8 @@ def convert_file(src: str, dst: str, model_name: Optional[str] = None, ema: bool
     Returns:
         A summary: model, source layout, number of tensors, BN eps, destination.
     """
-    native, layout, bn_eps = read_converted(src, ema)
-    model_name = model_name or infer_model_name(native)
-    model = create_model(model_name, num_classes=_classes(native), checkpoint_path=src, ema=ema, bn_eps=bn_eps)
+    loaded = load_model(model_name, src, ema=ema)
+    model, model_name, layout = loaded.model, loaded.model_name, loaded.layout
     save_checkpoint(
         model, dst, metadata={"model": model_name, "source_layout": layout, "source_file": os.path.basename(src)}
     )
