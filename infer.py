@@ -26,6 +26,7 @@ from mindcv.errors import InvalidArgumentError
 from mindcv.inference import Classifier, collect_images
 from mindcv.utils.atomic import atomic_write
 from mindcv.utils.cli import call_cli
+from mindcv.utils.logger import ConsoleHandler
 
 
 def _positive_int(text: str) -> int:
@@ -79,7 +80,7 @@ def _infer(argv=None) -> int:
         help="images whose header claims more pixels are reported, never decoded (default %(default)s)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", handlers=[ConsoleHandler()])
     ms.set_device(args.device_target)
     files = collect_images(args.inputs)
     if not files:

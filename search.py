@@ -31,6 +31,7 @@ from mindcv.nas.reward import CONSTRAINTS
 from mindcv.nas.runner import LatencyConfig, RewardConfig, SearchConfig, run_search, validate_lut
 from mindcv.nas.search_space import SearchSpace
 from mindcv.nas.strategies import STRATEGIES, create_strategy
+from mindcv.utils.logger import ConsoleHandler
 
 SECTIONS = {"proxy": ProxyConfig, "latency": LatencyConfig, "reward": RewardConfig}
 
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
     parser.add_argument("--validate_lut", type=int, default=0, metavar="N", help="compare LUT and measured latency")
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", handlers=[ConsoleHandler()])
     ms.set_device("CPU")
     try:
         cfg = load_config(args.config, {"output_dir": args.output_dir, "budget": args.budget})

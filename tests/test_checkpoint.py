@@ -465,8 +465,11 @@ def test_a_recorded_bn_eps_that_is_not_an_epsilon_is_refused(tmp_path, eps):
     "meta, problem",
     [
         ({"eval_transform": [1, 2]}, "'eval_transform' must be an object"),
-        ({"eval_transform": {"image_resize": "big"}}, "'eval_transform.image_resize' must be an integer >= 1"),
-        ({"eval_transform": {"image_resize": -5}}, "'eval_transform.image_resize' must be an integer >= 1"),
+        (
+            {"eval_transform": {"image_resize": "big"}},
+            r"'eval_transform.image_resize' must be an integer in \[1, 8192\]",
+        ),
+        ({"eval_transform": {"image_resize": -5}}, r"'eval_transform.image_resize' must be an integer in \[1, 8192\]"),
         ({"eval_transform": {"crop_pct": 7}}, r"'eval_transform.crop_pct' must be a number in \(0, 1\]"),
         ({"eval_transform": {"std": [0, 1, 1]}}, "'eval_transform.std' must be numbers > 0"),
         ({"eval_transform": {"rm_rf": 1}}, "unknown 'eval_transform' entry 'rm_rf'"),

@@ -263,45 +263,16 @@ def test_onnxruntime_cache_falls_back_when_writing_next_to_the_checkpoint_fails(
     assert path.startswith(os.environ["MINDCV_HOME"]) and os.path.isfile(path + ".json")
 
 
-def test_infer_and_validate_on_onnxruntime_match_mindspore(tmp_path, capsys, searched_ckpt, image_folder):
+def test_infer_on_onnxruntime_matches_mindspore(tmp_path, capsys, searched_ckpt, image_folder):
     out = {}
     for backend in ("mindspore", "onnxruntime"):
         target = str(tmp_path / f"{backend}.json")
         assert infer_main([image_folder, "--ckpt_path", searched_ckpt, "--backend", backend, "--output", target]) == 0
         out[backend] = json.load(open(target))
     assert [r["class_ids"] for r in out["mindspore"]] == [r["class_ids"] for r in out["onnxruntime"]]
-    from config import explicit_keys, parse_args
-    from validate import main as validate_main
 
-    results = {}
-    data_dir = os.path.dirname(image_folder)
-    for backend in ("mindspore", "onnxruntime"):
-        argv = [
-            "--dataset",
-            "imagefolder",
-            "--data_dir",
-            data_dir,
-            "--val_split",
-            os.path.basename(image_folder),
-            "--model",
-            "mnasnet_arch",
-            "--ckpt_path",
-            searched_ckpt,
-            "--batch_size",
-            "5",
-            "--backend",
-            backend,
-            "--progress",
-            "False",
-            "--num_parallel_workers",
-            "1",
-        ]
-        results[backend] = validate_main(parse_args(argv), explicit_keys(argv))
-    assert results["mindspore"]["num_samples"] == results["onnxruntime"]["num_samples"] == 24
-    for key in ("top1", "top5"):
-        assert results["mindspore"][key] == results["onnxruntime"][key]
-    assert abs(results["mindspore"]["loss"] - results["onnxruntime"]["loss"]) < 1e-4
-    assert results["onnxruntime"]["backend"] == "onnxruntime"
+    # validate.py --backend onnxruntime against MindSpore (unreadable images, another size):
+    # tests/test_deploy_attack.py::test_validate_onnxruntime_matches_mindspore_with_unreadable_images_and_another_size
 
 
 # ------------------------------------------------------------------ INT8

@@ -729,8 +729,12 @@ def test_validate_onnxruntime_matches_mindspore_with_unreadable_images_and_anoth
         ]
         argv += ["--ckpt_path", own, "--batch_size", "5"]
         argv += ["--backend", backend, "--progress", "False", "--num_parallel_workers", "1", "--image_resize", "40"]
-        results[backend] = validate_main(parse_args(argv), explicit_keys(argv))
+        try:
+            results[backend] = validate_main(parse_args(argv), explicit_keys(argv))
+        finally:
+            ms.set_context(mode=ms.PYNATIVE_MODE)  # validate.py sets GRAPH mode; later tests expect the default
     ms_result, ort_result = results["mindspore"], results["onnxruntime"]
+    assert ort_result["backend"] == "onnxruntime" and ms_result["backend"] == "mindspore"
     assert ms_result["num_samples"] == ort_result["num_samples"] == 12
     assert ms_result["unreadable_images"] == ort_result["unreadable_images"] == 1
     assert ms_result["top1"] == ort_result["top1"] and ms_result["top5"] == ort_result["top5"]

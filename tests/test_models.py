@@ -12,6 +12,8 @@ from mindcv.models.mnasnet import NUM_PARAMS
 from mindcv.utils.model_stats import count_macs
 
 MODELS = [m for m in list_models() if m != "mnasnet_arch"]  # the zoo; mnasnet_arch builds any arch
+# one width per architecture (B1, A1, small): widths change channel counts only, not the code a mode runs
+MODE_FAMILIES = ["mnasnet_075", "semnasnet_050", "mnasnet_small"]
 SMALL = 64  # input size: enough for the five stride-2 stages, cheap on a 2-core CPU
 
 
@@ -143,7 +145,7 @@ def test_none_kwargs_mean_model_default():
     assert create_model("mnasnet_small").drop_rate == 0.0
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODE_FAMILIES)
 def test_graph_and_pynative_agree(name):
     """Inference and one SGD training step give the same numbers in both execution modes."""
     x, y = random_images(2, SMALL, seed=3), ms.Tensor(np.array([0, 3], np.int32))

@@ -21,6 +21,7 @@ import mindspore as ms
 from ..models.checkpoint import CheckpointError, model_state_dict, read_checkpoint, save_checkpoint
 from ..models.loading import infer_model_name, load_model
 from ..utils.cli import call_cli
+from ..utils.logger import ConsoleHandler
 
 __all__ = ["infer_model_name", "convert_file", "main"]
 
@@ -68,7 +69,7 @@ def _convert_cli(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--model", default=None, help="registered model name (inferred when omitted)")
     parser.add_argument("--ema", action="store_true", help="convert the EMA weights (ema.* parameters)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[ConsoleHandler()])
     ms.set_device("CPU")
     summary = convert_file(args.src, args.dst, args.model, args.ema)
     print(

@@ -5,9 +5,35 @@ import os
 import sys
 from typing import Optional
 
-__all__ = ["set_logger"]
+__all__ = ["set_logger", "ConsoleHandler"]
 
 _FORMAT = "[%(asctime)s] %(name)s %(levelname)s - %(message)s"
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """A handler writing to the *current* ``sys.stdout`` or ``sys.stderr``, looked up for every record.
+
+    A plain ``StreamHandler`` keeps the stream it was created with: after a tool's ``main`` runs in-process
+    (a notebook, a test's output capture, a caller that swaps ``sys.stderr``), later records would go to a
+    closed or stale stream and print "--- Logging error ---" tracebacks instead of the message.
+
+    Args:
+        which: ``"stdout"`` or ``"stderr"``.
+    """
+
+    def __init__(self, which: str = "stderr") -> None:
+        if which not in ("stdout", "stderr"):
+            raise ValueError(f"which must be 'stdout' or 'stderr', got {which!r}")
+        self._which = which
+        super().__init__()
+
+    @property
+    def stream(self):
+        return getattr(sys, self._which)
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler assigns it in __init__; the live stream is used instead
+        pass
 
 
 def set_logger(
@@ -36,7 +62,7 @@ def set_logger(
         logger.removeHandler(handler)
     formatter = logging.Formatter(_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
     if not rank:
-        console = logging.StreamHandler(sys.stdout)
+        console = ConsoleHandler("stdout")
         console.setFormatter(formatter)
         logger.addHandler(console)
     if output_dir:
