@@ -57,6 +57,7 @@ _RANGES = {
         "drop_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
         "bn_momentum": (lambda v: 0 <= v <= 1, "in [0, 1]"),
         "seed": (lambda v: v >= 0, ">= 0"),
+        "mode": (lambda v: v in ("graph", "pynative"), "'graph' or 'pynative'"),
     },
     "latency": {
         "mode": (lambda v: v in ("measured", "lut"), "'measured' or 'lut'"),

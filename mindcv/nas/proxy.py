@@ -48,6 +48,8 @@ class ProxyConfig:
         drop_rate: classifier dropout.
         bn_momentum: BatchNorm momentum (MindSpore convention; short training wants fast statistics).
         seed: training seed (weights, data order, augmentation, dropout).
+        mode: ``graph`` (compiled: fastest for real proxies) or ``pynative`` (no compilation per candidate,
+            which dominates when a proxy trains only a few steps, as in smoke tests).
     """
 
     dataset: str = "demo"
@@ -67,6 +69,7 @@ class ProxyConfig:
     drop_rate: float = 0.1
     bn_momentum: float = 0.9
     seed: int = 0
+    mode: str = "graph"
 
 
 def load_arrays(name: str, root: Optional[str], split: str, image_size: int, limit: int = 0) -> Tuple[np.ndarray, ...]:
@@ -149,7 +152,7 @@ class ProxyTask:
         seed = c.seed if seed is None else seed
         epochs = c.epochs if epochs is None else epochs
         start = time.perf_counter()
-        ms.set_context(mode=ms.GRAPH_MODE)
+        ms.set_context(mode=ms.PYNATIVE_MODE if c.mode == "pynative" else ms.GRAPH_MODE)
         set_seed(seed)
         model = load_model(  # the one way to a model, as validate/infer/export build the retrained result
             "mnasnet_arch",
