@@ -73,14 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     quant = parser.add_argument_group("INT8 (ONNX only)")
     quant.add_argument("--quantize", default=None, choices=["int8"], help="also write <file_name>.int8.onnx")
     quant.add_argument("--calib_data", default=None, help="folder of calibration images (searched recursively)")
-    quant.add_argument("--calib_images", type=int, default=200, help="calibration images drawn from --calib_data")
+    quant.add_argument("--calib_images", type=int, default=None, help="calibration images drawn (default 200)")
     quant.add_argument(
         "--calib_method",
-        default="percentile",
+        default=None,
         choices=CALIBRATION_METHODS,
-        help="percentile: the smallest spread of the top-1 drop over calibration seeds (README, Deployment)",
+        help="default percentile: the smallest spread of the top-1 drop over calibration seeds (README, Deployment)",
     )
-    quant.add_argument("--calib_seed", type=int, default=0, help="which --calib_images images are drawn")
+    quant.add_argument("--calib_seed", type=int, default=None, help="which images are drawn (default 0)")
     quant.add_argument(
         "--keep_fp32",
         type=_keep_fp32,
@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     quant.add_argument("--val_data", default=None, help="<class>/<images> folder: report fp32 vs INT8 top-1 and speed")
     quant.add_argument("--report", default=None, help="write the fp32 vs INT8 comparison as JSON here")
-    quant.add_argument("--speed_rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
+    quant.add_argument("--speed_rounds", type=int, default=None, help="interleaved timing rounds (default 5)")
     return parser
 
 
@@ -100,23 +100,34 @@ def _check_arguments(args) -> None:
         )
     if not (args.ckpt_path or args.pretrained):  # exporting random weights is never what a user wants
         raise InvalidArgumentError("no weights: pass --ckpt_path <weight file> or --pretrained")
-    if args.quantize:
-        if args.format != "ONNX":
-            raise InvalidArgumentError("--quantize int8 needs --format ONNX")
-        if not args.calib_data:
-            raise InvalidArgumentError("--quantize int8 needs --calib_data <folder of images> to calibrate on")
-        if not os.path.isdir(args.calib_data):
-            raise InvalidArgumentError(f"--calib_data '{args.calib_data}' is not a folder")
-        if args.calib_images < 1:
-            raise InvalidArgumentError(f"--calib_images must be >= 1, got {args.calib_images}")
-        if args.speed_rounds < 1:
-            raise InvalidArgumentError(f"--speed_rounds must be >= 1, got {args.speed_rounds}")
-        if args.report and not args.val_data:
-            raise InvalidArgumentError("--report writes the fp32 vs INT8 comparison on --val_data: pass --val_data")
-        if args.val_data and not os.path.isdir(args.val_data):
-            raise InvalidArgumentError(f"--val_data '{args.val_data}' is not a folder")
-    elif args.calib_data or args.val_data or args.keep_fp32 or args.report:
-        raise InvalidArgumentError("--calib_data, --val_data, --keep_fp32 and --report apply to --quantize int8 only")
+    quant_only = ("calib_data", "calib_images", "calib_method", "calib_seed", "keep_fp32", "val_data", "report")
+    given = [f"--{k}" for k in quant_only + ("speed_rounds",) if getattr(args, k) not in (None, [])]
+    if not args.quantize:
+        if given:
+            raise InvalidArgumentError(f"{', '.join(given)} apply to --quantize int8 only")
+        return
+    if args.format != "ONNX":
+        raise InvalidArgumentError("--quantize int8 needs --format ONNX")
+    if args.batch_size != -1:  # calibration and the comparison feed batches of other sizes
+        raise InvalidArgumentError("--quantize int8 needs the dynamic batch dimension: leave out --batch_size")
+    if not args.calib_data:
+        raise InvalidArgumentError("--quantize int8 needs --calib_data <folder of images> to calibrate on")
+    if not os.path.isdir(args.calib_data):
+        raise InvalidArgumentError(f"--calib_data '{args.calib_data}' is not a folder")
+    if args.report and not args.val_data:
+        raise InvalidArgumentError("--report writes the fp32 vs INT8 comparison on --val_data: pass --val_data")
+    if args.speed_rounds is not None and not args.val_data:
+        raise InvalidArgumentError("--speed_rounds times the fp32 vs INT8 comparison on --val_data: pass --val_data")
+    if args.val_data and not os.path.isdir(args.val_data):
+        raise InvalidArgumentError(f"--val_data '{args.val_data}' is not a folder")
+    args.calib_images = 200 if args.calib_images is None else args.calib_images
+    args.calib_method = args.calib_method or "percentile"
+    args.calib_seed = 0 if args.calib_seed is None else args.calib_seed
+    args.speed_rounds = 5 if args.speed_rounds is None else args.speed_rounds
+    if args.calib_images < 1:
+        raise InvalidArgumentError(f"--calib_images must be >= 1, got {args.calib_images}")
+    if args.speed_rounds < 1:
+        raise InvalidArgumentError(f"--speed_rounds must be >= 1, got {args.speed_rounds}")
 
 
 def _check_before_writing(args, loaded) -> None:

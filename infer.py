@@ -56,6 +56,7 @@ def _infer(argv=None) -> int:
     parser.add_argument("inputs", nargs="+", help="image files and/or folders")
     parser.add_argument("--model", default=None, help="registered model name (default: the checkpoint's record)")
     parser.add_argument("--arch", default=None, help="mnasnet_arch only: architecture (default: the checkpoint's)")
+    parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     parser.add_argument(
         "--backend",
         default="mindspore",
@@ -96,6 +97,7 @@ def _infer(argv=None) -> int:
         max_image_pixels=args.max_image_pixels,
         backend=args.backend,
         arch=args.arch,
+        ema=args.ema,
     )
     report_path = args.unreadable_log or unreadable_report_path(args.output)
     report = UnreadableFiles(report_path, overwrite=True)  # a stale report of an earlier run must not remain

@@ -1,10 +1,12 @@
 """Evaluate a model: ``python validate.py -c <recipe>.yaml --data_dir <imagenet> --ckpt_path <ckpt>``.
 
-``--ckpt_path`` takes a checkpoint written by train.py (its recorded class count and evaluation
-transform are used unless the recipe or command line set them) or any weight file ``create_model``
-converts (torchvision, timm, upstream mindcv); ``--pretrained`` evaluates the published weights with
-their own evaluation transform. Prints a human summary and, last, one JSON line (also written to
-``--result_file``). The numbers equal those train.py logged for the same checkpoint.
+``--ckpt_path`` takes a checkpoint written by train.py (its recorded architecture, class count and
+evaluation transform are used; a recipe or command line may change the transform, and a class count other
+than the classifier's is refused) or any weight file mindcv reads (torchvision, timm, upstream mindcv),
+through ``mindcv.models.load_model``; ``--pretrained`` evaluates the published weights with their own
+evaluation transform. ``--backend onnxruntime`` scores the deployed graph (BN folded, exported, checked).
+Prints a human summary and, last, one JSON line (also written to ``--result_file``). The numbers equal those
+train.py logged for the same checkpoint.
 """
 
 import json
@@ -63,13 +65,18 @@ def main(args, explicit) -> dict:
         args.pretrained,
         ema=args.ema,
         num_classes=args.num_classes,
-        in_channels=args.in_channels,
+        in_channels=args.in_channels if "in_channels" in explicit else None,  # else: the weights' own
         arch=args.arch,
         width_mult=args.width_mult,
         bn_eps=args.bn_eps,
         default_num_classes=dataset.num_classes(),
     )
     num_classes = loaded.num_classes
+    if dataset.num_classes() > num_classes:  # labels the classifier cannot output: a meaningless score
+        raise ConfigError(
+            f"'{dataset.root}' has {dataset.num_classes()} classes but the weights' classifier has {num_classes}: "
+            "evaluate on the dataset the weights were trained for"
+        )
     if loaded.metadata.get("class_names") and loaded.metadata["class_names"] != dataset.class_names:
         logger.warning(
             "class folders of '%s' differ from those the checkpoint was trained on; labels may not match", dataset.root

@@ -52,6 +52,7 @@ class Classifier:
         backend: ``"mindspore"`` or ``"onnxruntime"`` (the checked, BN-folded ONNX export of the same weights,
             exported on first use and cached next to the checkpoint).
         arch: for ``mnasnet_arch``: the architecture (default: the one the checkpoint records).
+        ema: use the EMA copy of the checkpoint.
         loaded: an already loaded model (then the weight arguments above must be left out).
     """
 
@@ -67,6 +68,7 @@ class Classifier:
         backend: str = "mindspore",
         arch: Optional[str] = None,
         loaded: Optional[LoadedModel] = None,
+        ema: bool = False,
     ) -> None:
         self.max_image_pixels = resolve_max_image_pixels(max_image_pixels)
         if topk < 1 or batch_size < 1:
@@ -74,14 +76,14 @@ class Classifier:
         if backend not in BACKENDS:
             raise InvalidArgumentError(f"unknown backend '{backend}'; valid: {', '.join(BACKENDS)}")
         if loaded is None:
-            loaded = load_model(model_name, ckpt_path, pretrained, arch=arch, class_names=class_names)
-        elif ckpt_path or pretrained or arch or class_names is not None:
+            loaded = load_model(model_name, ckpt_path, pretrained, ema=ema, arch=arch, class_names=class_names)
+        elif model_name or ckpt_path or pretrained or arch or ema or class_names is not None:
             raise InvalidArgumentError("pass either a loaded model or the weights to load, not both")
         self.loaded = loaded
         self.model = loaded.model
         self.class_names = loaded.class_names
         self.backend = backend
-        self.ops = create_transforms("imagenet", is_training=False, **loaded.eval_transform)
+        self.ops = create_transforms(loaded.dataset, is_training=False, **loaded.eval_transform)
         self.topk = min(topk, loaded.num_classes)
         self.batch_size = batch_size
         self.runtime = OnnxRuntimeModel.from_loaded(loaded) if backend == "onnxruntime" else None

@@ -323,3 +323,64 @@ def test_int8_refuses_unusable_calibration_data(tmp_path, capsys, searched_ckpt)
     with pytest.raises(SystemExit):
         export_main(base + ["--calib_data", str(broken), "--keep_fp32", "convs"])
     assert "unknown layer kind" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ found by a review
+def test_review_findings_stay_fixed(tmp_path, capsys, searched_ckpt, image_folder):
+    from mindcv.data import create_transforms
+    from mindcv.deploy import OnnxEvalStep
+
+    # a recorded dataset decides the preprocessing (CIFAR-style: no ImageNet resize and crop)
+    model = create_model("mnasnet_050", num_classes=4)
+    meta = {"dataset": "cifar10", "eval_transform": {"image_resize": 32}, "class_names": list("abcd")}
+    cifar = save_checkpoint(model, str(tmp_path / "cifar.ckpt"), meta)
+    classifier = Classifier(ckpt_path=cifar)
+    image_path = collect_images([image_folder])[0]
+    expected = np.asarray(Image.open(image_path).convert("RGB"))
+    for op in create_transforms("cifar10", image_resize=32, is_training=False):
+        expected = op(expected)
+    assert classifier.loaded.dataset == "cifar10"
+    assert np.allclose(classifier.preprocess(image_path)[0], expected, atol=1e-5)
+    with pytest.raises(InvalidArgumentError, match="not both"):
+        Classifier("mnasnet_050", loaded=classifier.loaded)
+
+    # an architecture given by name keeps the recorded width; a recorded class count must match the classifier
+    b1 = create_model("mnasnet_arch", arch="b1", width_mult=0.5, num_classes=4)
+    path = save_checkpoint(b1, str(tmp_path / "b1.ckpt"))
+    assert load_model("mnasnet_arch", path, arch="b1").model.width_mult == 0.5
+    lying = save_checkpoint(b1, str(tmp_path / "lying.ckpt"), {"num_classes": 7})
+    with pytest.raises(CheckpointError, match="records 7 classes but its classifier has 4"):
+        load_model(None, lying)
+    with pytest.raises(InvalidArgumentError, match="pass a checkpoint path"):
+        load_model("mnasnet_050", ema=True)
+
+    # options that would be ignored or fail after writing are refused first
+    base = ["--ckpt_path", searched_ckpt, "--format", "ONNX", "--file_name", str(tmp_path / "r")]
+    for extra, message in [
+        (["--calib_images", "10"], "--calib_images apply to --quantize int8 only"),
+        (["--quantize", "int8", "--calib_data", image_folder, "--batch_size", "4"], "dynamic batch dimension"),
+        (["--quantize", "int8", "--calib_data", image_folder, "--speed_rounds", "2"], "--speed_rounds times"),
+    ]:
+        assert export_main(base + extra) == 2, extra
+        assert message in capsys.readouterr().err
+    assert not any(name.startswith("r.") for name in os.listdir(tmp_path))
+
+    # labels the classifier cannot output are an error, not a score
+    graph = OnnxRuntimeModel(cached_onnx_export(load_model(None, searched_ckpt)))
+    x = np.zeros((2, 3, 48, 48), np.float32)
+    with pytest.raises(InvalidArgumentError, match="label 9 is out of range for a 4-class model"):
+        OnnxEvalStep(graph)(x, np.array([0, 9]))
+
+
+def test_validate_refuses_a_dataset_with_more_classes_than_the_classifier(tmp_path, image_folder):
+    from config import ConfigError, explicit_keys, parse_args
+    from validate import main as validate_main
+
+    two = save_checkpoint(create_model("mnasnet_050", num_classes=2), str(tmp_path / "two.ckpt"))
+    argv = ["--dataset", "imagefolder", "--data_dir", os.path.dirname(image_folder), "--val_split"]
+    argv += [os.path.basename(image_folder), "--model", "mnasnet_050", "--ckpt_path", two, "--progress", "False"]
+    try:
+        with pytest.raises(ConfigError, match="has 4 classes but the weights' classifier has 2"):
+            validate_main(parse_args(argv), explicit_keys(argv))
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)

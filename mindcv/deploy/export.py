@@ -59,7 +59,10 @@ def require_onnx(what: str) -> None:
         except ImportError:
             missing.append(module)
     if missing:
-        raise ExportError(f"{what} needs {' and '.join(missing)}: pip install 'mindcv[onnx]'")
+        raise ExportError(
+            f"{what} needs {' and '.join(missing)}: pip install {' '.join(missing)} (or pip install -e '.[onnx]' "
+            "in a mindcv checkout)"
+        )
 
 
 def export_model(

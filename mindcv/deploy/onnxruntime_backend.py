@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ..errors import InvalidArgumentError
 from ..models.loading import LoadedModel
 from ..utils.atomic import AtomicWriteError, atomic_write
 from ..utils.download import file_sha256, get_cache_dir
@@ -192,6 +193,11 @@ class OnnxEvalStep:
         images = images.asnumpy() if hasattr(images, "asnumpy") else np.asarray(images)
         labels = labels.asnumpy() if hasattr(labels, "asnumpy") else np.asarray(labels)
         logits = self.model(images).astype(np.float64)
+        if labels.size and labels.max() >= logits.shape[1]:
+            raise InvalidArgumentError(
+                f"label {int(labels.max())} is out of range for a {logits.shape[1]}-class model: the dataset has "
+                "more classes than the weights' classifier"
+            )
         valid = labels >= 0
         safe = np.where(valid, labels, 0).astype(np.int64)
         shifted = logits - logits.max(axis=1, keepdims=True)

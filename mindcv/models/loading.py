@@ -6,6 +6,7 @@ evaluation transform of a checkpoint are derived in one place. A rebuilt copy (B
 comes from :meth:`LoadedModel.rebuild`, which uses the loaded model's own settings.
 """
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -18,6 +19,8 @@ from .checkpoint import CheckpointError, read_checkpoint_metadata
 from .fuse import fuse_bn
 from .model_factory import create_model, read_converted, split_model_name_tag, weights_num_classes
 from .registry import get_pretrained_cfg, is_model, list_models
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ["LoadedModel", "load_model", "imagenet_class_names", "infer_model_name"]
 
@@ -46,6 +49,8 @@ class LoadedModel:
         layout: the weights' layout (``mindcv``, ``torchvision``, ``timm``, ``mindcv_upstream``) or ``""``.
         ema: the EMA copy of the checkpoint was loaded.
         metadata: what a checkpoint written by this package records (``{}`` for other files).
+        dataset: the dataset the evaluation transform belongs to (``create_transforms`` name: ``imagenet``
+            style for image folders, small-image preprocessing for ``cifar10``/``mnist``...).
     """
 
     model: nn.Cell
@@ -58,6 +63,7 @@ class LoadedModel:
     layout: str = ""
     ema: bool = False
     metadata: Dict[str, Any] = field(default_factory=dict)
+    dataset: str = "imagenet"
 
     @property
     def bn_eps(self) -> float:
@@ -167,6 +173,22 @@ def _published_transform(model_name: str) -> Dict[str, Any]:
     )
 
 
+def _canonical(arch: str) -> Optional[str]:
+    """The canonical string of an architecture given as a string, a name or a file (None if unreadable)."""
+    from .mnasnet import load_arch  # the model module imports the factory: import here, not at the top
+
+    try:
+        return format_arch_string(load_arch(arch)[0])
+    except (ValueError, OSError):
+        return None
+
+
+def _published_layout(model_name: str) -> str:
+    name, tag = split_model_name_tag(model_name)
+    cfg = get_pretrained_cfg(name, tag or None)
+    return str(cfg.get("layout") or "mindcv") if cfg else "mindcv"
+
+
 def _architecture(
     name: str, arch: Optional[str], width_mult: Optional[float], meta: Dict[str, Any], source: str
 ) -> Dict[str, Any]:
@@ -183,7 +205,7 @@ def _architecture(
         )
     kwargs: Dict[str, Any] = {"arch": arch}
     # a recorded width belongs to the recorded architecture; a given architecture file brings its own
-    recorded = arch == meta.get("arch")
+    recorded = meta.get("arch") is not None and (arch == meta["arch"] or _canonical(arch) == meta["arch"])
     width = width_mult if width_mult is not None else (meta.get("width_mult") if recorded else None)
     if width is not None:
         kwargs["width_mult"] = width
@@ -203,8 +225,12 @@ def _check_against_record(model: nn.Cell, meta: Dict[str, Any], source: str) -> 
     width = meta.get("width_mult")
     if width is not None and abs(float(width) - float(model.width_mult)) > 1e-9:
         raise CheckpointError(
-            f"'{source}' was trained with width multiplier {width}, the model built has {model.width_mult}"
+            f"'{source}' was trained with width multiplier {width}, the model built has {model.width_mult} "
+            "(leave out --arch to use the recorded architecture)"
         )
+    classes = meta.get("num_classes")
+    if classes is not None and classes != model.num_classes:
+        raise CheckpointError(f"'{source}' records {classes} classes but its classifier has {model.num_classes}")
 
 
 def load_model(
@@ -226,7 +252,8 @@ def load_model(
 
     Args:
         model_name: registered name (optionally with a weights tag). ``None``: the name a checkpoint written
-            by this package records; foreign files (torchvision, timm, upstream mindcv) record none.
+            by this package records, or for a foreign file (torchvision, timm, upstream mindcv) the zoo model
+            whose parameter names and shapes it has.
         checkpoint_path: a weight file: this package's ``.ckpt``/``.safetensors`` (train.py, search
             retraining), torchvision, timm or upstream mindcv weights.
         pretrained: the published weights of ``model_name`` instead.
@@ -271,6 +298,14 @@ def load_model(
         raise InvalidArgumentError(
             f"checkpoint '{checkpoint_path}' was trained as '{recorded_name}', not '{name}': "
             f"pass --model {recorded_name}"
+        )
+    if ema and not checkpoint_path:
+        raise InvalidArgumentError("ema=True (--ema) selects the EMA copy of a checkpoint: pass a checkpoint path")
+    if not ema and meta.get("ema"):
+        _logger.warning(
+            "'%s' also holds EMA weights (the ones train.py validated with --ema True); they are used only when "
+            "asked for (--ema / ema=True)",
+            checkpoint_path,
         )
     if ema and checkpoint_path and meta and not meta.get("ema"):
         raise InvalidArgumentError(
@@ -324,7 +359,8 @@ def load_model(
         class_names=_class_names(class_names, meta.get("class_names"), classes, source),
         eval_transform=transform,
         source=source,
-        layout=layout or ("mindcv" if pretrained else ""),
+        layout=layout or (_published_layout(model_name) if pretrained else ""),
         ema=ema,
         metadata=meta,
+        dataset=str(meta.get("dataset") or "imagenet"),
     )
