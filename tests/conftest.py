@@ -50,6 +50,19 @@ def _isolated_cache_and_seed(tmp_path, monkeypatch):
     np.random.seed(0)
 
 
+def calibrate_bn(model, seed: int = 0):
+    """Non-trivial BN statistics, some variances tiny: fresh ones make folding an identity and hide a wrong eps."""
+    rng = np.random.default_rng(seed)
+    for p in model.get_parameters():
+        if "moving_mean" in p.name or "beta" in p.name:
+            p.set_data(ms.Tensor(rng.normal(0, 0.2, p.shape).astype(np.float32)))
+        elif "moving_variance" in p.name:
+            p.set_data(ms.Tensor(rng.uniform(1e-4, 2.0, p.shape).astype(np.float32)))
+        elif "gamma" in p.name:
+            p.set_data(ms.Tensor(rng.uniform(0.5, 1.5, p.shape).astype(np.float32)))
+    return model
+
+
 def random_images(batch: int, size: int, channels: int = 3, seed: int = 0) -> ms.Tensor:
     return ms.Tensor(np.random.default_rng(seed).standard_normal((batch, channels, size, size)).astype(np.float32))
 

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import onnx
 import pytest
+from conftest import calibrate_bn
 from PIL import Image
 
 import mindspore as ms
@@ -46,26 +47,13 @@ def _relative(got, expected):
     return float(np.abs(got - expected).max() / np.abs(expected).max())
 
 
-def _calibrated(model, seed=0):
-    """Non-trivial BN statistics (fresh ones make folding an identity and hide a wrong epsilon)."""
-    rng = np.random.default_rng(seed)
-    for p in model.get_parameters():
-        if "moving_mean" in p.name or "beta" in p.name:
-            p.set_data(ms.Tensor(rng.normal(0, 0.2, p.shape).astype(np.float32)))
-        elif "moving_variance" in p.name:
-            p.set_data(ms.Tensor(rng.uniform(1e-4, 2.0, p.shape).astype(np.float32)))  # small: eps matters
-        elif "gamma" in p.name:
-            p.set_data(ms.Tensor(rng.uniform(0.5, 1.5, p.shape).astype(np.float32)))
-    return model
-
-
 @pytest.fixture(scope="module")
 def searched_ckpt(tmp_path_factory):
     """A checkpoint of a search result as train.py writes it (model 'mnasnet_arch', its architecture record)."""
     folder = tmp_path_factory.mktemp("searched")
     top1 = folder / "top1.json"
     top1.write_text(json.dumps(SEARCHED))
-    model = _calibrated(create_model("mnasnet_arch", arch=str(top1), num_classes=4), seed=3)
+    model = calibrate_bn(create_model("mnasnet_arch", arch=str(top1), num_classes=4), seed=3)
     meta = {"class_names": ["a", "b", "c", "d"], "eval_transform": {"image_resize": 48, "crop_pct": 1.0}}
     path = save_checkpoint(model, str(folder / "searched.ckpt"), meta)
     os.remove(top1)  # the checkpoint alone must be enough
@@ -240,7 +228,7 @@ def test_onnxruntime_backend_agrees_and_caches_by_weights(tmp_path, searched_ckp
     )
 
     # other weights in the same file name get another graph, never the stale one
-    model = _calibrated(load_model(None, ckpt).rebuild(), seed=9)
+    model = calibrate_bn(load_model(None, ckpt).rebuild(), seed=9)
     save_checkpoint(model, ckpt, {"model": "mnasnet_arch", "class_names": list("abcd")})
     changed = load_model(None, ckpt)
     assert cached_onnx_export(changed, 48) != path

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import calibrate_bn
 from PIL import Image
 
 import mindspore as ms
@@ -42,22 +43,9 @@ ARCH = (
 BASE_META = {"class_names": CLASSES, "eval_transform": {"image_resize": SIZE, "crop_pct": 1.0}}
 
 
-def _calibrated(model, seed=0):
-    """Non-trivial BN statistics, so BN folding and a wrong epsilon are visible."""
-    rng = np.random.default_rng(seed)
-    for p in model.get_parameters():
-        if "moving_mean" in p.name or "beta" in p.name:
-            p.set_data(ms.Tensor(rng.normal(0, 0.2, p.shape).astype(np.float32)))
-        elif "moving_variance" in p.name:
-            p.set_data(ms.Tensor(rng.uniform(1e-4, 2.0, p.shape).astype(np.float32)))
-        elif "gamma" in p.name:
-            p.set_data(ms.Tensor(rng.uniform(0.5, 1.5, p.shape).astype(np.float32)))
-    return model
-
-
 def _searched_model(seed):
     model = create_model("mnasnet_arch", arch=ARCH, width_mult=0.5, stem_size=24, num_features=640, num_classes=4)
-    return _calibrated(model, seed)
+    return calibrate_bn(model, seed)
 
 
 def _relative(got, expected):
