@@ -443,9 +443,12 @@ def _read_torch(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     return tensors, meta
 
 
+NATIVE_EXTENSIONS = (".ckpt", ".safetensors")  # the formats this package writes, with its metadata
+
+
 def read_checkpoint_metadata(path: str) -> Dict[str, Any]:
     """Metadata stored with a checkpoint written by this package (``{}`` for foreign or PyTorch files)."""
-    if not path or not path.endswith((".ckpt", ".safetensors")):
+    if not path or not path.endswith(NATIVE_EXTENSIONS):
         return {}
     return read_checkpoint(path)[1]
 

@@ -15,9 +15,9 @@ from mindspore import nn
 
 from ..errors import InvalidArgumentError
 from .arch import format_arch_string
-from .checkpoint import CheckpointError, read_checkpoint_metadata
+from .checkpoint import NATIVE_EXTENSIONS, CheckpointError, load_state_dict_into, read_checkpoint_metadata
 from .fuse import fuse_bn
-from .model_factory import create_model, read_converted, split_model_name_tag, weights_num_classes
+from .model_factory import create_model, read_converted_with_metadata, split_model_name_tag, weights_num_classes
 from .registry import get_pretrained_cfg, is_model, list_models
 
 _logger = logging.getLogger(__name__)
@@ -279,14 +279,25 @@ def load_model(
         raise InvalidArgumentError("pass either pretrained=True or a checkpoint path, not both")
     if checkpoint_path and not os.path.isfile(checkpoint_path):
         raise CheckpointError(f"checkpoint '{checkpoint_path}' does not exist or is not a file")
-    meta = read_checkpoint_metadata(checkpoint_path)
+    if ema and not checkpoint_path:
+        raise InvalidArgumentError("ema=True (--ema) selects the EMA copy of a checkpoint: pass a checkpoint path")
+    if ema and checkpoint_path.endswith(NATIVE_EXTENSIONS):  # say why before the weights' own error
+        recorded = read_checkpoint_metadata(checkpoint_path)
+        if recorded and not recorded.get("ema"):
+            raise InvalidArgumentError(
+                f"--ema was given but '{checkpoint_path}' holds no EMA weights (train with --ema True)"
+            )
+    state_dict, layout, source_eps, meta = None, "", None, {}
+    if checkpoint_path:  # read once: the record, the converted weights and the BN eps they were trained with
+        state_dict, layout, source_eps, meta = read_converted_with_metadata(checkpoint_path, ema)
+        meta = meta if checkpoint_path.endswith(NATIVE_EXTENSIONS) else {}  # a .pth's extra entries are not ours
     recorded_name = meta.get("model")
     if not model_name:
         if recorded_name:
             model_name = recorded_name
         elif checkpoint_path:  # a foreign file: the zoo model whose parameter shapes it has
             try:
-                model_name = infer_model_name(read_converted(checkpoint_path, ema)[0])
+                model_name = infer_model_name(state_dict)
             except CheckpointError as err:
                 raise CheckpointError(f"'{checkpoint_path}' records no model name and {err}") from None
         else:
@@ -299,25 +310,18 @@ def load_model(
             f"checkpoint '{checkpoint_path}' was trained as '{recorded_name}', not '{name}': "
             f"pass --model {recorded_name}"
         )
-    if ema and not checkpoint_path:
-        raise InvalidArgumentError("ema=True (--ema) selects the EMA copy of a checkpoint: pass a checkpoint path")
     if not ema and meta.get("ema"):
         _logger.warning(
             "'%s' also holds EMA weights (the ones train.py validated with --ema True); they are used only when "
             "asked for (--ema / ema=True)",
             checkpoint_path,
         )
-    if ema and checkpoint_path and meta and not meta.get("ema"):
-        raise InvalidArgumentError(
-            f"--ema was given but '{checkpoint_path}' holds no EMA weights (train with --ema True)"
-        )
 
-    classes = weights_num_classes(model_name, checkpoint_path, pretrained, ema, num_classes)
+    classes = weights_num_classes(model_name, checkpoint_path, pretrained, ema, num_classes, state_dict=state_dict)
     if classes is None:
         classes = len(class_names) if class_names is not None else default_num_classes
-    layout, weights_in_channels = "", None
-    if checkpoint_path:
-        state_dict, layout, _ = read_converted(checkpoint_path, ema)
+    weights_in_channels = None
+    if state_dict is not None:
         stem = state_dict.get("conv_stem.weight")
         weights_in_channels = int(stem.shape[1]) if stem is not None and stem.ndim == 4 else None
     for what, value in (("recorded", meta.get("in_channels")), ("asked for", in_channels)):
@@ -332,9 +336,11 @@ def load_model(
         **_architecture(name, arch, width_mult, meta, checkpoint_path),
         **{k: v for k, v in model_kwargs.items() if v is not None},
     }
-    if bn_eps is not None:
-        build_kwargs["bn_eps"] = bn_eps
-    model = create_model(model_name, pretrained=pretrained, checkpoint_path=checkpoint_path, ema=ema, **build_kwargs)
+    if bn_eps is not None or source_eps is not None:
+        build_kwargs["bn_eps"] = bn_eps if bn_eps is not None else source_eps
+    model = create_model(model_name, pretrained=pretrained, **build_kwargs)
+    if state_dict is not None:
+        load_state_dict_into(model, state_dict, source=checkpoint_path)
     model.set_train(False)
     if meta:
         _check_against_record(model, meta, checkpoint_path)

@@ -29,6 +29,8 @@ __all__ = [
     "split_model_name_tag",
     "checkpoint_num_classes",
     "read_converted",
+    "read_converted_with_metadata",
+    "classifier_classes",
     "weights_num_classes",
 ]
 
@@ -112,6 +114,14 @@ def read_converted(path: str, ema: bool = False) -> Tuple[Dict[str, Any], str, O
     Raises:
         CheckpointError: unreadable, of no known layout, or with invalid metadata (the message names the file).
     """
+    state_dict, layout, bn_eps, _ = read_converted_with_metadata(path, ema)
+    return state_dict, layout, bn_eps
+
+
+def read_converted_with_metadata(
+    path: str, ema: bool = False
+) -> Tuple[Dict[str, Any], str, Optional[float], Dict[str, Any]]:
+    """:func:`read_converted` plus the metadata stored with the file, from one read of it."""
     tensors, meta = read_checkpoint(path)
     try:
         layout = detect_layout(k[len("ema.") :] if k.startswith("ema.") else k for k in tensors)
@@ -119,7 +129,7 @@ def read_converted(path: str, ema: bool = False) -> Tuple[Dict[str, Any], str, O
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
     _logger.info("%s: %s layout", path, layout)
-    return state_dict, layout, bn_eps
+    return state_dict, layout, bn_eps, meta
 
 
 def checkpoint_num_classes(path: str, ema: bool = False) -> Optional[int]:
@@ -132,7 +142,11 @@ def checkpoint_num_classes(path: str, ema: bool = False) -> Optional[int]:
     Returns:
         The class count, or ``None`` when the file holds no classifier (a headless backbone).
     """
-    state_dict, _, _ = read_converted(path, ema)
+    return classifier_classes(read_converted(path, ema)[0], path)
+
+
+def classifier_classes(state_dict: Dict[str, Any], path: str) -> Optional[int]:
+    """The class count of a converted state dict's classifier (``None``: headless); ``path`` names it in errors."""
     weight = state_dict.get("classifier.weight")
     if weight is None:
         return None
@@ -149,6 +163,7 @@ def weights_num_classes(
     pretrained: bool = False,
     ema: bool = False,
     requested: Optional[int] = None,
+    state_dict: Optional[Dict[str, Any]] = None,
 ) -> Optional[int]:
     """The class count a model must be built with to use the classifier stored in its weights.
 
@@ -160,6 +175,7 @@ def weights_num_classes(
         pretrained: the published weights of ``model_name``.
         ema: look at the EMA copy of ``checkpoint_path``.
         requested: the count the user asked for (``None``: not asked).
+        state_dict: ``checkpoint_path`` already read and converted (saves reading it again).
 
     Returns:
         The weights' class count, or ``requested`` when there are no weights.
@@ -169,7 +185,12 @@ def weights_num_classes(
         InvalidArgumentError: ``requested`` differs from the weights' classifier.
     """
     if checkpoint_path:
-        stored, source = checkpoint_num_classes(checkpoint_path, ema=ema), f"checkpoint '{checkpoint_path}'"
+        stored = (
+            classifier_classes(state_dict, checkpoint_path)
+            if state_dict is not None
+            else checkpoint_num_classes(checkpoint_path, ema=ema)
+        )
+        source = f"checkpoint '{checkpoint_path}'"
     elif pretrained:
         name, tag = split_model_name_tag(model_name)
         cfg = get_pretrained_cfg(name, tag or None)
