@@ -31,13 +31,11 @@ class QuantizeResult:
         path: the INT8 ONNX file.
         calibration_images: how many images calibrated it.
         kept_fp32: names of the nodes left in fp32.
-        quantized_convs: how many convolutions (and the classifier) run in int8.
     """
 
     path: str
     calibration_images: int
     kept_fp32: List[str] = field(default_factory=list)
-    quantized_convs: int = 0
 
 
 def select_calibration_files(files: Sequence[str], count: int, seed: int = 0) -> List[str]:
@@ -200,9 +198,6 @@ def quantize_int8(
             )
         except Exception as err:  # noqa: BLE001  (onnxruntime's quantizer raises many kinds)
             raise ExportError(f"INT8 quantization of '{fp32_path}' failed: {type(err).__name__}: {err}") from None
-        quantized = onnx.load(tmp_out)
-        weights_in_int8 = sum(1 for n in quantized.graph.node if n.op_type == "DequantizeLinear")
         _check_runs(tmp_out, input_name, calibration[:batch_size])
         os.replace(tmp_out, out_path)
-    convs = [n for n in model_proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.name not in kept]
-    return QuantizeResult(out_path, len(calibration), kept, len(convs) if weights_in_int8 else 0)
+    return QuantizeResult(out_path, len(calibration), kept)
