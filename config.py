@@ -8,14 +8,15 @@ error), unknown YAML keys are rejected by name, and bool / list / tuple options 
 
 import argparse
 import difflib
+import logging
 import math
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from mindcv.errors import MindcvError
-from mindcv.utils.atomic import atomic_write
+from mindcv.errors import InvalidArgumentError, MindcvError
+from mindcv.io.atomic import atomic_write
 
 __all__ = [
     "create_parser",
@@ -33,6 +34,7 @@ __all__ = [
 
 
 _FLOAT32_MAX = 3.4028234663852886e38
+_logger = logging.getLogger("mindcv.config")
 
 
 class ConfigError(MindcvError, ValueError):
@@ -186,12 +188,20 @@ def create_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     _flag(g, "--resume", False, "resume training from --ckpt_path (weights, optimizer, EMA, epoch, step)")
     _flag(g, "--resume_opt", False, "upstream name of --resume")
     g.add_argument("--keep_checkpoint_max", type=int, default=10)
-    g.add_argument("--ckpt_save_dir", type=str, default="./ckpt", help="output folder of the run (one run per folder)")
+    g.add_argument(
+        "--ckpt_save_dir", type=str, default="./outputs/train", help="output folder of the run (one run per folder)"
+    )
     _flag(g, "--overwrite", False, "start a new run in a folder holding another run's checkpoints (they are deleted)")
     g.add_argument("--ckpt_save_interval", type=int, default=1)
     g.add_argument("--ckpt_save_policy", type=_none_or(str), default="latest_k", choices=[None, "latest_k", "top_k"])
     g.add_argument("--epoch_size", type=int, default=90, help="number of epochs")
-    _flag(g, "--dataset_sink_mode", False, "accepted for upstream recipes; the loop feeds batches itself")
+    _flag(
+        g,
+        "--dataset_sink_mode",
+        False,
+        "upstream's data sinking, kept for its recipes: not used, the loop feeds one batch per step itself "
+        "(True logs a warning; results are the same)",
+    )
     _flag(g, "--ema", False, "keep an EMA of the weights and validate with it")
     g.add_argument("--ema_decay", type=float, default=0.9999)
     _flag(g, "--clip_grad", False, "clip the global gradient norm")
@@ -232,12 +242,19 @@ def create_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
     g = parser.add_argument_group("AMP")
     g.add_argument("--amp_level", type=str, default="O0", choices=["O0", "O1", "O2", "O3"])
-    g.add_argument("--val_amp_level", type=str, default="O0", choices=["O0", "O1", "O2", "O3"])
+    g.add_argument(
+        "--val_amp_level",
+        type=str,
+        default="O0",
+        choices=["O0", "O1", "O2", "O3"],
+        help="mixed precision of validation (validate.py and val_while_train) on GPU/Ascend; must be O0 on the CPU "
+        "(fp32) and with onnxruntime",
+    )
     g.add_argument("--amp_cast_list", type=_none_or(str), default=None, help="not supported (must be unset)")
     g.add_argument("--loss_scale_type", type=str, default="fixed", choices=["fixed", "dynamic", "auto"])
     g.add_argument("--loss_scale", type=float, default=1.0)
     _flag(g, "--drop_overflow_update", False, "skip updates whose gradients overflowed")
-    _flag(g, "--eval_shuffle", False, "shuffle the validation set (metrics do not depend on it)")
+    _flag(g, "--eval_shuffle", False, "shuffle the validation set, seeded by --seed (the metrics do not change)")
 
     g = parser.add_argument_group("Output")
     g.add_argument(
@@ -473,7 +490,8 @@ def check_args(args: argparse.Namespace, sources: Optional[Dict[str, str]] = Non
     """Check the final values of the options (after YAML and command line are merged).
 
     Every float option must be finite; the options of :data:`_RANGES` must lie in their range; ``model``
-    must be a registered model.
+    must be a registered model; ``val_amp_level`` must be O0 on the CPU and with onnxruntime. Upstream's
+    ``dataset_sink_mode: True`` is accepted (its recipes set it) with one warning that it is not used.
 
     Args:
         args: the parsed options.
@@ -506,6 +524,25 @@ def check_args(args: argparse.Namespace, sources: Optional[Dict[str, str]] = Non
         value = getattr(args, key, None)
         if value is not None and not valid(value):
             fail(key, value, text)
+    if args.val_amp_level != "O0":
+        where = sources.get("val_amp_level", "default")
+        if args.device_target == "CPU":
+            raise ConfigError(
+                f"{where}: 'val_amp_level' must be O0 on the CPU, got {args.val_amp_level!r}: the CPU validates in "
+                "fp32 as it trains (MindSpore 2.10's CPU fp16 kernels are slower than fp32 and overflow); "
+                "O1/O2/O3 apply on GPU/Ascend"
+            )
+        if args.backend == "onnxruntime":
+            raise ConfigError(
+                f"{where}: 'val_amp_level' must be O0 with backend onnxruntime, got {args.val_amp_level!r}: "
+                "the exported graph computes in float32"
+            )
+    if args.dataset_sink_mode:
+        _logger.warning(
+            "%s: dataset_sink_mode True is not used: mindcv's loop feeds one batch per step itself, so sinking would "
+            "change only the speed, not the results; set it to False (or remove it) to silence this warning",
+            sources.get("dataset_sink_mode", "default"),
+        )
     _check_model(args.model, sources.get("model", "default"))
 
 
@@ -525,7 +562,7 @@ def _check_model(model: str, where: str) -> None:
     if tag:
         try:
             get_pretrained_cfg(name, tag)
-        except ValueError as err:
+        except InvalidArgumentError as err:
             raise ConfigError(f"{where}: 'model' {model!r}: {err}") from None
 
 

@@ -1,7 +1,8 @@
 """Export a model to MindIR or ONNX (optionally INT8), checked against the in-framework model.
 
-    python export.py --ckpt_path ckpt.ckpt --format MINDIR --file_name mnasnet_100
-    python export.py --model mnasnet_050 --ckpt_path mnasnet0.5.pth --format ONNX        # torchvision weights
+    python export.py --ckpt_path outputs/quickstart/mnasnet_050_best.ckpt --format ONNX  # outputs/export/<model>.onnx
+    python export.py --ckpt_path tests/fixtures/torchvision_mnasnet0.5.safetensors --format MINDIR  # torchvision layout
+    python export.py --ckpt_path ckpt.ckpt --format MINDIR --file_name deploy/mnasnet_100   # deploy/mnasnet_100.mindir
     python export.py --ckpt_path outputs/quickstart/mnasnet_050_best.ckpt --format ONNX --quantize int8 \\
         --calib_data ~/.cache/mindcv/datasets/demo-v1-seed0/train --val_data ~/.cache/mindcv/datasets/demo-v1-seed0/val
 
@@ -27,6 +28,9 @@ import json
 import os
 import sys
 
+if __name__ == "__main__":  # MindSpore logs errors only, unless GLOG_v is set: read when mindspore is imported
+    os.environ.setdefault("GLOG_v", "3")
+
 import numpy as np
 
 import mindspore as ms
@@ -37,11 +41,13 @@ from mindcv.deploy.export import check_exported, export_model, make_onnx_batch_d
 from mindcv.deploy.quantize import CALIBRATION_METHODS, KEEP_FP32_CHOICES, quantize_int8, select_calibration_files
 from mindcv.errors import InvalidArgumentError
 from mindcv.inference import Classifier, collect_images
+from mindcv.io.atomic import atomic_write
 from mindcv.models.loading import load_model
-from mindcv.utils.atomic import atomic_write
 from mindcv.utils.cli import call_cli
 
 __all__ = ["main", "export_model", "make_onnx_batch_dynamic", "run_exported", "check_exported"]
+
+EXPORT_DIR = os.path.join("outputs", "export")  # where files go without --file_name (relative to where it runs)
 
 
 def _keep_fp32(text: str):
@@ -65,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ema", action="store_true", help="export the checkpoint's EMA weights")
     parser.add_argument("--num_classes", type=int, default=None, help="default: from the checkpoint, else 1000")
     parser.add_argument("--format", default="MINDIR", choices=list(EXPORT_FORMATS))
-    parser.add_argument("--file_name", default=None, help="output path without extension (default: the model name)")
+    parser.add_argument(
+        "--file_name", default=None, help="output path without extension (default: outputs/export/<model name>)"
+    )
     parser.add_argument("--image_size", type=int, default=None, help="default: the checkpoint's eval size, else 224")
     parser.add_argument("--batch_size", type=int, default=-1, help="-1: dynamic batch dimension")
     parser.add_argument("--no_fuse_bn", action="store_true", help="keep BatchNorm layers in the exported graph")
@@ -207,7 +215,7 @@ def _export(argv=None) -> int:
     )
     if args.quantize:
         _check_before_writing(args, loaded)
-    file_name = args.file_name or loaded.model_name
+    file_name = args.file_name or os.path.join(EXPORT_DIR, loaded.model_name)
     result = export_checked(
         loaded,
         file_name,

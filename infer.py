@@ -4,7 +4,8 @@
 use, cached next to the checkpoint) with the same preprocessing and label names.
 
 Prints the top-k classes of each image and writes one JSON record per image
-(``{"class_ids", "scores", "file_name", "label_names"}``) to ``--output`` (default ``predictions.json``).
+(``{"class_ids", "scores", "file_name", "label_names"}``) to ``--output`` (default
+``outputs/infer/predictions.json``).
 Unreadable files (corrupt, not an image, or above ``--max_image_pixels``, which are never decoded) get an
 ``"error"`` record instead, do not stop the others, and are listed as ``<path>\t<reason>`` lines in
 ``--unreadable_log`` (default: ``<output without extension>.unreadable.tsv`` next to the records; written
@@ -18,15 +19,20 @@ import logging
 import os
 import sys
 
+if __name__ == "__main__":  # MindSpore logs errors only, unless GLOG_v is set: read when mindspore is imported
+    os.environ.setdefault("GLOG_v", "3")
+
 import mindspore as ms
 
 from mindcv.data.image_folder import MAX_IMAGE_PIXELS, UnreadableFiles
 from mindcv.deploy import BACKENDS
 from mindcv.errors import InvalidArgumentError
 from mindcv.inference import Classifier, collect_images
-from mindcv.utils.atomic import atomic_write
+from mindcv.io.atomic import atomic_write
 from mindcv.utils.cli import call_cli
 from mindcv.utils.logger import ConsoleHandler
+
+DEFAULT_OUTPUT = os.path.join("outputs", "infer", "predictions.json")  # relative to where infer.py runs
 
 
 def _positive_int(text: str) -> int:
@@ -68,7 +74,7 @@ def _infer(argv=None) -> int:
     parser.add_argument("--topk", type=_positive_int, default=5)
     parser.add_argument("--batch_size", type=_positive_int, default=16)
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
-    parser.add_argument("--output", default="predictions.json", help="JSON file of all records")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="JSON file of all records (default %(default)s)")
     parser.add_argument(
         "--unreadable_log",
         default=None,

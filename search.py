@@ -17,20 +17,26 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import typing
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
+
+if __name__ == "__main__":  # MindSpore logs errors only, unless GLOG_v is set: read when mindspore is imported
+    os.environ.setdefault("GLOG_v", "3")
 
 import numpy as np
 
 import mindspore as ms
 
 from config import ConfigError, read_yaml
+from mindcv.errors import InvalidArgumentError
 from mindcv.nas.proxy import ProxyConfig
 from mindcv.nas.reward import CONSTRAINTS
 from mindcv.nas.runner import LatencyConfig, RewardConfig, SearchConfig, run_search, validate_lut
 from mindcv.nas.search_space import SearchSpace
-from mindcv.nas.strategies import STRATEGIES, create_strategy
+from mindcv.nas.strategies import STRATEGIES, check_strategy_settings, create_strategy
+from mindcv.utils.cli import call_cli
 from mindcv.utils.logger import ConsoleHandler
 
 SECTIONS = {"proxy": ProxyConfig, "latency": LatencyConfig, "reward": RewardConfig}
@@ -137,22 +143,32 @@ def _check_space_and_strategies(cfg: SearchConfig, where: str) -> None:
     if unknown or not cfg.strategies:
         raise ConfigError(f"{where}: 'strategies' must name some of {sorted(STRATEGIES)}, got {sorted(cfg.strategies)}")
     _build(SearchSpace, cfg.space, where, "space")
+    # the types are checked above: what the constructors still reject is a user error (InvalidArgumentError);
+    # anything else they raise is a bug and keeps its traceback
     try:
         space = SearchSpace(**cfg.space)
         for decisions in ([0] * len(space.num_choices), [n - 1 for n in space.num_choices]):
             space.arch_string(decisions)
         space.sample(np.random.default_rng(0))
-    except (TypeError, ValueError, KeyError, IndexError) as err:
+    except InvalidArgumentError as err:
         raise ConfigError(f"{where}: 'space' is invalid: {' '.join(str(err).split())}") from None
     for name, kwargs in cfg.strategies.items():
         if kwargs is not None and not isinstance(kwargs, dict):
             raise ConfigError(f"{where}: 'strategies.{name}' must be a mapping of settings, got {kwargs!r}")
+        try:
+            check_strategy_settings(name, kwargs or {})
+        except InvalidArgumentError as err:
+            raise ConfigError(f"{where}: 'strategies.{name}' is invalid: {' '.join(str(err).split())}") from None
+        hints = typing.get_type_hints(STRATEGIES[name].__init__)
         for key, value in (kwargs or {}).items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{where}: 'strategies.{name}.{key}' must be a finite number, got {value!r}")
+            problem = _type_error(value, hints[key])
+            if problem:
+                raise ConfigError(f"{where}: 'strategies.{name}.{key}' must be {problem}, got {value!r}")
         try:
             create_strategy(name, space, seed=0, **(kwargs or {}))
-        except (TypeError, ValueError) as err:
+        except InvalidArgumentError as err:
             raise ConfigError(f"{where}: 'strategies.{name}' is invalid: {' '.join(str(err).split())}") from None
 
 
@@ -174,11 +190,25 @@ def load_config(path: str, overrides: Dict[str, Any]) -> SearchConfig:
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     _build(SearchConfig, {k: v for k, v in kwargs.items() if k not in SECTIONS}, path)
     cfg = SearchConfig(**kwargs)
+    if cfg.proxy.warmup_epochs >= cfg.proxy.epochs:
+        raise ConfigError(
+            f"{path}: 'proxy.warmup_epochs' ({cfg.proxy.warmup_epochs}) must be smaller than 'proxy.epochs' "
+            f"({cfg.proxy.epochs})"
+        )
     _check_space_and_strategies(cfg, path)
     return cfg
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``search.py`` with ``argv``; returns the exit code.
+
+    User errors (a bad or missing config, a corrupted state file: :class:`~mindcv.errors.MindcvError` and path
+    errors) print one line and return 2; any other exception is a bug and propagates with its traceback.
+    """
+    return call_cli("search.py", _search, argv)
+
+
+def _search(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
@@ -191,21 +221,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", handlers=[ConsoleHandler()])
     ms.set_device("CPU")
-    try:
-        cfg = load_config(args.config, {"output_dir": args.output_dir, "budget": args.budget})
-        if args.validate_lut:
-            report = validate_lut(cfg, args.validate_lut, progress=not args.no_progress)
-            print(
-                f"lookup table vs measured on {report['num_archs']} random architectures: "
-                f"MAPE {report['mape_percent']:.1f}% "
-                f"(calibrated on B1: {report['mape_percent_calibrated_on_b1']:.1f}%), "
-                f"Spearman {report['spearman']:.3f}; wrote {cfg.output_dir}/lut_report.json"
-            )
-            return 0
-        summary = run_search(cfg, restart=args.restart, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
-        print(f"search.py: {' '.join(str(err).split())}", file=sys.stderr)  # one line
-        return 2
+    cfg = load_config(args.config, {"output_dir": args.output_dir, "budget": args.budget})
+    if args.validate_lut:
+        report = validate_lut(cfg, args.validate_lut, progress=not args.no_progress)
+        print(
+            f"lookup table vs measured on {report['num_archs']} random architectures: "
+            f"MAPE {report['mape_percent']:.1f}% "
+            f"(calibrated on B1: {report['mape_percent_calibrated_on_b1']:.1f}%), "
+            f"Spearman {report['spearman']:.3f}; wrote {cfg.output_dir}/lut_report.json"
+        )
+        return 0
+    summary = run_search(cfg, restart=args.restart, progress=not args.no_progress)
     print(json.dumps({k: summary[k] for k in ("target_ms", "strategies", "top", "beats_b1")}, indent=1))
     print(f"outputs in {cfg.output_dir}: candidates.csv, summary.json, top*.json, pareto.png, reward_curve.png")
     return 0

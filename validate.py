@@ -14,14 +14,19 @@ import logging
 import os
 import sys
 
+if __name__ == "__main__":  # MindSpore logs errors only, unless GLOG_v is set: read when mindspore is imported
+    os.environ.setdefault("GLOG_v", "3")
+
+import mindspore as ms
+
 from config import ConfigError, explicit_keys, parse_args
 from mindcv.data import create_dataset, create_loader, create_transforms
 from mindcv.deploy import OnnxEvalStep, OnnxRuntimeModel
 from mindcv.engine import evaluate
 from mindcv.models.loading import load_model
+from mindcv.runtime import init_runtime
 from mindcv.utils.cli import run_cli
 from mindcv.utils.logger import set_logger
-from mindcv.utils.runtime import init_runtime
 
 logger = logging.getLogger("mindcv.validate")
 _TRANSFORM_KEYS = ("image_resize", "crop_pct", "interpolation", "mean", "std")
@@ -52,7 +57,8 @@ def main(args, explicit) -> dict:
         args.dataset,
         root=args.data_dir,
         split=args.val_split,
-        shuffle=False,
+        shuffle=args.eval_shuffle,  # the metrics are sums over the samples: the order does not change them
+        seed=args.seed,
         download=args.dataset_download,
         num_shards=runtime.num_shards,
         shard_id=runtime.shard_id,
@@ -90,6 +96,8 @@ def main(args, explicit) -> dict:
         num_parallel_workers=args.num_parallel_workers,
     )
     model, eval_step = loaded.model, None
+    if args.val_amp_level != "O0" and args.backend == "mindspore":  # O0 on the CPU and with onnxruntime (config.py)
+        model = ms.amp.auto_mixed_precision(model, args.val_amp_level)
     if args.backend == "onnxruntime":  # the deployed graph: BN folded, exported, checked and cached
         image_size = int(transform_kwargs.get("image_resize") or 224)
         eval_step = OnnxEvalStep(OnnxRuntimeModel.from_loaded(loaded, image_size), topk=min(5, num_classes))

@@ -112,7 +112,7 @@ def main() -> None:
 
     from report import write_report
 
-    from mindcv.utils.cpu_isa import environment_line
+    from mindcv.runtime import environment_line
 
     chosen = settings()
     if args.only:

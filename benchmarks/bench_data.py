@@ -20,7 +20,7 @@ import mindspore as ms
 
 from mindcv.data import create_dataset, create_loader, create_transforms
 from mindcv.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from mindcv.utils.cpu_isa import environment_line
+from mindcv.runtime import environment_line
 
 MEAN = np.array(IMAGENET_DEFAULT_MEAN, np.float32)
 STD = np.array(IMAGENET_DEFAULT_STD, np.float32)

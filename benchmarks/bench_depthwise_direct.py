@@ -26,8 +26,8 @@ import mindspore as ms  # noqa: E402
 from mindspore import nn  # noqa: E402
 
 from mindcv.kernels import DepthwiseConv2d, depthwise_kernel_status  # noqa: E402
+from mindcv.runtime import environment_line  # noqa: E402  (chooses the CPU kernels first)
 from mindcv.utils._cpu_isa_probe import _Backward as Gradients  # noqa: E402  (input and weight gradients)
-from mindcv.utils.cpu_isa import environment_line  # noqa: E402  (chooses the CPU kernels first)
 
 
 def depthwise_layers(model_name: str, size: int) -> List[Tuple[int, int, int, int]]:

@@ -28,7 +28,7 @@ import mindspore as ms  # noqa: E402
 from mindcv.kernels import depthwise_kernel_status, use_direct_depthwise  # noqa: E402
 from mindcv.models import create_model  # noqa: E402
 from mindcv.models.fuse import fuse_bn  # noqa: E402
-from mindcv.utils.cpu_isa import environment_line  # noqa: E402
+from mindcv.runtime import environment_line  # noqa: E402
 
 
 def inference_call(model_name: str, direct: bool, batch: int, size: int) -> Callable[[], object]:

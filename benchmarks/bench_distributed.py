@@ -18,7 +18,7 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mindcv.utils.cpu_isa import environment_line  # noqa: E402  (chooses the CPU kernels the ranks inherit)
+from mindcv.runtime import environment_line  # noqa: E402  (chooses the CPU kernels the ranks inherit)
 
 
 def _free_port() -> int:

@@ -18,7 +18,7 @@ import mindspore as ms
 
 from mindcv.models import create_model
 from mindcv.models.fuse import fuse_bn
-from mindcv.utils.cpu_isa import environment_line
+from mindcv.runtime import environment_line
 
 
 def measure(model_name: str, mode: int, batch: int, size: int, repeats: int, fused: bool = False) -> dict:

@@ -35,7 +35,7 @@ from mindcv.deploy.quantize import quantize_int8  # noqa: E402
 from mindcv.models import create_model, list_models  # noqa: E402
 from mindcv.models.fuse import fuse_bn  # noqa: E402
 from mindcv.nas.latency import time_calls  # noqa: E402
-from mindcv.utils.cpu_isa import environment_line  # noqa: E402
+from mindcv.runtime import environment_line  # noqa: E402
 from mindcv.utils.model_stats import count_macs, count_params  # noqa: E402
 
 TORCHVISION_WIDTHS = {"mnasnet_050": 0.5, "mnasnet_075": 0.75, "mnasnet_100": 1.0, "mnasnet_130": 1.3}

@@ -19,7 +19,7 @@ from mindcv.kernels import use_direct_depthwise
 from mindcv.loss import create_loss
 from mindcv.models import create_model
 from mindcv.optim import create_optimizer
-from mindcv.utils.cpu_isa import environment_line
+from mindcv.runtime import environment_line
 from mindcv.utils.train_step import NetWithLoss, TrainStep
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_train import build_train_step  # noqa: E402
 from report import write_report  # noqa: E402
 
-from mindcv.utils.cpu_isa import environment_line  # noqa: E402
+from mindcv.runtime import environment_line  # noqa: E402
 
 CONV_DIRECTIONS = {
     "Conv2D": "forward",

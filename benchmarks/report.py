@@ -3,7 +3,7 @@
 import os
 from typing import List
 
-from mindcv.utils.atomic import atomic_write
+from mindcv.io.atomic import atomic_write
 
 
 def write_report(path: str, lines: List[str]) -> None:

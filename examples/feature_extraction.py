@@ -1,6 +1,8 @@
 """Use MnasNet as a feature extractor for a downstream task.
 
-    python examples/feature_extraction.py --model mnasnet_050 --ckpt_path weights.ckpt --data_dir /path/to/folder
+    python examples/feature_extraction.py         # outputs/examples/finetuned.ckpt (examples/finetune_imagefolder.py)
+    python examples/feature_extraction.py --ckpt_path weights.ckpt --data_dir /path/to/folder
+    python examples/feature_extraction.py --model mnasnet_100 --pretrained  # published weights (download)
 
 Two kinds of features:
 
@@ -13,6 +15,10 @@ scored on the ``val`` split (the demo dataset when ``--data_dir`` is not given).
 """
 
 import argparse
+import os
+
+if __name__ == "__main__":  # MindSpore logs errors only, unless GLOG_v is set: read when mindspore is imported
+    os.environ.setdefault("GLOG_v", "3")
 
 import numpy as np
 
@@ -21,6 +27,8 @@ import mindspore as ms
 from mindcv.data import create_dataset, create_loader, create_transforms
 from mindcv.data.demo import ensure_demo_dataset
 from mindcv.models import FeatureExtractWrapper, load_model
+
+FINETUNED = os.path.join("outputs", "examples", "finetuned.ckpt")  # examples/finetune_imagefolder.py's output
 
 
 def embed(model, loader) -> tuple:
@@ -43,14 +51,33 @@ def nearest_class_mean(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndar
     return classes[np.argmax(normalise(test_x) @ means.T, axis=1)]
 
 
-def main(argv=None) -> dict:
+def default_weights(parser: argparse.ArgumentParser, ckpt_path, pretrained: bool) -> str:
+    """``--ckpt_path`` as given, else the fine-tuning example's output; one line saying what to pass without it."""
+    if ckpt_path is not None or pretrained:
+        return ckpt_path or ""
+    if not os.path.isfile(FINETUNED):
+        parser.exit(
+            2,
+            f"{parser.prog}: no weights: {FINETUNED} does not exist yet; run examples/finetune_imagefolder.py "
+            "first, or pass --ckpt_path <weights> or --pretrained --model <name>\n",
+        )
+    return FINETUNED
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="mnasnet_050")
-    parser.add_argument("--ckpt_path", default="")
+    parser.add_argument("--model", default=None, help="default: the checkpoint's record")
+    parser.add_argument("--ckpt_path", default=None, help=f"weights (default {FINETUNED}, unless --pretrained)")
     parser.add_argument("--pretrained", action="store_true")
-    parser.add_argument("--data_dir", default="")
+    parser.add_argument("--data_dir", default="", help="ImageFolder root with train/ and val/ (default: demo data)")
     parser.add_argument("--image_size", type=int, default=96)
     args = parser.parse_args(argv)
+    args.ckpt_path = default_weights(parser, args.ckpt_path, args.pretrained)
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     ms.set_device("CPU")
     data_dir = args.data_dir or ensure_demo_dataset()["root"]
 

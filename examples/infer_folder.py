@@ -1,6 +1,7 @@
 """Classify every image in a folder and write the predictions as JSON.
 
-    python examples/infer_folder.py --model mnasnet_050 --ckpt_path finetuned.ckpt --folder photos/ --out preds.json
+    python examples/infer_folder.py         # outputs/examples/finetuned.ckpt on the demo dataset's val images
+    python examples/infer_folder.py --ckpt_path weights.ckpt --folder photos/ --out preds.json
     python examples/infer_folder.py --model mnasnet_100 --pretrained --folder photos/   # ImageNet labels
 
 A checkpoint written by train.py or examples/finetune_imagefolder.py brings its own class names and
@@ -9,26 +10,55 @@ preprocessing; published weights use the ImageNet-1k names. Unreadable files are
 
 import argparse
 import json
+import os
 from collections import Counter
+
+if __name__ == "__main__":  # MindSpore logs errors only, unless GLOG_v is set: read when mindspore is imported
+    os.environ.setdefault("GLOG_v", "3")
 
 import mindspore as ms
 
+from mindcv.data.demo import ensure_demo_dataset
 from mindcv.inference import Classifier, collect_images
+
+FINETUNED = os.path.join("outputs", "examples", "finetuned.ckpt")  # examples/finetune_imagefolder.py's output
+PREDICTIONS = os.path.join("outputs", "examples", "predictions.json")
+
+
+def default_weights(parser: argparse.ArgumentParser, ckpt_path, pretrained: bool) -> str:
+    """``--ckpt_path`` as given, else the fine-tuning example's output; one line saying what to pass without it."""
+    if ckpt_path is not None or pretrained:
+        return ckpt_path or ""
+    if not os.path.isfile(FINETUNED):
+        parser.exit(
+            2,
+            f"{parser.prog}: no weights: {FINETUNED} does not exist yet; run examples/finetune_imagefolder.py "
+            "first, or pass --ckpt_path <weights> or --pretrained --model <name>\n",
+        )
+    return FINETUNED
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="default: the checkpoint's record")
+    parser.add_argument("--ckpt_path", default=None, help=f"weights (default {FINETUNED}, unless --pretrained)")
+    parser.add_argument("--pretrained", action="store_true")
+    parser.add_argument("--folder", default=None, help="images to classify (default: the demo dataset's val split)")
+    parser.add_argument("--topk", type=int, default=3)
+    parser.add_argument("--out", default=PREDICTIONS, help="the records (default %(default)s)")
+    args = parser.parse_args(argv)
+    args.ckpt_path = default_weights(parser, args.ckpt_path, args.pretrained)
+    return args
 
 
 def main(argv=None) -> list:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="mnasnet_050")
-    parser.add_argument("--ckpt_path", default="")
-    parser.add_argument("--pretrained", action="store_true")
-    parser.add_argument("--folder", required=True)
-    parser.add_argument("--topk", type=int, default=3)
-    parser.add_argument("--out", default="predictions.json")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
+    folder = args.folder or os.path.join(ensure_demo_dataset()["root"], "val")
     ms.set_device("CPU")
 
     classifier = Classifier(args.model, ckpt_path=args.ckpt_path, pretrained=args.pretrained, topk=args.topk)
-    records = classifier.predict(collect_images([args.folder]))
+    records = classifier.predict(collect_images([folder]))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(records, f, indent=1)
 

@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
-from tqdm import tqdm
 
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from .errors import RunFailedError
+from .io.finite import find_non_finite
+from .io.progress import progress_bar
 from .utils.ema import EMA
-from .utils.finite import find_non_finite
 from .utils.train_step import TrainStep
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunFailedError):
     """Training diverged: the loss, the applied gradients or the weights became NaN or infinite."""
 
 
@@ -145,7 +146,7 @@ def evaluate(
     step = eval_step or EvalStep(network, topk=min(5, num_classes))
     sums = np.zeros(4, np.float64)
     total = loader.get_dataset_size()
-    for images, labels in tqdm(
+    for images, labels in progress_bar(
         loader.create_tuple_iterator(num_epochs=1), total=total, desc=desc, disable=not progress, leave=False
     ):
         sums += np.array([_to_float(v) for v in step(images, labels)], np.float64)
@@ -153,7 +154,7 @@ def evaluate(
         sums = reduce_fn(sums)
     count = sums[3]
     if count == 0:
-        raise RuntimeError("evaluation saw no readable samples")
+        raise RunFailedError("evaluation saw no readable samples")
     return {
         "top1": 100.0 * sums[1] / count,
         "top5": 100.0 * sums[2] / count,
@@ -203,7 +204,7 @@ def train_one_epoch(
         ema: EMA updated after every optimizer step.
         noise_width: columns of dropout noise the model consumes (0: the model has none).
         log_interval: log a line every this many steps (besides the progress bar).
-        progress: show a tqdm bar.
+        progress: show a progress bar (tqdm on a terminal, a line now and then in a file).
         accumulation_cells: ``make_accumulation_cells(step)`` output for gradient accumulation.
 
     Returns:
@@ -221,7 +222,7 @@ def train_one_epoch(
     losses: List[float] = []
     seen, skipped, micro = 0, 0, 0
     start = time.perf_counter()
-    bar = tqdm(
+    bar = progress_bar(
         total=batches, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress, dynamic_ncols=True, leave=False
     )
     for images, labels in loader.create_tuple_iterator(num_epochs=1):
@@ -278,7 +279,7 @@ def train_one_epoch(
     bar.close()
     seconds = time.perf_counter() - start
     if not losses:
-        raise RuntimeError(
+        raise RunFailedError(
             "the training loader produced no batches (dataset smaller than one batch with drop_remainder?)"
         )
     return EpochResult(float(np.mean(losses)), lr, seen / seconds, seconds, skipped, losses)

@@ -1,14 +1,13 @@
 """Classify image files: top-k class ids, scores and label names (the API behind ``infer.py``)."""
 
 import logging
-import os
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 import mindspore as ms
 
-from .data.image_folder import IMG_EXTENSIONS, UnreadableFiles, decode_image, resolve_max_image_pixels
+from .data.image_folder import UnreadableFiles, collect_images, decode_image, resolve_max_image_pixels
 from .data.transforms_factory import create_transforms
 from .deploy.onnxruntime_backend import BACKENDS, OnnxRuntimeModel
 from .errors import InvalidArgumentError
@@ -17,20 +16,6 @@ from .models.loading import LoadedModel, imagenet_class_names, load_model
 __all__ = ["Classifier", "imagenet_class_names", "collect_images"]
 
 _logger = logging.getLogger(__name__)
-
-
-def collect_images(inputs: Iterable[str]) -> List[str]:
-    """Expand files and folders (recursively, image extensions only) into a sorted file list."""
-    files: List[str] = []
-    for item in inputs:
-        if os.path.isdir(item):
-            for root, _, names in sorted(os.walk(item)):
-                files += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS)]
-        elif os.path.exists(item):
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"'{item}' does not exist")
-    return files
 
 
 class Classifier:

@@ -6,13 +6,20 @@ import os
 
 import numpy as np
 import pytest
-from conftest import random_images
+from conftest import one_mode_quick, random_images
 
 import mindspore as ms
 
-from mindcv.models import CheckpointError, CheckpointMismatchError, NonFiniteWeightsError
-from mindcv.models import checkpoint as checkpoint_module
-from mindcv.models import create_model, find_non_finite, load_model_checkpoint, save_checkpoint
+from mindcv.io import checkpoint as checkpoint_module
+from mindcv.models import (
+    CheckpointError,
+    CheckpointMismatchError,
+    NonFiniteWeightsError,
+    create_model,
+    find_non_finite,
+    load_model_checkpoint,
+    save_checkpoint,
+)
 from mindcv.models.checkpoint import convert_state_dict, detect_layout, read_checkpoint
 
 _NAMES = {"tv:0.5": "mnasnet_050", "timm:mnasnet_small": "mnasnet_small", "upstream:mnasnet_050": "mnasnet_050"}
@@ -40,7 +47,11 @@ def test_fixtures_cover_all_three_foreign_layouts(fixtures_dir):
     assert sources == set(_NAMES)
 
 
-@pytest.mark.parametrize("source", sorted(_NAMES))
+# quick loop: the upstream layout in PyNative mode (each source and mode: plain pytest)
+@pytest.mark.parametrize(
+    "source", [pytest.param(s, marks=() if s == "upstream:mnasnet_050" else pytest.mark.slow) for s in sorted(_NAMES)]
+)
+@one_mode_quick()
 def test_conversion_matches_source_framework(fixtures_dir, mode, source):
     """Converted weights reproduce the logits the source framework computed (max abs < 1e-4)."""
     stem = {"tv:0.5": "torchvision_mnasnet0.5", "timm:mnasnet_small": "timm_mnasnet_small"}.get(
@@ -73,6 +84,7 @@ def test_torchvision_names_map_to_every_parameter(fixtures_dir):
 
 
 @pytest.mark.parametrize("ext", [".ckpt", ".safetensors"])
+@pytest.mark.slow
 def test_native_round_trip_keeps_weights_and_bn_eps(fixtures_dir, tmp_path, ext):
     model, out, _, _ = _run_reference(os.path.join(fixtures_dir, "torchvision_mnasnet0.5_reference.json"))
     path = save_checkpoint(model, str(tmp_path / f"converted{ext}"))
@@ -87,6 +99,7 @@ def test_native_round_trip_keeps_weights_and_bn_eps(fixtures_dir, tmp_path, ext)
     np.testing.assert_array_equal(reloaded(ms.Tensor(x)).asnumpy(), out)
 
 
+@pytest.mark.slow
 def test_fine_tuning_adapts_classifier_and_input_channels(fixtures_dir):
     weights = os.path.join(fixtures_dir, "torchvision_mnasnet0.5.safetensors")
     tensors, _ = read_checkpoint(weights)
@@ -103,6 +116,7 @@ def test_fine_tuning_adapts_classifier_and_input_channels(fixtures_dir):
     assert model(random_images(1, 64, channels=1)).shape == (1, 3)
 
 
+@pytest.mark.slow
 def test_wrong_architecture_lists_every_problem(fixtures_dir):
     weights = os.path.join(fixtures_dir, "torchvision_mnasnet0.5.safetensors")
     with pytest.raises(CheckpointMismatchError) as err:
@@ -114,6 +128,7 @@ def test_wrong_architecture_lists_every_problem(fixtures_dir):
         create_model("semnasnet_050", num_classes=10, checkpoint_path=weights)
 
 
+@pytest.mark.slow
 def test_missing_and_unexpected_keys_are_reported(tmp_path):
     model = create_model("mnasnet_050", num_classes=10)
     tensors = {p.name: p.asnumpy() for p in model.get_parameters()}
@@ -158,6 +173,7 @@ def test_missing_empty_and_unsupported_paths(tmp_path):
         create_model("mnasnet_050", pretrained=True, checkpoint_path="x.ckpt")
 
 
+@pytest.mark.slow
 def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     model = create_model("mnasnet_050", num_classes=10)
     path = save_checkpoint(model, str(tmp_path / "best.ckpt"))
@@ -173,6 +189,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["best.ckpt"]  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_ema_weights_are_selectable(tmp_path):
     model = create_model("mnasnet_050", num_classes=10)
     online = {p.name: p.asnumpy() for p in model.get_parameters()}
@@ -382,6 +399,7 @@ def test_find_non_finite_counts_floating_tensors_only():
 
 
 @pytest.mark.parametrize("ext", [".ckpt", ".safetensors"])
+@pytest.mark.slow
 def test_non_finite_weights_are_refused_at_load(tmp_path, ext):
     """MindSpore's CPU ReLU maps NaN to 0: a NaN network can still output finite logits, so refuse at load."""
     model = create_model("mnasnet_050", num_classes=10)
@@ -417,6 +435,7 @@ def _native_safetensors(path, mutate, metadata=None):
     return str(path)
 
 
+@pytest.mark.slow
 def test_a_float64_value_that_overflows_float32_is_refused(tmp_path):
     """1e300 is finite in the file and infinite in the float32 model: it is checked after the cast."""
 
@@ -454,6 +473,7 @@ def test_a_classifier_that_is_not_one_is_refused_not_replaced(tmp_path, shape):
 
 
 @pytest.mark.parametrize("eps", ["abc", [1], float("nan"), float("inf"), 0, -1e-3, 1.5, True, 1e-320])
+@pytest.mark.slow
 def test_a_recorded_bn_eps_that_is_not_an_epsilon_is_refused(tmp_path, eps):
     meta = {"mindcv_meta": json.dumps({"bn_eps": eps})}
     path = _native_safetensors(tmp_path / "eps.safetensors", lambda state: None, meta)
@@ -477,8 +497,124 @@ def test_a_recorded_bn_eps_that_is_not_an_epsilon_is_refused(tmp_path, eps):
         ({"class_names": "abc"}, "'class_names' must be a list of distinct strings"),
     ],
 )
+@pytest.mark.slow
 def test_metadata_the_tools_rely_on_is_validated_at_read_time(tmp_path, meta, problem):
     """A crafted eval_transform used to end in a TypeError traceback in validate.py and infer.py."""
     path = _native_safetensors(tmp_path / "meta.safetensors", lambda state: None, {"mindcv_meta": json.dumps(meta)})
     with pytest.raises(CheckpointError, match=r"meta.safetensors': invalid metadata: " + problem):
         read_checkpoint(path)
+
+
+# -- CheckpointManager.save_ckpoint: upstream mindcv's API (its tests/modules/test_utils.py) --------------------------
+
+
+def _tiny_net(seed: int = 0):
+    from mindspore import nn
+
+    ms.set_seed(seed)
+    return nn.Dense(3, 2)
+
+
+@pytest.mark.parametrize("policy", ["top_k", "latest_k"])
+def test_save_ckpoint_as_upstreams_test_uses_it(tmp_path, monkeypatch, policy):
+    """Upstream's test: three saves with num_ckpt=2 and a Tensor metric return a list of 2 kept checkpoints."""
+    from mindcv.utils import CheckpointManager
+
+    monkeypatch.chdir(tmp_path)
+    manager = CheckpointManager(ckpt_save_policy=policy)
+    net = _tiny_net()
+    for t, acc in enumerate([0.25, 0.5, 0.75]):
+        save_path = os.path.join("./" + f"network_{t + 1}.ckpt")
+        kept = manager.save_ckpoint(net, num_ckpt=2, metric=ms.Tensor(acc, ms.float32), save_path=save_path)
+    assert len(kept) == 2
+    assert sorted(os.listdir(".")) == ["network_2.ckpt", "network_3.ckpt"]  # and no ./ckpt folder was created
+    tensors, _ = read_checkpoint("network_3.ckpt")
+    assert np.array_equal(tensors["weight"], net.weight.asnumpy())
+
+
+def test_save_ckpoint_top_k_keeps_the_best_k_best_first(tmp_path):
+    from mindcv.utils import CheckpointManager
+
+    manager = CheckpointManager("top_k")
+    net = _tiny_net()
+
+    def save(name, metric):
+        return manager.save_ckpoint(net, num_ckpt=2, metric=metric, save_path=str(tmp_path / name))
+
+    assert save("a.ckpt", 0.5) == [(str(tmp_path / "a.ckpt"), 0.5)]
+    assert save("b.ckpt", np.float32(0.7)) == [
+        (str(tmp_path / "b.ckpt"), pytest.approx(0.7)),
+        (str(tmp_path / "a.ckpt"), 0.5),
+    ]
+    # not better than the worst kept (a tie included): not written, nothing deleted
+    assert [p for p, _ in save("c.ckpt", 0.5)] == [str(tmp_path / "b.ckpt"), str(tmp_path / "a.ckpt")]
+    assert not (tmp_path / "c.ckpt").exists()
+    # better than the worst: written, the worst deleted
+    kept = save("d.ckpt", 0.9)
+    assert [p for p, _ in kept] == [str(tmp_path / "d.ckpt"), str(tmp_path / "b.ckpt")]
+    assert sorted(os.listdir(tmp_path)) == ["b.ckpt", "d.ckpt"]
+    with pytest.raises(ValueError, match="'top_k' needs a metric"):
+        manager.save_ckpoint(net, num_ckpt=2, save_path=str(tmp_path / "e.ckpt"))
+
+
+def test_save_ckpoint_latest_k_and_none(tmp_path):
+    from mindcv.utils import CheckpointManager
+
+    latest = CheckpointManager("latest_k")
+    net = _tiny_net()
+    for i in range(4):
+        kept = latest.save_ckpoint(net, num_ckpt=3, save_path=str(tmp_path / f"l{i}.ckpt"))
+    assert kept == [str(tmp_path / f"l{i}.ckpt") for i in (1, 2, 3)]
+    # saving to a kept path again replaces it instead of counting twice
+    assert latest.save_ckpoint(net, num_ckpt=3, save_path=str(tmp_path / "l3.ckpt")) == kept
+    assert sorted(os.listdir(tmp_path)) == ["l1.ckpt", "l2.ckpt", "l3.ckpt"]
+
+    keep_all = CheckpointManager()  # upstream's default policy None: every file is kept, nothing returned
+    for i in range(3):
+        assert keep_all.save_ckpoint(net, num_ckpt=1, save_path=str(tmp_path / f"n{i}.ckpt")) is None
+    assert all((tmp_path / f"n{i}.ckpt").exists() for i in range(3))
+    with pytest.raises(ValueError, match="num_ckpt must be an integer >= 1, got 0"):
+        latest.save_ckpoint(net, num_ckpt=0, save_path=str(tmp_path / "x.ckpt"))
+
+
+def test_save_ckpoint_refuses_non_finite_weights_and_keeps_the_list(tmp_path):
+    from mindcv.utils import CheckpointManager
+    from mindcv.utils.checkpoint_manager import CheckpointSaveError
+
+    manager = CheckpointManager("latest_k")
+    net = _tiny_net()
+    good = net.weight.asnumpy()
+    manager.save_ckpoint(net, num_ckpt=1, save_path=str(tmp_path / "good.ckpt"))
+    net.weight.set_data(ms.Tensor(np.full((2, 3), np.nan, np.float32)))
+    with pytest.raises(CheckpointSaveError, match="non-finite weights in weight"):
+        manager.save_ckpoint(net, num_ckpt=1, save_path=str(tmp_path / "bad.ckpt"))
+    assert os.listdir(tmp_path) == ["good.ckpt"]  # the last good file is not rotated out by a failed save
+    net.weight.set_data(ms.Tensor(good))
+    assert manager.save_ckpoint(net, num_ckpt=1, save_path=str(tmp_path / "next.ckpt")) == [str(tmp_path / "next.ckpt")]
+    assert os.listdir(tmp_path) == ["next.ckpt"]
+
+
+# -- auto_mapping: upstream's fuzzy renaming is always satisfied by the exact layout mapping -----------------------
+
+
+@pytest.mark.slow
+def test_auto_mapping_true_loads_upstream_names_exactly_and_never_guesses(fixtures_dir, tmp_path):
+    """The upstream file's names (``features.0.weight`` ...) differ from this package's; both values map them."""
+    path = os.path.join(fixtures_dir, "mindcv_upstream_mnasnet_050.ckpt")
+    tensors, _ = read_checkpoint(path)
+    assert "features.0.weight" in tensors and "conv_stem.weight" not in tensors
+    mapped = create_model("mnasnet_050", num_classes=10, checkpoint_path=path, auto_mapping=True)
+    plain = create_model("mnasnet_050", num_classes=10, checkpoint_path=path, auto_mapping=False)
+    into = create_model("mnasnet_050", num_classes=10)
+    load_model_checkpoint(into, path, auto_mapping=True)
+    expected = convert_state_dict(tensors, detect_layout(tensors))
+    for model in (mapped, plain, into):
+        params = {p.name: p.asnumpy() for p in model.get_parameters()}
+        assert params.keys() == expected.keys()
+        assert all(np.array_equal(params[k], expected[k]) for k in expected)
+
+    renamed = {f"block{i}.w": v for i, v in enumerate(tensors.values())}  # what a similarity match would guess at
+    guessed = str(tmp_path / "renamed.ckpt")
+    save_checkpoint(renamed, guessed)
+    with pytest.raises(CheckpointError, match="unrecognised state-dict layout"):
+        create_model("mnasnet_050", num_classes=10, checkpoint_path=guessed, auto_mapping=True)

@@ -209,7 +209,9 @@ def test_unknown_model_is_rejected_with_close_matches(tmp_path, source):
     message = str(exc.value)
     assert "'model'" in message and "'mnasnet_10'" in message and "did you mean" in message
     assert "'mnasnet_100'" in message and "mindcv.list_models()" in message
-    with pytest.raises(ConfigError, match="no pretrained tag 'nope'"):
+    with pytest.raises(
+        ConfigError, match="'model' 'mnasnet_100.nope': model 'mnasnet_100' has no weights tagged 'nope'"
+    ):
         parse_args(["--model", "mnasnet_100.nope"])
 
 
@@ -301,3 +303,100 @@ def test_yaml_errors_are_one_line(tmp_path):
         with pytest.raises(ConfigError) as exc:
             parse_args(["-c", _yaml(tmp_path, text)])
         assert "\n" not in str(exc.value)
+
+
+# -- upstream options: each works, is refused naming what is valid, or (sink mode) warns that it is not used -------
+
+
+class _Records(__import__("logging").Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def config_warnings():
+    import logging
+
+    handler = _Records()
+    logger = logging.getLogger("mindcv.config")
+    logger.addHandler(handler)
+    yield handler.messages
+    logger.removeHandler(handler)
+
+
+def test_upstream_recipe_with_dataset_sink_mode_true_parses_and_warns_once(tmp_path, config_warnings):
+    """Upstream's MnasNet recipes set ``dataset_sink_mode: True``: accepted verbatim, one warning that it is unused."""
+    upstream = (
+        "mode: 0\ndistribute: False\nnum_parallel_workers: 2\ndataset: 'imagenet'\ndata_dir: '/path/to/imagenet'\n"
+        "shuffle: True\ndataset_download: False\nbatch_size: 256\ndrop_remainder: True\nimage_resize: 224\n"
+        "scale: [0.08, 1.0]\nratio: [0.75, 1.333]\nhflip: 0.5\ninterpolation: 'bilinear'\ncrop_pct: 0.875\n"
+        "model: 'mnasnet_075'\nnum_classes: 1000\npretrained: False\nckpt_path: ''\nkeep_checkpoint_max: 10\n"
+        "ckpt_save_dir: './ckpt'\nepoch_size: 350\ndataset_sink_mode: True\namp_level: 'O0'\nloss: 'CE'\n"
+        "label_smoothing: 0.1\nscheduler: 'cosine_decay'\nmin_lr: 1e-10\nlr: 0.016\nwarmup_epochs: 5\n"
+        "decay_epochs: 345\nopt: 'rmsprop'\nmomentum: 0.9\nweight_decay: 1e-5\nloss_scale: 256\n"
+        "use_nesterov: False\neps: 1e-3\n"
+    )
+    recipe = _yaml(tmp_path, upstream, "mnasnet_0.75_ascend.yaml")
+    args = parse_args(["-c", recipe])
+    assert args.dataset_sink_mode is True and args.model == "mnasnet_075"
+    assert len(config_warnings) == 1
+    assert config_warnings[0].startswith(f"{recipe}: dataset_sink_mode True is not used")
+    parse_args(["-c", recipe, "--dataset_sink_mode", "False"])  # the no-op value: silent
+    parse_args([])
+    assert len(config_warnings) == 1
+    parse_args(["--dataset_sink_mode"])
+    assert config_warnings[-1].startswith("command line: dataset_sink_mode True is not used")
+
+
+@pytest.mark.parametrize("source", ["yaml", "cli"])
+def test_val_amp_level_other_than_o0_is_refused_on_the_cpu_and_with_onnxruntime(tmp_path, source):
+    argv = ["-c", _yaml(tmp_path, "val_amp_level: O2\n")] if source == "yaml" else ["--val_amp_level", "O2"]
+    where = str(tmp_path / "r.yaml") if source == "yaml" else "command line"
+    with pytest.raises(ConfigError) as exc:
+        parse_args(argv)  # device_target defaults to CPU
+    assert str(exc.value).startswith(f"{where}: 'val_amp_level' must be O0 on the CPU, got 'O2'")
+    assert parse_args(argv + ["--device_target", "GPU"]).val_amp_level == "O2"
+    with pytest.raises(ConfigError, match="'val_amp_level' must be O0 with backend onnxruntime, got 'O2'"):
+        parse_args(argv + ["--device_target", "GPU", "--backend", "onnxruntime"])
+    assert parse_args(["--val_amp_level", "O0"]).val_amp_level == "O0"
+
+
+@pytest.mark.slow
+def test_validate_honours_eval_shuffle_and_val_amp_level(tiny_data, tmp_path, monkeypatch):
+    """Shuffling changes the order the validation images are read in, not the metrics; a val_amp_level
+    (allowed on GPU/Ascend) is applied to the evaluated network."""
+    import validate
+    from config import explicit_keys
+    from mindcv.models import create_model
+    from mindcv.models.checkpoint import save_checkpoint
+
+    ckpt = str(tmp_path / "three_classes.ckpt")
+    save_checkpoint(create_model("mnasnet_050", num_classes=3), ckpt)
+    orders, amp_calls = [], []
+    real_create_dataset = validate.create_dataset
+
+    def recording_create_dataset(*args, **kwargs):
+        dataset = real_create_dataset(*args, **kwargs)
+        orders.append(dataset.shard_sampler.indices())
+        return dataset
+
+    monkeypatch.setattr(validate, "create_dataset", recording_create_dataset)
+    monkeypatch.setattr(validate.ms.amp, "auto_mixed_precision", lambda net, level: amp_calls.append(level) or net)
+    base = ["--dataset", "tiny", "--data_dir", tiny_data, "--model", "mnasnet_050", "--ckpt_path", ckpt]
+    base += ["--mode", "1", "--image_resize", "32", "--crop_pct", "1.0", "--batch_size", "4", "--progress", "False"]
+    results = []
+    for extra in ([], ["--eval_shuffle", "True"]):
+        argv = base + extra
+        args = parse_args(argv)
+        if extra:
+            args.val_amp_level = "O2"  # what a GPU run may ask for (config.py refuses it on this CPU)
+        results.append(validate.main(args, explicit_keys(argv)))
+    assert orders[0] == list(range(21)) and orders[1] != orders[0] and sorted(orders[1]) == orders[0]
+    assert amp_calls == ["O2"]
+    plain, shuffled = results
+    assert (plain["top1"], plain["top5"], plain["num_samples"]) == (shuffled["top1"], shuffled["top5"], 21)
+    assert shuffled["loss"] == pytest.approx(plain["loss"], rel=1e-5)

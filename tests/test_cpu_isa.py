@@ -602,6 +602,7 @@ def test_choose_cap_property_never_slower_than_the_default():
 
 
 # ------------------------------------------------------------------------------------ 4. a real measurement
+# quick loop: the one test that runs _cpu_isa_probe.py for real (two child processes)
 def test_measure_sse41_for_real():
     record = cpu_isa.measure_cpu_isa(["SSE41"], budget_s=0.1)
     runs = record["candidates"]
@@ -689,6 +690,7 @@ def test_measure_nothing_runs_nothing(monkeypatch):
 
 
 # ------------------------------------------------------------------------- 5. a cached cap applied at import
+@pytest.mark.slow
 def test_cached_cap_is_applied_and_inherited(clean_env):
     home = clean_env
     write_sse41_cache(home)
@@ -710,6 +712,7 @@ report(grandchild=lines, stderr=grand.stderr[-2000:])
 
 
 # -------------------------------------------------------------------------------- 6. the user's setting wins
+@pytest.mark.slow
 def test_user_setting_is_respected(clean_env, tmp_path):
     homes = [tmp_path / "avx", tmp_path / "invalid"]
     for home in homes:
@@ -819,6 +822,7 @@ def test_unknown_user_values_warn(in_process, caplog, value):
     assert in_process.applied == []
 
 
+@pytest.mark.slow
 def test_inherited_marker_rules_in_children(clean_env, tmp_path):
     """What a child does with the cap and marker a parent exported, read from the child's own oneDNN.
 
@@ -844,6 +848,7 @@ def test_inherited_marker_rules_in_children(clean_env, tmp_path):
 
 
 # ------------------------------------------------------------------------------- 7. too late to apply a cap
+@pytest.mark.slow
 def test_cap_after_a_convolution_is_too_late(clean_env):
     home = clean_env
     write_sse41_cache(home)
@@ -854,6 +859,7 @@ def test_cap_after_a_convolution_is_too_late(clean_env):
 
 
 # ------------------------------------------------------------------------------------ 8. corrupted caches
+@pytest.mark.slow
 def test_corrupted_cache_never_breaks_import(clean_env, tmp_path):
     key = host_key()
     valid_text = json.dumps({"version": 1, "hosts": {key: entry("SSE41")}})
@@ -1017,6 +1023,7 @@ def test_entries_the_cache_accepts_are_usable(in_process, odd):
 
 
 # ------------------------------------------------------------------------------- 9. two processes at once
+@pytest.mark.slow
 def test_concurrent_imports_measure_once(clean_env, tmp_path):
     home = tmp_path / "fresh"  # not created: both processes find no cache
     ready = tmp_path / "ready"
@@ -1041,6 +1048,7 @@ def test_concurrent_imports_measure_once(clean_env, tmp_path):
     assert cpu_isa.complete(cached)
 
 
+@pytest.mark.slow
 def test_unusable_home_falls_back_to_the_temp_cache_and_measures_once(clean_env, tmp_path):
     """Two processes whose MINDCV_HOME cannot be created share the per-user cache and lock in TMPDIR."""
     blocker = tmp_path / "regular-file"
@@ -1091,6 +1099,7 @@ def test_no_usable_cache_folder_at_all_still_decides(in_process, monkeypatch, tm
 
 
 # -------------------------------------------------------------------------------------- 10. unusable caches
+@pytest.mark.slow
 def test_unusable_cache_folder_still_decides(clean_env, tmp_path):
     folder_home = tmp_path / "folder-home"
     cache_file(folder_home).mkdir(parents=True)  # cpu_isa.json is a folder: it can be neither read nor replaced
@@ -1113,6 +1122,7 @@ def test_cache_write_failure_keeps_the_measured_choice(clean_env, monkeypatch, c
 
 
 # ------------------------------------------------------------------------------------------ 11. switched off
+@pytest.mark.slow
 def test_switched_off(clean_env, tmp_path):
     fresh = tmp_path / "fresh"
     cached = tmp_path / "cached"
@@ -1154,6 +1164,7 @@ def test_cached_choice_applied_in_process(in_process):
 
 
 # ------------------------------------------------------------------------------------------- 12. the CLI
+@pytest.mark.slow
 def test_console_script(clean_env, tmp_path):
     """``mindcv-cpu-isa`` and ``--json``; ``--remeasure`` where the import itself measured measures once."""
     script = os.path.join(os.path.dirname(sys.executable), "mindcv-cpu-isa")
@@ -1225,6 +1236,7 @@ def test_clear_win_is_not_measured_twice(monkeypatch):
 
 # ------------------------------------------------- second end-to-end adversarial pass: what it broke, now held
 @pytest.mark.parametrize("value", ["SSE41 ", " SSE41", "SSE41\n"])
+@pytest.mark.slow
 def test_user_value_with_spaces_is_reported_not_claimed(clean_env, value):
     """oneDNN forgives case but not surrounding spaces: such a value must not be reported as applied."""
     child = run_child(IMPORT_MINDCV, child_env(clean_env, ONEDNN_MAX_CPU_ISA=value))
@@ -1233,6 +1245,7 @@ def test_user_value_with_spaces_is_reported_not_claimed(clean_env, value):
     assert "is not an instruction-set level oneDNN knows" in child.stderr and repr(value) in child.stderr
 
 
+@pytest.mark.slow
 def test_cli_rejects_a_mistyped_candidate_list_in_one_line(clean_env):
     script = os.path.join(os.path.dirname(sys.executable), "mindcv-cpu-isa")
     for args in ([], ["--remeasure"], ["--json"]):
@@ -1244,6 +1257,7 @@ def test_cli_rejects_a_mistyped_candidate_list_in_one_line(clean_env):
         assert "mindcv-cpu-isa: unknown oneDNN instruction-set cap 'BOGUS'" in proc.stderr and "AVX2" in proc.stderr
 
 
+@pytest.mark.slow
 def test_remeasure_reports_the_new_measurement(clean_env):
     """After --remeasure the report shows the new entry (not the old cache's) and says this process keeps its level."""
     write_cache(clean_env, {host_key("SSE41"): entry("SSE41", fingerprint=json.loads(host_key("SSE41")))})
@@ -1259,6 +1273,7 @@ def test_remeasure_reports_the_new_measurement(clean_env):
     assert f"cached in {cache_file(clean_env)}" in proc.stdout
 
 
+@pytest.mark.slow
 def test_cache_file_that_cannot_be_written_falls_back_and_is_found_again(clean_env, tmp_path):
     """cpu_isa.json as a folder: the measurement goes to the temporary cache, and the next process finds it there."""
     cache_file(clean_env).mkdir(parents=True)

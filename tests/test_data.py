@@ -29,7 +29,7 @@ from mindcv.data import (
     list_datasets,
     standard_datasets,
 )
-from mindcv.utils.download import DownloadError
+from mindcv.io.download import DownloadError
 
 
 def _rows(dataset, epochs=1):
@@ -212,6 +212,7 @@ def test_mnist_idx_format(tmp_path, name):
         create_dataset(name, root=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_download_checks_md5_and_reports_offline(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     serve = tmp_path / "serve"
@@ -247,12 +248,13 @@ def test_download_checks_md5_and_reports_offline(tmp_path, monkeypatch):
         httpd.server_close()
 
 
+@pytest.mark.slow
 def test_a_hostile_dataset_archive_is_refused_and_writes_nothing_outside(tmp_path, monkeypatch):
     """A CIFAR archive whose member is '/abs/…' or '../…' (tarfile.extractall writes both) is refused whole."""
     import io
     import tarfile
 
-    from mindcv.utils.download import UnsafeArchiveError
+    from mindcv.io.download import UnsafeArchiveError
 
     serve, root = tmp_path / "serve", tmp_path / "data" / "cifar10"
     serve.mkdir()
@@ -730,6 +732,7 @@ def test_a_thin_image_that_would_explode_when_resized_is_skipped(tmp_path, decod
     )
 
 
+@pytest.mark.slow
 def test_opencv_limit_is_set_before_cv2_is_imported(tmp_path):
     """OPENCV_IO_MAX_IMAGE_PIXELS only works before ``import cv2``: mindcv.data sets it, and honours a lower one."""
     img = _img(tmp_path / "i.png", 40, 40)
@@ -947,3 +950,71 @@ def test_worker_processes_report_through_the_log_file(tmp_path, caplog):
     assert len(_rows(dataset)) == 5 and dataset.unreadable.count() == 1 and log.exists()
     create_dataset("imagenet", root=str(tmp_path), **kwargs)
     assert any("pass unreadable_log" in r.message for r in caplog.records)
+
+
+def test_array_loader_batches_orders_by_seed_and_epoch_and_augments_in_place():
+    """The search's in-memory loader (mindcv.data.arrays): batches like a dataset loader, one permutation per
+    (seed, epoch), pad_crop_flip keeps shapes and only moves pixels."""
+    from mindcv.data import ArrayLoader
+    from mindcv.data.arrays import pad_crop_flip
+    from mindcv.errors import InvalidArgumentError
+
+    images = np.arange(10 * 1 * 6 * 6, dtype=np.float32).reshape(10, 1, 6, 6)
+    labels = np.arange(10, dtype=np.int32)
+    plain = ArrayLoader(images, labels, 4)
+    batches = list(plain.create_tuple_iterator(output_numpy=True))
+    assert plain.get_dataset_size() == 3 and [len(b[1]) for b in batches] == [4, 4, 2]
+    assert np.concatenate([b[1] for b in batches]).tolist() == list(range(10))
+    assert ArrayLoader(images, labels, 4, drop_remainder=True).get_dataset_size() == 2
+
+    def order(loader, epoch):
+        loader.set_epoch(epoch)
+        return np.concatenate([b[1].asnumpy() for b in loader.create_tuple_iterator()]).tolist()
+
+    shuffled = ArrayLoader(images, labels, 4, shuffle=True, seed=3)
+    first = order(shuffled, 0)
+    assert sorted(first) == list(range(10)) and first != list(range(10))
+    assert order(shuffled, 0) == first and order(shuffled, 1) != first
+    assert order(ArrayLoader(images, labels, 4, shuffle=True, seed=3), 0) == first
+
+    augmented = pad_crop_flip(images, np.random.default_rng(0), pad=2)
+    assert augmented.shape == images.shape and augmented.dtype == images.dtype
+    assert not np.array_equal(augmented, images) and set(np.unique(augmented)) <= set(np.unique(images))
+    with_transform = ArrayLoader(images, labels, 10, transform=pad_crop_flip, seed=1)
+    again = ArrayLoader(images, labels, 10, transform=pad_crop_flip, seed=1)
+    x1 = next(with_transform.create_tuple_iterator(output_numpy=True))[0]
+    assert np.array_equal(x1, next(again.create_tuple_iterator(output_numpy=True))[0])  # same (seed, epoch)
+
+    with pytest.raises(InvalidArgumentError, match="10 images but 9 labels"):
+        ArrayLoader(images, labels[:9], 4)
+    with pytest.raises(InvalidArgumentError, match="batch_size must be >= 1"):
+        ArrayLoader(images, labels, 0)
+    with pytest.raises(InvalidArgumentError, match="one epoch at a time"):
+        next(plain.create_tuple_iterator(num_epochs=2))
+
+
+def test_set_seed_repeats_every_generator_and_offsets_by_rank():
+    """train.py's one seeding point: Python, NumPy, MindSpore's weight initialisation and the data pipeline."""
+    import random
+
+    import mindspore.dataset as ds
+    from mindspore import nn
+
+    from mindcv.utils.random import set_seed
+
+    def draws():
+        return random.random(), float(np.random.rand()), nn.Dense(4, 3).weight.asnumpy().copy(), ds.config.get_seed()
+
+    saved = random.getstate(), ds.config.get_seed()
+    try:
+        set_seed(5)
+        first = draws()
+        set_seed(5)
+        again = draws()
+        set_seed(5, rank=1)
+        other_rank = draws()
+    finally:  # the rest of the session keeps its generators (NumPy's and MindSpore's are seeded per test)
+        random.setstate(saved[0])
+        ds.config.set_seed(saved[1])
+    assert first[:2] == again[:2] and np.array_equal(first[2], again[2]) and first[3] == again[3] == 5
+    assert other_rank[:2] != first[:2] and not np.array_equal(other_rank[2], first[2]) and other_rank[3] == 6

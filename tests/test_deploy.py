@@ -77,6 +77,7 @@ def image_folder(tmp_path_factory):
 # ------------------------------------------------------------------ exactness of every weight source
 @pytest.mark.parametrize("fmt", ["ONNX", "MINDIR"])
 @pytest.mark.parametrize("stem,weights,model", SOURCES, ids=["torchvision", "timm"])
+@pytest.mark.slow
 def test_export_reproduces_the_source_framework_logits(tmp_path, capsys, stem, weights, model, fmt):
     """export.py on converted weights, BN folded, run by onnxruntime / MindSpore's MindIR loader, gives the
     logits the source framework recorded (1e-4 of the largest logit)."""
@@ -92,6 +93,7 @@ def test_export_reproduces_the_source_framework_logits(tmp_path, capsys, stem, w
     assert _relative(run_exported(path, x), expected) < 1e-4
 
 
+@pytest.mark.slow
 def test_folding_with_the_default_epsilon_would_fail_this_check(tmp_path):
     """The test above can fail: folding torchvision weights with eps 1e-3 (the old export.py) misses by far more."""
     stem, weights, model = SOURCES[0]
@@ -108,6 +110,7 @@ def test_folding_with_the_default_epsilon_would_fail_this_check(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["ONNX", "MINDIR"])
+@pytest.mark.slow
 def test_search_result_checkpoint_exports_exactly_without_naming_the_architecture(tmp_path, searched_ckpt, fmt):
     loaded = load_model(None, searched_ckpt)
     assert loaded.model_name == "mnasnet_arch" and loaded.model.stem_size == 24 and loaded.model.num_features == 640
@@ -121,6 +124,7 @@ def test_search_result_checkpoint_exports_exactly_without_naming_the_architectur
 
 
 # ------------------------------------------------------------------ load_model against contradicting input
+@pytest.mark.slow
 def test_load_model_refuses_contradictions(tmp_path, searched_ckpt):
     with pytest.raises(InvalidArgumentError, match="was trained as 'mnasnet_arch', not 'mnasnet_050'"):
         load_model("mnasnet_050", searched_ckpt)
@@ -151,6 +155,7 @@ def test_load_model_refuses_contradictions(tmp_path, searched_ckpt):
         load_model(None, other)
 
 
+@pytest.mark.slow
 def test_rebuild_is_independent_and_keeps_the_settings(searched_ckpt):
     loaded = load_model(None, searched_ckpt)
     twin = loaded.rebuild()
@@ -162,6 +167,7 @@ def test_rebuild_is_independent_and_keeps_the_settings(searched_ckpt):
 
 
 # ------------------------------------------------------------------ export publishes only checked files
+@pytest.mark.slow
 def test_failed_check_publishes_nothing_and_keeps_the_old_file(tmp_path, monkeypatch, searched_ckpt):
     loaded = load_model(None, searched_ckpt)
     target = tmp_path / "keep.onnx"
@@ -199,6 +205,7 @@ def test_export_cli_rejects_wrong_but_plausible_arguments(tmp_path, capsys, sear
 
 
 # ------------------------------------------------------------------ the onnxruntime backend
+@pytest.mark.slow
 def test_onnxruntime_backend_agrees_and_caches_by_weights(tmp_path, searched_ckpt, image_folder, caplog):
     ckpt = str(tmp_path / "model.ckpt")
     with open(searched_ckpt, "rb") as src, open(ckpt, "wb") as dst:
@@ -236,6 +243,7 @@ def test_onnxruntime_backend_agrees_and_caches_by_weights(tmp_path, searched_ckp
     assert _relative(OnnxRuntimeModel.from_loaded(changed, 48)(x), changed.model(ms.Tensor(x)).asnumpy()) < 1e-4
 
 
+@pytest.mark.slow
 def test_onnxruntime_cache_falls_back_when_writing_next_to_the_checkpoint_fails(tmp_path, monkeypatch, searched_ckpt):
     import mindcv.deploy.onnxruntime_backend as backend
 
@@ -251,6 +259,7 @@ def test_onnxruntime_cache_falls_back_when_writing_next_to_the_checkpoint_fails(
     assert path.startswith(os.environ["MINDCV_HOME"]) and os.path.isfile(path + ".json")
 
 
+@pytest.mark.slow
 def test_infer_on_onnxruntime_matches_mindspore(tmp_path, capsys, searched_ckpt, image_folder):
     out = {}
     for backend in ("mindspore", "onnxruntime"):
@@ -264,6 +273,7 @@ def test_infer_on_onnxruntime_matches_mindspore(tmp_path, capsys, searched_ckpt,
 
 
 # ------------------------------------------------------------------ INT8
+@pytest.mark.slow
 def test_int8_export_reports_accuracy_and_speed_and_keeps_chosen_layers(tmp_path, capsys, searched_ckpt, image_folder):
     report = tmp_path / "report.json"
     args = ["--ckpt_path", searched_ckpt, "--format", "ONNX", "--file_name", str(tmp_path / "q"), "--quantize", "int8"]
@@ -295,6 +305,7 @@ def test_int8_export_reports_accuracy_and_speed_and_keeps_chosen_layers(tmp_path
     assert depthwise and not any(n.input[1] in quantized_weights for n in depthwise)
 
 
+@pytest.mark.slow
 def test_int8_refuses_unusable_calibration_data(tmp_path, capsys, searched_ckpt):
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -314,6 +325,7 @@ def test_int8_refuses_unusable_calibration_data(tmp_path, capsys, searched_ckpt)
 
 
 # ------------------------------------------------------------------ found by a review
+@pytest.mark.slow
 def test_review_findings_stay_fixed(tmp_path, capsys, searched_ckpt, image_folder):
     from mindcv.data import create_transforms
     from mindcv.deploy import OnnxEvalStep
@@ -358,6 +370,36 @@ def test_review_findings_stay_fixed(tmp_path, capsys, searched_ckpt, image_folde
     x = np.zeros((2, 3, 48, 48), np.float32)
     with pytest.raises(InvalidArgumentError, match="label 9 is out of range for a 4-class model"):
         OnnxEvalStep(graph)(x, np.array([0, 9]))
+
+
+def test_side_by_side_helpers_label_folders_by_the_models_classes(image_folder):
+    """compare.py (export.py --val_data's report): folders get the model's class ids (not their sorted positions),
+    unreadable files are listed, top-1 counts argmax hits over batches, throughput covers every runner."""
+    from mindcv.deploy.compare import labelled_images, throughput_side_by_side, top1
+    from mindcv.errors import InvalidArgumentError
+
+    def preprocess(path):  # the image's folder as its one pixel; the first image of each folder unreadable
+        if os.path.basename(path).startswith("0."):
+            return None, "broken"
+        return np.full((1, 2, 2), "abcd".index(os.path.basename(os.path.dirname(path))), np.float32), None
+
+    names = ["d", "c", "b", "a", "e"]  # the model's classes: folder 'a' is class 3
+    data = labelled_images(image_folder, names, preprocess, progress=False)
+    folders = data.images[:, 0, 0, 0].astype(int)
+    assert len(data.labels) == 20 and data.labels.tolist() == [3 - f for f in folders]
+    assert sorted(os.path.basename(os.path.dirname(p)) for p, _ in data.unreadable) == ["a", "b", "c", "d"]
+    with pytest.raises(InvalidArgumentError, match=r"class folder\(s\) \['d'\] .* are not classes of the model"):
+        labelled_images(image_folder, ["a", "b", "c"], preprocess, progress=False)
+
+    def perfect(batch):
+        return np.eye(5)[3 - batch[:, 0, 0, 0].astype(int)]
+
+    assert top1(perfect, data, batch_size=7) == 100.0
+    assert top1(lambda batch: np.tile(np.eye(5)[0], (len(batch), 1)), data, batch_size=7) == 25.0  # folder 'd'
+    rates = throughput_side_by_side({"a": perfect, "b": perfect}, data.images[:4], rounds=2, min_seconds=0.01)
+    assert set(rates) == {"a", "b"} and all(rate > 0 for rate in rates.values())
+    with pytest.raises(InvalidArgumentError, match="rounds must be >= 1"):
+        throughput_side_by_side({"a": perfect}, data.images[:4], rounds=0)
 
 
 def test_validate_refuses_a_dataset_with_more_classes_than_the_classifier(tmp_path, image_folder):

@@ -29,8 +29,8 @@ from mindcv.deploy import ExportError, OnnxEvalStep, OnnxRuntimeModel, cached_on
 from mindcv.deploy.quantize import quantize_int8
 from mindcv.engine import EvalStep
 from mindcv.errors import InvalidArgumentError, MindcvError
+from mindcv.io.atomic import TMP_PREFIX
 from mindcv.models import CheckpointError, create_model, load_model, save_checkpoint
-from mindcv.utils.atomic import TMP_PREFIX
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
@@ -195,6 +195,7 @@ def unprivileged_run(workdir, ckpt):
     return json.loads(result.read_text()), root
 
 
+@pytest.mark.slow
 def test_unprivileged_user_can_export_onnx_with_a_dynamic_batch(unprivileged_run):
     """DEFECT: for any non-root user the default ONNX export (dynamic batch) fails with 'Permission denied'.
 
@@ -208,6 +209,7 @@ def test_unprivileged_user_can_export_onnx_with_a_dynamic_batch(unprivileged_run
     assert not _temporaries(root / "out")
 
 
+@pytest.mark.slow
 def test_unprivileged_onnx_cache_falls_back_from_a_readonly_checkpoint_folder(unprivileged_run):
     """DEFECT (same cause): with the checkpoint in a read-only folder the cache must fall back to
     $MINDCV_HOME/onnx; instead both locations fail ('cannot write the ONNX graph anywhere')."""
@@ -216,6 +218,7 @@ def test_unprivileged_onnx_cache_falls_back_from_a_readonly_checkpoint_folder(un
     assert res["cached"].startswith(str(root / "home")) and os.path.isfile(res["cached"] + ".json")
 
 
+@pytest.mark.slow
 def test_unprivileged_export_into_a_readonly_folder_is_a_one_line_user_error(unprivileged_run):
     """HOLDS: --file_name in a read-only folder: exit 2, one line, no file."""
     res, root = unprivileged_run
@@ -225,6 +228,7 @@ def test_unprivileged_export_into_a_readonly_folder_is_a_one_line_user_error(unp
 
 
 @pytest.mark.parametrize("fmt", ["ONNX", "MINDIR"])
+@pytest.mark.slow
 def test_published_export_is_readable_as_the_umask_allows(tmp_path, loaded, fmt):
     """DEFECT: the published file keeps MindSpore's mode 0400 (owner read-only): another account (a serving
     process) cannot read it, unlike every other file this package writes (atomic_write and save_checkpoint
@@ -263,6 +267,7 @@ def _full_disk_at(monkeypatch, suffix):
     monkeypatch.setattr(os, "replace", replace)
 
 
+@pytest.mark.slow
 def test_export_cli_on_a_full_disk_keeps_the_old_file_and_fails_in_one_line(tmp_path, monkeypatch, capsys, ckpt):
     """DEFECT: a full disk when publishing (os.replace -> ENOSPC) escapes export.py as a raw OSError traceback.
     The old file and the folder are left clean (that part holds), but mindcv/utils/cli.py promises exit 1 with
@@ -295,6 +300,7 @@ def test_export_cli_full_disk_while_writing_leaves_nothing_behind(tmp_path, monk
 
 
 # -------------------------------------------------------------------------- the ONNX cache
+@pytest.mark.slow
 def test_cached_graph_is_not_trusted_on_the_key_alone(tmp_path, ckpt):
     """DEFECT (trust model): the cached .onnx replaced by a valid ONNX of ANOTHER model (same interface) plus a
     record whose sha256 is updated to match is used as is: predictions then come from other weights (relative
@@ -318,6 +324,7 @@ def test_cached_graph_is_not_trusted_on_the_key_alone(tmp_path, ckpt):
     assert _relative(served, loaded.model(ms.Tensor(x)).asnumpy()) < 1e-4
 
 
+@pytest.mark.slow
 def test_cached_graph_is_not_reused_under_a_stricter_tolerance(tmp_path, ckpt):
     """DEFECT: the tolerance is not part of the cache: a graph checked at 1e-4 (recorded difference ~6e-7) is
     returned for tolerance=0.0 without any check (cached_onnx_export looks up by key only; the record's
@@ -482,6 +489,7 @@ def test_quantize_a_damaged_fp32_graph_is_a_clear_error(tmp_path, fp32_onnx, con
 
 
 # ====================================================================================== attacks that held
+@pytest.mark.slow
 def test_damaged_or_redirected_cache_records_are_never_trusted(tmp_path, ckpt):
     """HOLDS: a record that is not JSON, a JSON list / null / string, a record with the right key but a truncated
     graph, a graph symlinked to another file, a record symlinked to a foreign file: each is exported again, the
@@ -527,6 +535,7 @@ def test_damaged_or_redirected_cache_records_are_never_trusted(tmp_path, ckpt):
     assert not _temporaries(os.path.dirname(path))
 
 
+@pytest.mark.slow
 def test_changed_weights_never_reuse_a_stale_graph(tmp_path, ckpt):
     """HOLDS: the same file name with other weights (and the EMA-free reload of the same weights) keys the cache
     by content: a new graph for new weights, the old one for the same weights."""
@@ -559,6 +568,7 @@ _CONCURRENT = textwrap.dedent("""
     """)
 
 
+@pytest.mark.slow
 def test_two_processes_exporting_the_same_cache_at_once(tmp_path, ckpt):
     """HOLDS: two processes start cached_onnx_export on the same checkpoint at the same instant: both return the
     same path, the record matches the file, no temporary is left, and the graph reproduces the model."""
@@ -644,6 +654,7 @@ def test_quantize_failure_keeps_the_old_file_and_leaves_no_temporaries(tmp_path,
     assert sorted(os.listdir(tmp_path)) == ["q.int8.onnx"]
 
 
+@pytest.mark.slow
 def test_load_model_refuses_unusable_inputs(tmp_path, ckpt, crafted, capsys, image_folder):
     """HOLDS: a directory or a symlink loop as checkpoint, EMA asked of a file without EMA (native and
     torchvision), a recorded architecture spelled differently, a recorded name of another model, a recorded
@@ -685,6 +696,7 @@ def test_export_cli_calibration_counts(tmp_path, capsys, ckpt, image_folder):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_export_cli_creates_a_missing_output_folder(tmp_path, capsys, ckpt):
     """HOLDS: --file_name in a folder that does not exist yet: created, file published, no temporaries."""
     target = tmp_path / "new" / "sub" / "m"
@@ -693,6 +705,7 @@ def test_export_cli_creates_a_missing_output_folder(tmp_path, capsys, ckpt):
     assert os.listdir(target.parent) == ["m.mindir"]
 
 
+@pytest.mark.slow
 def test_validate_onnxruntime_matches_mindspore_with_unreadable_images_and_another_size(tmp_path, ckpt, image_folder):
     """HOLDS: validate.py on both backends, with an unreadable image in the split (label -1 in the batches) and
     --image_resize 40 overriding the checkpoint's 32: same sample count, top-1, top-5 and loss."""

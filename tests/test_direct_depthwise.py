@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import one_mode_quick
 
 import mindspore as ms
 from mindspore import nn
@@ -82,6 +83,7 @@ def test_the_session_uses_the_direct_kernels():
         ((4, 16, 14, 14), 3, 1, True),
     ],
 )
+@one_mode_quick()
 def test_same_results_and_gradients_as_mindspore(mode, shape, kernel, stride, bias):
     channels = shape[1]
     direct = DepthwiseConv2d(channels, kernel, stride, has_bias=bias)
@@ -100,6 +102,7 @@ def test_same_results_and_gradients_as_mindspore(mode, shape, kernel, stride, bi
         assert relative(g_ours, g_theirs) < 1e-5
 
 
+@one_mode_quick()
 def test_nan_in_weights_reaches_the_output(mode):
     """A NaN weight must show up in the output, not be hidden by the kernel."""
     cell = DepthwiseConv2d(3, 3)
@@ -132,6 +135,7 @@ def test_the_factory_builds_direct_layers_only_where_they_compute_the_same():
         DepthwiseConv2d(8, 3, stride=3)
 
 
+@pytest.mark.slow
 def test_a_model_trains_the_same_with_either_kernel():
     """mnasnet_050 in GRAPH mode: outputs and every parameter's gradient agree with MindSpore's kernels."""
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -166,6 +170,7 @@ def test_a_model_trains_the_same_with_either_kernel():
         ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
+@pytest.mark.slow
 def test_export_never_contains_the_kernels(tmp_path):
     onnx = pytest.importorskip("onnx")
     from export import export_model
@@ -243,6 +248,7 @@ def test_a_failing_compiler_leaves_nothing_behind(fresh_status, monkeypatch, tmp
     assert [p.name for p in fresh_status.iterdir() if not p.name.endswith(".lock")] == []
 
 
+@pytest.mark.slow
 def test_a_compiler_that_builds_wrong_kernels_is_caught(fresh_status, monkeypatch, tmp_path):
     """A library that loads but computes something else never gets used."""
     wrong = tmp_path / "wrong.cc"
@@ -278,6 +284,7 @@ def _replace(path: str, content: bytes) -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "record"])
+@pytest.mark.slow
 def test_a_damaged_library_is_rebuilt_not_loaded(fresh_status, damage):
     library = _build_once(fresh_status)
     original = open(library, "rb").read()
@@ -294,6 +301,7 @@ def test_a_damaged_library_is_rebuilt_not_loaded(fresh_status, damage):
     assert open(library, "rb").read() == original  # rebuilt byte for byte (same source, flags, compiler)
 
 
+@pytest.mark.slow
 def test_a_library_that_crashes_cannot_take_the_process_down(tmp_path):
     source = tmp_path / "crash.c"
     source.write_text("#include <stdlib.h>\nvoid DwSetThreads(int n) { abort(); }\n")
@@ -303,6 +311,7 @@ def test_a_library_that_crashes_cannot_take_the_process_down(tmp_path):
     assert problem and "signal 6" in problem
 
 
+@pytest.mark.slow
 def test_a_library_swapped_after_its_check_is_checked_again(fresh_status, tmp_path):
     library = _build_once(fresh_status)
     source = tmp_path / "other.c"
@@ -321,6 +330,7 @@ def test_an_unusable_cache_folder_falls_back(fresh_status, monkeypatch, tmp_path
         assert depthwise_kernel_status().library is None
 
 
+@pytest.mark.slow
 def test_two_processes_build_once(tmp_path):
     cache = tmp_path / "kernels"
     script = textwrap.dedent("""
@@ -347,6 +357,7 @@ def test_two_processes_build_once(tmp_path):
     assert builds == 1, outputs
 
 
+@pytest.mark.slow
 def test_folding_batchnorm_keeps_the_direct_kernels(mode):
     from mindcv.models.fuse import fuse_bn
 
@@ -373,6 +384,7 @@ def test_on_an_accelerator_mindspore_kernels_run_without_a_warning(fresh_status,
         depthwise_kernel_status()
 
 
+@pytest.mark.slow
 def test_a_hanging_compiler_is_timed_out(fresh_status, monkeypatch, tmp_path):
     fake = tmp_path / "slow-g++"
     fake.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo slow 1.0; exit 0; fi\nexec sleep 60\n')
@@ -384,6 +396,7 @@ def test_a_hanging_compiler_is_timed_out(fresh_status, monkeypatch, tmp_path):
     assert not any(p.suffix == ".so" for p in fresh_status.iterdir())
 
 
+@pytest.mark.slow
 def test_a_mindir_export_never_contains_the_kernels(tmp_path):
     from export import export_model
 

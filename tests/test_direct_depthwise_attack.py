@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import one_mode_quick
 
 import mindspore as ms
 from mindspore import nn, ops
@@ -128,6 +129,7 @@ def test_unusual_shapes_match_nn_conv2d(shape):
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 1, 2, 11, 2), (2, 8, 7, 6, 9, 2)], ids=["1x2-k11-s2", "7x6-k9-s2"])
+@one_mode_quick()
 def test_unusual_shapes_match_in_graph_mode(mode, shape):
     n, c, h, w, k, s = shape
     direct, reference = twins(c, k, s)
@@ -173,6 +175,7 @@ def test_large_image_weight_gradient_accumulates_accurately():
     assert relative(grad(direct), grad(reference)) < 1e-5
 
 
+@pytest.mark.slow
 def test_a_few_training_steps_give_the_same_parameters():
     def net():
         return nn.SequentialCell(
@@ -202,6 +205,7 @@ def test_checkpoint_loads_into_plain_nn_conv2d(tmp_path):
     assert relative(direct(x).asnumpy(), plain(x).asnumpy()) < 1e-6
 
 
+@pytest.mark.slow
 def test_export_after_a_graph_run_holds_no_custom_op(tmp_path):
     """A model already compiled with the direct kernels in GRAPH mode is exported with MindSpore's convolution."""
     from export import export_model
@@ -223,6 +227,7 @@ def test_export_after_a_graph_run_holds_no_custom_op(tmp_path):
 
 # ------------------------------------------------------------------------------------ the switch and the cache
 @pytest.mark.parametrize("value", [" ON ", "Yes", "TRUE", "auto", ""])
+@pytest.mark.slow
 def test_switch_spellings(fresh_status, monkeypatch, value):
     monkeypatch.setenv(dw.ENV_SWITCH, value)
     assert depthwise_kernel_status().name == "direct"
@@ -237,6 +242,7 @@ def test_kernel_cache_pointing_at_a_file_falls_back(fresh_status, monkeypatch, t
     assert not DepthwiseConv2d(2, 3).direct
 
 
+@pytest.mark.slow
 def test_a_symlinked_cache_folder_works(fresh_status, monkeypatch, tmp_path):
     real = tmp_path / "real"
     real.mkdir()
@@ -248,6 +254,7 @@ def test_a_symlinked_cache_folder_works(fresh_status, monkeypatch, tmp_path):
     assert relative(direct(x).asnumpy(), reference(x).asnumpy()) < 1e-6
 
 
+@pytest.mark.slow
 def test_a_compiler_that_hangs_times_out_and_leaves_nothing(fresh_status, monkeypatch, tmp_path):
     cxx = fake_compiler(tmp_path / "hang", b'if [ "$1" = --version ]; then echo hang 1; exit 0; fi\nexec sleep 30\n')
     monkeypatch.setenv("CXX", cxx)
@@ -283,6 +290,7 @@ def test_a_compiler_whose_version_is_not_utf8_falls_back(fresh_status, monkeypat
         assert depthwise_kernel_status().library is None
 
 
+@pytest.mark.slow
 def test_a_relative_cache_folder_survives_a_chdir(fresh_status, monkeypatch, tmp_path):
     """Fixed: MINDCV_KERNEL_CACHE=relkernels stores a relative library path in the custom ops; after a chdir the
     first forward fails with "couldn't find the AOT binary file: relkernels/depthwise_direct-....so"."""
@@ -306,6 +314,7 @@ def test_a_cache_folder_with_a_colon_works_or_falls_back(fresh_status, monkeypat
     assert relative(direct(x).asnumpy(), reference(x).asnumpy()) < 1e-6
 
 
+@pytest.mark.slow
 def test_an_aot_white_list_elsewhere_falls_back(fresh_status, monkeypatch, tmp_path):
     """Fixed: with MS_CUSTOM_AOT_WHITE_LIST (MindSpore's allowed folder for AOT libraries) set to another folder,
     building a layer raises TypeError "the legal path for the file is ..." instead of falling back."""
@@ -315,9 +324,10 @@ def test_an_aot_white_list_elsewhere_falls_back(fresh_status, monkeypatch, tmp_p
     assert relative(direct(x).asnumpy(), reference(x).asnumpy()) < 1e-6
 
 
+@pytest.mark.slow
 def test_a_killed_build_leaves_no_temporaries_for_ever(fresh_status, tmp_path):
     """Fixed (minor): a process killed while compiling leaves .tmp-*.so in the cache; the next build (which holds
-    the lock) never removes it (mindcv.utils.atomic.remove_stale_temporaries exists but is not called)."""
+    the lock) never removes it (mindcv.io.atomic.remove_stale_temporaries exists but is not called)."""
     cxx = fake_compiler(tmp_path / "slow", b'if [ "$1" = --version ]; then echo slow 1; exit 0; fi\nexec sleep 30\n')
     script = textwrap.dedent("""
         import mindspore as ms
@@ -351,6 +361,7 @@ def test_a_model_can_be_deep_copied():
     assert clone.direct and relative(clone(x).asnumpy(), reference(x).asnumpy()) < 1e-6
 
 
+@pytest.mark.slow
 def test_switching_kernels_after_a_graph_run_is_refused_not_ignored():
     """In GRAPH mode MindSpore reuses the compiled graph, so a switch after the first call would be silently
     ignored (it once returned 0 "layers that run the direct kernels now" while they kept running): it is refused
@@ -374,6 +385,7 @@ def test_switching_kernels_after_a_graph_run_is_refused_not_ignored():
 
 
 @pytest.mark.parametrize("spec", [[None, 4, 9, 9], [None, 4, None, None]], ids=["dynamic-batch", "dynamic-hw"])
+@pytest.mark.slow
 def test_dynamic_shapes_in_graph_mode_like_nn_conv2d(spec):
     """Fixed: with set_inputs() dynamic shapes nn.Conv2d works; DepthwiseConv2d fails with the framework error
     "The pointer[value] is null" (even for a dynamic batch only)."""
@@ -391,6 +403,7 @@ def test_dynamic_shapes_in_graph_mode_like_nn_conv2d(spec):
 
 
 @pytest.mark.parametrize("shape", [(1, 5, 6, 6), (4, 6, 6)], ids=["wrong-channels", "3d"])
+@pytest.mark.slow
 def test_wrong_input_gives_the_same_error_as_nn_conv2d(shape):
     """A wrong channel count or a 3-D input once gave "Return value from CPU AOT kernel(...)'s function(DwFwdS1)
     is 1" and a bare IndexError; such input now goes to MindSpore's convolution, which reports it as for nn.Conv2d."""

@@ -9,12 +9,15 @@ import time
 
 import numpy as np
 import pytest
+from conftest import train_argv
 from PIL import Image
 
 from mindcv.models.checkpoint import read_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY_BIN = os.path.dirname(sys.executable)
+# every test launches training or validation processes (msrun, mpirun-style, the launcher): minutes on 2 cores
+pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:
@@ -67,60 +70,19 @@ def data(tmp_path_factory):
 
 def _train_args(data, out, extra=()):
     # no random augmentation (each rank's augmentation stream differs from a single process's), dropout on:
-    # its noise is indexed by micro-batch, so it matches across launch styles
-    return [
-        "--dataset",
-        "tiny",
-        "--data_dir",
+    # its noise is indexed by micro-batch, so it matches across launch styles; every caller sets the batch size
+    return train_argv(
         data,
-        "--model",
-        "mnasnet_050",
-        "--device_target",
-        "CPU",
-        "--mode",
-        "0",
-        "--image_resize",
-        "32",
-        "--scale",
-        "1.0",
-        "1.0",
-        "--ratio",
-        "1.0",
-        "1.0",
-        "--hflip",
-        "0",
-        "--color_jitter",
-        "0",
-        "--epoch_size",
-        "2",
-        "--opt",
-        "adamw",
-        "--lr",
-        "0.0005",
-        "--warmup_epochs",
-        "0",
-        "--scheduler",
-        "cosine_decay",
-        "--decay_epochs",
-        "2",
-        "--ckpt_save_dir",
         out,
-        "--num_parallel_workers",
-        "1",
-        "--progress",
-        "False",
-        "--log_interval",
-        "0",
-        "--drop_rate",
-        "0.2",
-        "--seed",
-        "3",
-        "--crop_pct",
-        "1.0",
-        "--bn_momentum",
-        "0.9",
         *extra,
-    ]
+        mode=0,
+        batch_size=None,
+        lr=0.0005,
+        seed=3,
+        scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        hflip=0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -318,6 +280,18 @@ def test_resume_a_two_process_run_on_one_process(runs, data):
     assert all(np.isfinite(v).all() for v in tensors.values() if v.dtype.kind == "f")
 
 
+def _pid_writing(log: str):
+    """The process whose stdout is ``log`` (msrun's worker of that log): MindSpore's log at ERROR (the launcher's
+    default) leaves no line carrying the pid in it."""
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.readlink(f"/proc/{entry}/fd/1") == log:
+                return int(entry)
+        except OSError:
+            continue
+    return None
+
+
 def test_a_killed_worker_fails_the_job_quickly_naming_its_rank(data, tmp_path):
     port = _free_port()
     log_dir = str(tmp_path / "logs")
@@ -331,7 +305,7 @@ def test_a_killed_worker_fails_the_job_quickly_naming_its_rank(data, tmp_path):
             *_train_args(data, out, ("--epoch_size", "200", "--decay_epochs", "200", "--batch_size", "4")),
         ],
         cwd=REPO,
-        env=_env(MASTER_PORT=port, LOG_DIR=log_dir, GRACE=3),
+        env={k: v for k, v in _env(MASTER_PORT=port, LOG_DIR=log_dir, GRACE=3).items() if k != "GLOG_v"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -343,18 +317,21 @@ def test_a_killed_worker_fails_the_job_quickly_naming_its_rank(data, tmp_path):
         ckpts = os.listdir(out) if os.path.isdir(out) else []
         log = os.path.join(log_dir, "worker_1.log")
         if any(c.startswith("mnasnet_050-1_") for c in ckpts) and os.path.exists(log):
-            import re
-
-            found = re.search(r"\((\d+),", open(log, errors="replace").read())
-            pid = int(found.group(1)) if found else None
+            pid = _pid_writing(log)
     assert pid, "the job did not start"
-    killed_at = time.time()
     os.kill(pid, 9)
-    output, _ = launcher.communicate(timeout=180)
-    elapsed = time.time() - killed_at
+    # the launcher stops the surviving rank GRACE (3) s after the death (SIGTERM, then SIGKILL 10 s later) instead
+    # of letting it wait in a collective for MindSpore's heartbeat timeout (200 s) or train on for 200 epochs
+    try:
+        output, _ = launcher.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        launcher.kill()
+        output, _ = launcher.communicate()
+        pytest.fail(f"the job still ran 120 s after rank 1 was killed: the launcher did not stop it\n{output[-3000:]}")
     assert launcher.returncode != 0
     assert f"job FAILED: rank 1 (pid {pid}) killed by signal SIGKILL" in output
-    assert elapsed < 60, f"took {elapsed:.0f} s to notice"
+    # MindSpore's log is at ERROR by default: its ~30 warnings per 2-rank run would bury the failure
+    assert "[WARNING]" not in output
 
 
 def test_port_in_use_is_a_clear_error(tmp_path):

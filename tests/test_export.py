@@ -1,18 +1,27 @@
 """export.py: BN-folded MindIR and ONNX graphs with a dynamic batch reproduce the unfused model."""
 
+import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
 import mindspore as ms
 from mindspore import nn
 
 from export import check_exported, export_model, main, make_onnx_batch_dynamic
+from mindcv.deploy.export import ONNX_DEPRECATION_MESSAGE, _without_onnx_deprecation_warning
 from mindcv.models import create_model
 from mindcv.models.checkpoint import save_checkpoint
 from mindcv.models.fuse import fuse_bn
+
+# whole-model exports and export.py in a process of its own, ~30 s each; the quick loop exports through
+# test_deploy_attack.py (fp32_onnx) and runs export.py's checks in test_deploy*.py
+pytestmark = pytest.mark.slow
 
 
 def calibrated(name: str, num_classes: int):
@@ -78,3 +87,58 @@ def test_cli_exports_checks_and_rejects_bad_input(tmp_path, capsys):
         assert "batch 1: exported vs in-framework output" in out and "batch 3: exported" in out
     assert main(["--model", "mnasnet_050", "--ckpt_path", str(tmp_path / "nope.ckpt")]) == 2
     assert "nope.ckpt" in capsys.readouterr().err
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_onnx_export_drops_mindspores_deprecation_warning_and_nothing_else(tmp_path):
+    from mindspore import log as ms_log
+
+    logger = ms_log._get_logger()
+    records, level = _Records(), logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.WARNING)  # MindSpore's default, whatever GLOG_v this test process has
+    try:
+        _, fused = calibrated("mnasnet_small", 3)
+        export_model(fused, str(tmp_path / "s"), "ONNX", image_size=32, batch_size=1)
+        assert not [m for m in records.messages if ONNX_DEPRECATION_MESSAGE in m]
+        with _without_onnx_deprecation_warning():  # exactly that message: other warnings still get through
+            ms_log.warning("another MindSpore warning")
+            ms_log.warning(ONNX_DEPRECATION_MESSAGE + ", please use mindspore.onnx.export()")
+        ms_log.warning(ONNX_DEPRECATION_MESSAGE + " (outside the export: not ours to drop)")
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+    assert records.messages == [
+        "another MindSpore warning",
+        ONNX_DEPRECATION_MESSAGE + " (outside the export: not ours to drop)",
+    ]
+
+
+def test_cli_writes_into_outputs_export_and_prints_no_mindspore_warning(tmp_path, fixtures_dir):
+    """As a user runs it: another folder, GLOG_v unset; torchvision-layout weights, model name from their shapes."""
+    env = {k: v for k, v in os.environ.items() if k != "GLOG_v"}
+    weights = os.path.join(fixtures_dir, "torchvision_mnasnet0.5.safetensors")
+    export_py = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "export.py")
+    work = tmp_path / "work"  # (tmp_path also holds this test's MINDCV_HOME)
+    work.mkdir()
+    run = subprocess.run(
+        [sys.executable, export_py, "--ckpt_path", weights, "--format", "ONNX", "--image_size", "32"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    written = work / "outputs" / "export" / "mnasnet_050.onnx"
+    assert written.is_file() and f"wrote {os.path.join('outputs', 'export', 'mnasnet_050.onnx')}" in run.stdout
+    assert sorted(os.listdir(work)) == ["outputs"]  # nothing else in the folder it ran in
+    assert "[WARNING]" not in run.stdout + run.stderr and "will be deleted" not in run.stderr

@@ -9,6 +9,8 @@ import mindspore as ms
 from mindcv.models import create_model, list_models
 from mindcv.models.fuse import fuse_bn
 
+pytestmark = pytest.mark.slow  # whole models in both modes; fuse_bn runs in the quick loop through export_checked
+
 
 @pytest.mark.parametrize("name", ["mnasnet_050", "semnasnet_050", "mnasnet_small"])
 def test_folded_model_matches(name, mode):

@@ -1,7 +1,7 @@
 """Fuzzing every weight reader with thousands of crafted and mutated files, read in child processes.
 
 Readers covered:
-* the torch-free ``.pth`` reader, ``mindcv/utils/torch_pickle.py``, in its zip and legacy formats.
+* the torch-free ``.pth`` reader, ``mindcv/io/torch_pickle.py``, in its zip and legacy formats.
   It is loaded standalone in a child without MindSpore, so its error type is ``TorchFileError``;
 * ``.safetensors``, ``.ckpt`` and a sample of the torch cases, all through
   ``mindcv.models.checkpoint.read_checkpoint`` (error type ``CheckpointError``) in a MindSpore child.
@@ -53,6 +53,9 @@ from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # thousands of mutated files read in child processes; the readers' own tests are quick
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -864,7 +867,7 @@ def _load_standalone_torch_reader() -> Any:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "mindcv_torch_pickle_standalone", os.path.join(REPO, "mindcv", "utils", "torch_pickle.py")
+        "mindcv_torch_pickle_standalone", os.path.join(REPO, "mindcv", "io", "torch_pickle.py")
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -14,6 +14,7 @@ from mindcv.inference import Classifier, imagenet_class_names
 from mindcv.models import create_model, save_checkpoint
 
 
+@pytest.mark.slow
 def test_infer_folder_with_checkpoint_class_names(tmp_path, capsys):
     model = create_model("mnasnet_050", num_classes=3)
     ckpt = save_checkpoint(
@@ -57,6 +58,25 @@ def test_infer_folder_with_checkpoint_class_names(tmp_path, capsys):
     assert "3 classified, 1 unreadable" in capsys.readouterr().out
 
 
+def test_records_default_to_outputs_infer_not_the_current_folder(tmp_path, monkeypatch, capsys):
+    model = create_model("mnasnet_050", num_classes=2)
+    ckpt = save_checkpoint(
+        model, str(tmp_path / "m.ckpt"), {"class_names": ["ant", "bee"], "eval_transform": {"image_resize": 32}}
+    )
+    work = tmp_path / "work"
+    (work / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(work / "images" / "a.jpg")
+    (work / "images" / "broken.jpg").write_bytes(b"not an image")
+    monkeypatch.chdir(work)
+    assert infer_main(["images", "--ckpt_path", ckpt]) == 0
+    assert sorted(os.listdir(work)) == ["images", "outputs"]
+    records = json.loads((work / "outputs" / "infer" / "predictions.json").read_text())
+    assert len(records) == 2
+    report = (work / "outputs" / "infer" / "predictions.unreadable.tsv").read_text()
+    assert len(report.splitlines()) == 1 and report.split("\t")[0].endswith("broken.jpg")
+    assert f"records in {os.path.join('outputs', 'infer', 'predictions.json')}" in capsys.readouterr().out
+
+
 def test_infer_errors_and_bundled_names(tmp_path, capsys):
     names = imagenet_class_names()
     assert len(names) == 1000 and names[0] == "tench"
@@ -91,6 +111,7 @@ def model_ckpt(tmp_path):
     return save_checkpoint(model, str(tmp_path / "m.ckpt"), meta)
 
 
+@pytest.mark.slow
 def test_infer_reports_bombs_big_images_and_decoder_errors_next_to_its_output(tmp_path, capsys, model_ckpt):
     images = tmp_path / "images"
     images.mkdir()
@@ -124,6 +145,7 @@ def test_infer_reports_bombs_big_images_and_decoder_errors_next_to_its_output(tm
         infer_main(argv + ["--max_image_pixels", "0"])
 
 
+@pytest.mark.slow
 def test_classifier_turns_any_per_file_failure_into_an_error_record(tmp_path, monkeypatch, model_ckpt):
     from mindcv.data.image_folder import UnreadableFiles, cv2
 
@@ -162,6 +184,7 @@ def test_classifier_turns_any_per_file_failure_into_an_error_record(tmp_path, mo
         Classifier("mnasnet_050", model_ckpt, max_image_pixels=-1)
 
 
+@pytest.mark.slow
 def test_weights_without_metadata_keep_their_own_classifier(tmp_path):
     """A foreign 3-class file (no mindcv metadata) used to get a random 1000-class head and exit 0."""
     from safetensors.numpy import save_file

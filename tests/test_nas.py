@@ -3,16 +3,15 @@
 import json
 import os
 import re
-import subprocess
-import sys
 from dataclasses import asdict
 
 import numpy as np
 import pytest
+from conftest import run_main
 
 from mindcv.models import create_model, load_model
 from mindcv.models.arch import format_arch_string
-from mindcv.models.mnasnet import ARCH_DEFS, NUM_PARAMS
+from mindcv.models.mnasnet import ARCH_DEFS, VARIANTS
 from mindcv.nas.latency import LatencyTable, LatencyTableError, host_description, layer_keys, read_latency_table
 from mindcv.nas.reward import mnas_reward
 from mindcv.nas.runner import (
@@ -41,7 +40,11 @@ def trainable(model) -> int:
     return int(sum(p.size for p in model.trainable_params()))
 
 
-@pytest.mark.parametrize("name, key, params", [("B1", "b1", NUM_PARAMS["mnasnet_100"]), ("A1", "a1", 3_887_038)])
+@pytest.mark.parametrize(
+    "name, key, params",
+    [("B1", "b1", VARIANTS["mnasnet_100"].num_params), ("A1", "a1", VARIANTS["semnasnet_100"].num_params)],
+)
+@pytest.mark.slow
 def test_b1_and_a1_are_points_of_the_space_and_rebuild_exactly(name, key, params):
     space = SearchSpace()
     decisions = space.encode(ARCH_DEFS[key])
@@ -52,6 +55,7 @@ def test_b1_and_a1_are_points_of_the_space_and_rebuild_exactly(name, key, params
     assert trainable(model) == params
 
 
+@pytest.mark.slow
 def test_space_decodes_every_choice_and_rejects_bad_vectors():
     space = SearchSpace()
     assert space.num_choices == [4, 2, 2, 2, 3, 3] * 7 and space.size == float((4 * 2 * 2 * 2 * 3 * 3) ** 7)
@@ -83,6 +87,7 @@ def test_reward_soft_and_hard_constraints():
         mnas_reward(80.0, 0.0, 10.0)
 
 
+@pytest.mark.slow
 def test_reinforce_learns_a_toy_reward_better_than_random():
     space = SearchSpace()
 
@@ -120,6 +125,7 @@ def test_restored_strategy_continues_exactly(cls):
         b.tell(db, float(i))
 
 
+@pytest.mark.slow
 def test_latency_table_sums_layers_and_caches(tmp_path):
     arch = "ds_r1_k3_s1_c16_noskip|ir_r2_k3_s2_e3_c24"
     keys = layer_keys(arch, 0.5, 32)
@@ -146,6 +152,7 @@ def test_latency_table_sums_layers_and_caches(tmp_path):
         ("depthwise_kernels", "mindspore"),  # measured with MindSpore's depthwise kernels instead of the direct ones
     ],
 )
+@pytest.mark.slow
 def test_latency_table_from_another_cpu_isa_is_not_reused(tmp_path, key, value):
     arch = "ds_r1_k3_s1_c16_noskip"
     path = str(tmp_path / "lut.json")
@@ -185,6 +192,7 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(str(tmp_path / "nope.yaml"), {})
 
 
+@pytest.mark.slow
 def test_smoke_search_writes_outputs_resumes_and_retrains(tmp_path, tiny_data):
     out = str(tmp_path / "search")
     cfg = load_config(SMOKE, {"output_dir": out, "budget": 1})  # one candidate per strategy, then a resume
@@ -222,7 +230,7 @@ def test_smoke_search_writes_outputs_resumes_and_retrains(tmp_path, tiny_data):
     args += ["--image_resize", "32", "--batch_size", "8", "--epoch_size", "1", "--opt", "adamw", "--lr", "0.003"]
     args += ["--warmup_epochs", "0", "--ckpt_save_dir", ckpt_dir, "--progress", "False", "--device_target", "CPU"]
     args += ["--num_parallel_workers", "1"]
-    run = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    run = run_main("train.py", args)
     assert run.returncode == 0, run.stderr[-3000:]
     ckpts = [f for f in os.listdir(ckpt_dir) if f.endswith(".ckpt")]
     # the checkpoint alone rebuilds the architecture (validate/infer/export go through load_model: test_deploy.py)
@@ -483,6 +491,7 @@ def _mutate(state, rng):
     return state
 
 
+@pytest.mark.slow
 def test_fuzzed_states_load_correctly_or_give_the_clear_message(tmp_path):
     cfg = _search_config(tmp_path)
     space = SearchSpace(**cfg.space)
@@ -569,6 +578,11 @@ def test_valid_latency_table_is_read(tmp_path):
         ("budget: 0\n", r"'budget' must be >= 1"),
         ("proxy: {lr: .nan}\n", r"'proxy\.lr' must be a finite number, got nan"),
         ("proxy: [1]\n", r"'proxy' must be a mapping, got list"),
+        (
+            "proxy: {epochs: 2, warmup_epochs: 2}\n",
+            r"'proxy\.warmup_epochs' \(2\) must be smaller than 'proxy\.epochs'",
+        ),
+        ("proxy: {warmup_epochs: 0.5}\n", r"'proxy\.warmup_epochs' must be an integer, got 0\.5"),
         ("latency: {mode: fast}\n", r"'latency\.mode' must be 'measured' or 'lut', got 'fast'"),
         ("latency: {target_ms: -1}\n", r"'latency\.target_ms' must be > 0"),
         ("reward: {constraint: strict}\n", r"'reward\.constraint' must be one of"),
@@ -580,6 +594,10 @@ def test_valid_latency_table_is_read(tmp_path):
         ("strategies: {rl: {lrr: 1}}\n", r"'strategies\.rl' is invalid: .*lrr"),
         ("strategies: {rl: {lr: .nan}}\n", r"'strategies\.rl\.lr' must be a finite number"),
         ("strategies: {evolution: {population: 1}}\n", r"'strategies\.evolution' is invalid: need population >= 2"),
+        ("strategies: {evolution: {population: x}}\n", r"'strategies\.evolution\.population' must be an integer"),
+        ("strategies: {rl: {seed: 1}}\n", r"'strategies\.rl' is invalid: .* no setting\(s\) \['seed'\]; valid: \["),
+        ("strategies: {rl: {1: 2}}\n", r"'strategies\.rl' is invalid: .* no setting\(s\) \[1\]"),
+        ("space: {choices: {width: 1.0}}\n", r"'space' is invalid: search decision 'width' accepts .*, got 1\.0"),
         ("confirm_seeds: [1, x]\n", r"'confirm_seeds' must be a list of integers"),
         ("- 1\n", r"the top level must be a mapping"),
         ("budget: [\n", r"is not valid YAML: line 2"),
@@ -645,3 +663,57 @@ def test_state_without_a_level_is_resumed_with_a_warning(tmp_path, caplog):
     path = _write_state(cfg, state)
     with pytest.raises(SearchStateError, match=r"corrupted at \$\.cpu_isa"):
         load_state(path, cfg, SearchSpace(**cfg.space))
+
+
+# -- search.py runs through call_cli: user errors are one line with exit code 2, bugs keep their traceback ---------
+
+
+def test_search_user_errors_from_deep_inside_are_one_line_with_exit_code_2(tmp_path, capsys):
+    from search import main
+
+    assert main(["-c", str(tmp_path / "missing.yaml"), "--no_progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("search.py: ") and "\n" not in err and "missing.yaml' does not exist" in err
+    out = tmp_path / "search"
+    out.mkdir()
+    (out / "state.json").write_text("{not json")  # found by run_search, after the config was read
+    assert main(["-c", SMOKE, "--output_dir", str(out), "--no_progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("search.py: ") and "\n" not in err and "state.json' is corrupted (not valid JSON" in err
+
+
+def test_search_bugs_propagate_with_their_traceback(tmp_path, monkeypatch, capsys):
+    """A plain ValueError / KeyError is a bug: it must not be printed as if it were the user's mistake."""
+    import search
+
+    argv = ["-c", SMOKE, "--output_dir", str(tmp_path / "search"), "--no_progress"]
+
+    def broken_search(*args, **kwargs):
+        raise ValueError("a bug in the search loop")  # search.py used to print any ValueError as a user error
+
+    monkeypatch.setattr(search, "run_search", broken_search)
+    with pytest.raises(ValueError, match="a bug in the search loop"):
+        search.main(argv)
+
+    def broken_sample(self, rng):  # used while the config is checked, which used to turn it into "'space' is invalid"
+        raise ValueError("a bug in the search space")
+
+    monkeypatch.setattr(search.SearchSpace, "sample", broken_sample)
+    with pytest.raises(ValueError, match="a bug in the search space"):
+        search.main(argv)
+    assert "search.py:" not in capsys.readouterr().err
+
+
+def test_nas_user_errors_are_mindcv_errors(tiny_data):
+    """What search.py prints as one line: the nas code raises InvalidArgumentError (still a ValueError)."""
+    from mindcv.errors import InvalidArgumentError
+    from mindcv.nas.proxy import ProxyConfig, ProxyTask
+
+    with pytest.raises(InvalidArgumentError, match="proxy data too small"):
+        ProxyTask(ProxyConfig(dataset="tiny", data_dir=tiny_data, image_size=8, batch_size=4096, holdout=0.25))
+    with pytest.raises(InvalidArgumentError, match="unknown search decisions"):
+        SearchSpace(choices={"colour": [1]})
+    with pytest.raises(InvalidArgumentError, match="no setting"):
+        create_strategy("rl", SearchSpace(), lrr=1)
+    with pytest.raises(InvalidArgumentError, match="need population >= 2"):
+        create_strategy("evolution", SearchSpace(), population=1)

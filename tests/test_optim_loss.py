@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import one_mode_quick
 
 import mindspore as ms
 from mindspore import Tensor, nn
@@ -28,7 +29,11 @@ def _data(n=8, seed=0):
     return Tensor(rng.standard_normal((n, 1, 8, 8)).astype(np.float32)), Tensor((np.arange(n) % 3).astype(np.int32))
 
 
-@pytest.mark.parametrize("name", list_optimizers())
+# quick loop: the two optimizers of this package's own (lamb.py, lion.py) in GRAPH mode, their cheapest
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=() if n in ("lamb", "lion") else pytest.mark.slow) for n in list_optimizers()]
+)
+@one_mode_quick(ms.GRAPH_MODE)
 def test_every_optimizer_decreases_the_loss_in_both_modes(name, mode):
     ms.set_seed(0)
     net = SmallNet()
@@ -43,6 +48,7 @@ def test_every_optimizer_decreases_the_loss_in_both_modes(name, mode):
 @pytest.mark.parametrize(
     "name, kwargs", [("CE", {}), ("CE", {"label_smoothing": 0.1}), ("BCE", {}), ("BCE", {"label_smoothing": 0.1})]
 )
+@pytest.mark.slow
 def test_every_loss_decreases(name, kwargs):
     ms.set_seed(0)
     net = SmallNet()
@@ -87,6 +93,18 @@ def test_unknown_names_list_the_valid_ones():
         create_optimizer(SmallNet(), "adamx")
     with pytest.raises(ValueError, match="unknown weight_decay_filter 'bn'; valid: disable, auto, norm_and_bias"):
         create_optimizer(SmallNet(), "sgd", weight_decay_filter="bn")
+
+
+def test_schedule_decay_default_is_accepted_and_any_other_value_is_refused():
+    """Upstream's NAdam option: there is no NAdam here, so only the no-op default may be passed."""
+    opt = create_optimizer(SmallNet(), "adam", lr=0.01, schedule_decay=4e-3)  # as upstream code passes it
+    assert isinstance(opt, nn.Adam)
+    with pytest.raises(ValueError, match=r"schedule_decay=0\.01 sets NAdam's momentum schedule, but NAdam is not "):
+        create_optimizer(SmallNet(), "adam", lr=0.01, schedule_decay=0.01)
+    with pytest.raises(ValueError, match="leave schedule_decay at its default 0.004"):
+        create_optimizer(SmallNet(), "rmsprop", schedule_decay=0.0)
+    with pytest.raises(ValueError, match="unknown optimizer 'nadam'"):
+        create_optimizer(SmallNet(), "nadam")
 
 
 def test_weight_decay_filter_is_decided_by_rank():
@@ -141,6 +159,7 @@ def _noise(n):
     return Tensor(np.zeros((n, 1), np.float32))
 
 
+@one_mode_quick()
 def test_gradient_accumulation_equals_the_large_batch(mode):
     x, y = _data(8)
     ms.set_seed(0)
@@ -158,6 +177,7 @@ def test_gradient_accumulation_equals_the_large_batch(mode):
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), atol=1e-6)
 
 
+@one_mode_quick()
 def test_clipping_bounds_the_update(mode):
     ms.set_seed(0)
     net = SmallNet(bn=False)
@@ -167,6 +187,7 @@ def test_clipping_bounds_the_update(mode):
     assert change == pytest.approx(0.1 * 0.01, rel=1e-3)  # lr x clipped global norm
 
 
+@one_mode_quick()
 def test_overflow_skips_the_update_and_dynamic_scale_halves(mode):
     ms.set_seed(0)
     net = SmallNet(bn=False)

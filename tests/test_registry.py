@@ -124,3 +124,28 @@ def test_convert_cli(fixtures_dir, tmp_path):
         timeout=300,
     )
     assert bad.returncode == 2 and "missing.pth' does not exist" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_weights_tag_is_checked_in_one_place_with_one_message(monkeypatch):
+    """create_model, build_model_with_cfg and get_pretrained_cfg all go through select_pretrained_tag."""
+    from mindcv.errors import InvalidArgumentError
+    from mindcv.models import build_model_with_cfg, get_pretrained_cfg, registry
+    from mindcv.models.mnasnet import MnasNet, pretrained_tags
+
+    message = "model 'mnasnet_100' has no weights tagged 'nope'; available tags: mindcv_in1k, tv_in1k, timm_in1k"
+    attempts = [
+        lambda: create_model("mnasnet_100.nope"),
+        lambda: build_model_with_cfg(MnasNet, "mnasnet_100", False, pretrained_tags["mnasnet_100"], "nope"),
+        lambda: get_pretrained_cfg("mnasnet_100", "nope"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(InvalidArgumentError) as exc:
+            attempt()
+        assert str(exc.value) == message
+    calls = []
+    real = registry.select_pretrained_tag
+    monkeypatch.setattr(registry, "select_pretrained_tag", lambda *a: calls.append(a[2]) or real(*a))
+    monkeypatch.setattr("mindcv.models.model_factory.select_pretrained_tag", registry.select_pretrained_tag)
+    assert create_model("mnasnet_100.tv_in1k", num_classes=3).pretrained_cfg.layout == "torchvision"
+    assert calls == ["tv_in1k"]  # checked once, not once per layer of the factory

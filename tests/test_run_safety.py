@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
+from mindcv.io.atomic import AtomicWriteError, atomic_write, remove_stale_temporaries
+from mindcv.io.finite import find_non_finite
 from mindcv.models.checkpoint import read_checkpoint
-from mindcv.utils.atomic import AtomicWriteError, atomic_write, remove_stale_temporaries
 from mindcv.utils.checkpoint_manager import CheckpointManager, CheckpointSaveError
-from mindcv.utils.finite import find_non_finite
 from mindcv.utils.metrics_log import MetricsLog
 from mindcv.utils.run_dir import RunDirError, claim_run_dir
 
@@ -107,6 +107,7 @@ def test_metrics_rows_survive_a_crash_during_the_rewrite(tmp_path, monkeypatch):
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
 
 
+@pytest.mark.slow
 def test_a_second_run_in_a_locked_folder_is_refused_naming_the_holder(tmp_path):
     lock = claim_run_dir(str(tmp_path), resume_from=None, overwrite=False)
     try:

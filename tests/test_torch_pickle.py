@@ -32,7 +32,7 @@ from test_fuzz_checkpoint import (
     zip_pid,
 )
 
-from mindcv.utils.torch_pickle import TorchFileError, load_torch_file
+from mindcv.io.torch_pickle import TorchFileError, load_torch_file
 
 
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
@@ -230,6 +230,7 @@ def test_persistent_ids_are_validated(tmp_path, pid, problem):
         load_torch_file(_write(tmp_path, _zip_with(tensor(pid, 0, (2,), (1,)))))
 
 
+@pytest.mark.slow
 def test_tensors_aliasing_one_storage_cannot_blow_up_memory(tmp_path):
     pid = zip_pid("FloatStorage", "0", 2**20)
     records = [(f"t{i}", tensor(pid, 0, (2**20,), (1,))) for i in range(200)]  # 200 x 4 MiB from one 4 MiB storage

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import run_main, train_argv
 
 from mindcv.models.checkpoint import read_checkpoint
 
@@ -17,53 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _common(data, out, mode, epochs=2, extra=()):
-    return [
-        "--dataset",
-        "tiny",
-        "--data_dir",
-        data,
-        "--model",
-        "mnasnet_050",
-        "--mode",
-        str(mode),
-        "--device_target",
-        "CPU",
-        "--image_resize",
-        "32",
-        "--batch_size",
-        "8",
-        "--epoch_size",
-        str(epochs),
-        "--opt",
-        "adamw",
-        "--lr",
-        "0.003",
-        "--warmup_epochs",
-        "0",
-        "--scheduler",
-        "cosine_decay",
-        "--decay_epochs",
-        str(epochs),
-        "--ckpt_save_dir",
-        out,
-        "--num_parallel_workers",
-        "1",
-        "--progress",
-        "False",
-        "--log_interval",
-        "0",
-        "--crop_pct",
-        "1.0",
-        "--bn_momentum",
-        "0.9",
-        "--drop_rate",
-        "0.2",
-        "--color_jitter",
-        "0",
-        "--seed",
-        "7",
-        *extra,
-    ]
+    return train_argv(data, out, *extra, mode=mode, epoch_size=epochs)
 
 
 def _run(script, args, timeout=600):
@@ -77,10 +32,11 @@ def _last_val(out_dir):
     return rows[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [0, 1], ids=["graph", "pynative"])
 def test_train_then_validate_agree(tiny_data, tmp_path, mode):
     out = str(tmp_path / "run")
-    train = _run(
+    train = run_main(
         "train.py",
         _common(tiny_data, out, mode, extra=("--val_while_train", "True", "--ema", "True", "--ema_decay", "0.9")),
     )
@@ -103,7 +59,7 @@ def test_train_then_validate_agree(tiny_data, tmp_path, mode):
     assert meta["epoch"] == 2 and meta["global_step"] == 12 and meta["class_names"] == ["blocks", "circles", "stripes"]
     assert any(k.startswith("optimizer.") for k in tensors) and any(k.startswith("ema.") for k in tensors)
     result = tmp_path / "result.json"
-    val = _run(
+    val = run_main(
         "validate.py",
         [
             "--dataset",
@@ -136,6 +92,7 @@ def test_train_then_validate_agree(tiny_data, tmp_path, mode):
     assert printed["loss"] == pytest.approx(logged["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tiny_data, tmp_path):
     """Kill -9 during epoch 2, resume from the epoch-1 checkpoint: the final weights equal an uninterrupted run."""
     full = str(tmp_path / "full")
@@ -169,6 +126,7 @@ def test_killed_run_resumes_to_identical_weights(tiny_data, tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
     out = str(tmp_path / "nan")
     # epoch 1 trains normally; from epoch 2 the learning rate is multiplied by 1e30
@@ -206,6 +164,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
     assert all(np.isfinite(v).all() for v in first.values() if v.dtype.kind == "f")
 
 
+@pytest.mark.slow
 def test_bad_command_lines_fail_with_a_message(tiny_data, tmp_path):
     run = _run("train.py", _common(tiny_data, str(tmp_path / "x"), 0, extra=("--opt", "adamx")))
     assert run.returncode != 0 and "unknown optimizer 'adamx'" in run.stderr
@@ -252,6 +211,7 @@ def _all_checkpoints_finite(folder):
     return names
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_naming_the_parameter_and_never_saves_nan(tiny_data, tmp_path):
     """lr 1e8: the loss may stay finite (the CPU ReLU maps NaN to 0), the weights do not."""
     out = str(tmp_path / "diverge")
@@ -267,9 +227,10 @@ def test_a_diverging_run_stops_naming_the_parameter_and_never_saves_nan(tiny_dat
     _all_checkpoints_finite(out)
 
 
+@pytest.mark.slow
 def test_fp16_amp_on_the_cpu_trains_in_fp32_and_says_so(tiny_data, tmp_path):
     out = str(tmp_path / "amp")
-    run = _run(
+    run = run_main(
         "train.py",
         _common(
             tiny_data, out, 0, epochs=1, extra=("--amp_level", "O3", "--loss_scale_type", "dynamic", "--lr", "0.003")
@@ -280,6 +241,7 @@ def test_fp16_amp_on_the_cpu_trains_in_fp32_and_says_so(tiny_data, tmp_path):
     assert _all_checkpoints_finite(out) == ["mnasnet_050-1_6.ckpt"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_ends_the_run_with_one_line_and_keeps_the_metrics_row(tiny_data, tmp_path):
     """RLIMIT_FSIZE makes every write past 4 MB fail (EFBIG) like a full disk: the checkpoint fails, small files not."""
     import resource
@@ -308,6 +270,7 @@ def test_a_full_disk_while_saving_ends_the_run_with_one_line_and_keeps_the_metri
     assert [r["epoch"] for r in rows] == [1]
 
 
+@pytest.mark.slow
 def test_one_run_per_output_folder(tiny_data, tmp_path):
     from mindcv.utils.run_dir import claim_run_dir
 
@@ -330,6 +293,7 @@ def _validate_args(data, *extra):
     return ["--dataset", "tiny", "--data_dir", data, "--model", "mnasnet_050", "--progress", "False", *extra]
 
 
+@pytest.mark.slow
 def test_validate_refuses_random_weights_and_a_random_head(tiny_data, tmp_path):
     run = _run("validate.py", _validate_args(tiny_data))
     assert run.returncode == 2 and "no weights to evaluate" in run.stderr and "--random_weights" in run.stderr
@@ -347,6 +311,7 @@ def test_validate_refuses_random_weights_and_a_random_head(tiny_data, tmp_path):
     assert json.loads(result.read_text())["num_samples"] == 21
 
 
+# quick loop: train.py as a user runs it, up to its data checks (3 s); the runs above train for real
 def test_a_validation_split_that_is_the_training_split_is_refused(tiny_data, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -1,7 +1,18 @@
 """Data pipeline: datasets, transforms and loaders on ``mindspore.dataset``."""
 
 from . import _opencv  # first: OpenCV's decode limits are read from the environment when cv2 is imported
-from . import constants, dataset_factory, demo, image_folder, loader, samplers, standard_datasets, transforms_factory
+from . import (
+    arrays,
+    constants,
+    dataset_factory,
+    demo,
+    image_folder,
+    loader,
+    samplers,
+    standard_datasets,
+    transforms_factory,
+)
+from .arrays import ArrayLoader
 from .constants import DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from .dataset_factory import create_dataset, get_dataset_download_root, list_datasets
 from .demo import DEMO_CLASSES, ensure_demo_dataset
@@ -14,6 +25,7 @@ __all__ = [
     "create_dataset",
     "create_transforms",
     "create_loader",
+    "ArrayLoader",
     "list_datasets",
     "get_dataset_download_root",
     "ensure_demo_dataset",

@@ -8,18 +8,20 @@ Every dataset yields two columns, ``image`` (decoded HWC uint8, RGB or 1-channel
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
 import mindspore.dataset as ds
 
+from ..errors import InvalidArgumentError
 from .demo import ensure_demo_dataset
 from .image_folder import ImageFileSource, UnreadableFiles, find_classes, make_samples, resolve_max_image_pixels
 from .samplers import ShardSampler
 from .standard_datasets import DATASET_SPECS, dataset_root, download_standard_dataset, load_standard_dataset
 
-__all__ = ["create_dataset", "list_datasets", "get_dataset_download_root"]
+__all__ = ["create_dataset", "list_datasets", "get_dataset_download_root", "LabelledDataset", "DatasetInfo"]
 
 _logger = logging.getLogger(__name__)
 _IMAGE_FOLDER_NAMES = ("imagenet", "imagefolder", "")
@@ -124,12 +126,14 @@ def create_dataset(
         if name == "demo":
             root = ensure_demo_dataset(root)["root"]
         elif download:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"dataset '{name or 'imagenet'}' cannot be downloaded; "
                 f"download=True works for {', '.join(DATASET_SPECS)}"
             )
         if root is None:
-            raise ValueError(f"dataset '{name or 'imagefolder'}' needs root=<folder with {split}/<class>/<images>>")
+            raise InvalidArgumentError(
+                f"dataset '{name or 'imagefolder'}' needs root=<folder with {split}/<class>/<images>>"
+            )
         if not os.path.isdir(root):
             raise FileNotFoundError(f"dataset root '{root}' does not exist")
         split_dir = os.path.join(root, split)
@@ -160,19 +164,79 @@ def create_dataset(
         num_repeats=num_aug_repeats,
         block_size=block_size if is_training else 1,
     )
-    dataset = ds.GeneratorDataset(
+    return LabelledDataset(
         source,
-        column_names=["image", "label"],
-        sampler=sampler,
+        sampler,
+        DatasetInfo(list(class_names), root, sampler, unreadable),
         num_parallel_workers=workers,
         python_multiprocessing=python_multiprocessing and workers > 1,
     )
-    dataset.class_names = list(class_names)
-    dataset.shard_sampler = sampler
-    dataset.unreadable = unreadable
-    dataset.root = root
-    dataset.num_classes = lambda: len(class_names)
-    return dataset
+
+
+@dataclass
+class DatasetInfo:
+    """What training and inference need to know about a dataset besides its samples.
+
+    Args:
+        class_names: class names in label order (saved with checkpoints).
+        root: the dataset folder.
+        shard_sampler: the sampler; ``set_epoch(e)`` selects the seeded order of epoch e.
+        unreadable: the files that could not be decoded (and why).
+    """
+
+    class_names: List[str]
+    root: Optional[str]
+    shard_sampler: ShardSampler
+    unreadable: UnreadableFiles
+
+
+class LabelledDataset(ds.GeneratorDataset):
+    """A ``mindspore.dataset`` of ``(image, label)`` rows that carries its :class:`DatasetInfo`.
+
+    Args:
+        source: random-access samples.
+        sampler: the :class:`ShardSampler` selecting this rank's samples.
+        info: the dataset's metadata.
+        num_parallel_workers: decoding workers.
+        python_multiprocessing: decode in processes instead of threads.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        sampler: ShardSampler,
+        info: DatasetInfo,
+        num_parallel_workers: int = 1,
+        python_multiprocessing: bool = False,
+    ) -> None:
+        super().__init__(
+            source,
+            column_names=["image", "label"],
+            sampler=sampler,
+            num_parallel_workers=num_parallel_workers,
+            python_multiprocessing=python_multiprocessing,
+        )
+        self.info = info
+
+    def num_classes(self) -> int:
+        """Number of classes (upstream mindcv's ``dataset.num_classes()``)."""
+        return len(self.info.class_names)
+
+    @property
+    def class_names(self) -> List[str]:
+        return self.info.class_names
+
+    @property
+    def root(self) -> Optional[str]:
+        return self.info.root
+
+    @property
+    def shard_sampler(self) -> ShardSampler:
+        return self.info.shard_sampler
+
+    @property
+    def unreadable(self) -> UnreadableFiles:
+        return self.info.unreadable
 
 
 def _check_workers(num_parallel_workers: Optional[int]) -> int:
@@ -180,7 +244,7 @@ def _check_workers(num_parallel_workers: Optional[int]) -> int:
         return 1
     cpus = os.cpu_count() or 1
     if not 1 <= int(num_parallel_workers) <= cpus:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"num_parallel_workers must be between 1 and {cpus} (this machine's CPUs), got {num_parallel_workers}"
         )
     return int(num_parallel_workers)

@@ -16,7 +16,8 @@ from typing import Dict
 
 import numpy as np
 
-from ..utils.download import get_cache_dir
+from ..errors import InvalidArgumentError
+from ..io.download import get_cache_dir
 from ._opencv import cv2
 
 __all__ = ["DEMO_CLASSES", "DEMO_VERSION", "ensure_demo_dataset", "render_demo_image"]
@@ -84,7 +85,7 @@ def render_demo_image(cls: str, rng: np.random.Generator, size: int = _SIZE) -> 
         elif cls == "dots":
             mask = ((xx % period) - period / 2) ** 2 + ((yy % period) - period / 2) ** 2 < (period / 4) ** 2
         else:
-            raise ValueError(f"unknown demo class '{cls}'")
+            raise InvalidArgumentError(f"unknown demo class '{cls}'")
         img[mask] = fg
     noise = rng.normal(0, rng.uniform(4, 20), img.shape)
     return np.clip(img + noise, 0, 255).astype(np.uint8)

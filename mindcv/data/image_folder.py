@@ -25,10 +25,11 @@ import stat
 import struct
 import threading
 from operator import attrgetter, itemgetter
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import InvalidArgumentError
 from ._opencv import OPENCV_MAX_IMAGE_HEIGHT, OPENCV_MAX_IMAGE_PIXELS, OPENCV_MAX_IMAGE_WIDTH, cv2
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "UnreadableImageError",
     "UnreadableFiles",
+    "collect_images",
     "find_classes",
     "make_samples",
     "image_size",
@@ -116,7 +118,7 @@ class UnreadableFiles:
         self._write_failed = False
         if self.log_path is not None:
             if os.path.isdir(self.log_path):
-                raise ValueError(f"the unreadable-file log '{self.log_path}' is a folder; give a file path")
+                raise InvalidArgumentError(f"the unreadable-file log '{self.log_path}' is a folder; give a file path")
             if overwrite and os.path.lexists(self.log_path):
                 os.remove(self.log_path)
             self._start = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
@@ -212,7 +214,7 @@ def find_classes(directory: str) -> Tuple[List[str], Dict[str, int]]:
     with os.scandir(directory) as it:
         classes = sorted(e.name for e in it if not e.name.startswith(".") and _is_dir(e))
     if not classes:
-        raise ValueError(f"'{directory}' has no class folders: expected one sub-folder of images per class")
+        raise InvalidArgumentError(f"'{directory}' has no class folders: expected one sub-folder of images per class")
     return classes, {c: i for i, c in enumerate(classes)}
 
 
@@ -252,20 +254,20 @@ class _Walk:
         for cls in sorted(class_to_idx, key=class_to_idx.get):
             real = os.path.realpath(os.path.join(directory, cls))
             if real in self.roots:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"class folders '{self.roots[real]}' and '{cls}' of '{directory}' are the same folder '{real}': "
                     "its images cannot have two labels; remove or fix one of the links"
                 )
             self.roots[real] = cls
         for real, cls in self.roots.items():
             if _within(self.split_real, real):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"class folder '{os.path.join(directory, cls)}' links to '{real}', which contains the split "
                     "folder itself: it would take every class's images; fix the link"
                 )
             outer = _class_of(os.path.dirname(real), self.roots)
             if outer is not None:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"class folder '{cls}' ('{real}') lies inside class folder '{outer}' of '{directory}': "
                     "its images would have two labels; fix the link"
                 )
@@ -521,7 +523,7 @@ def make_samples(
         if not found:
             folder = os.path.join(directory, cls)
             extra = f" ({excluded} excluded as ambiguous, see the report)" if excluded else ""
-            raise ValueError(f"class folder '{folder}' contains no images ({', '.join(extensions)}){extra}")
+            raise InvalidArgumentError(f"class folder '{folder}' contains no images ({', '.join(extensions)}){extra}")
     return samples
 
 
@@ -671,11 +673,35 @@ def image_size(raw: bytes, kind: Optional[str] = None) -> Optional[Tuple[int, in
     return None
 
 
+def collect_images(inputs: Iterable[str]) -> List[str]:
+    """Expand files and folders (recursively, image extensions only) into a sorted file list.
+
+    Args:
+        inputs: image files (taken whatever their extension) and folders.
+
+    Returns:
+        The files, in the order given, each folder's images sorted by path.
+
+    Raises:
+        FileNotFoundError: an input does not exist.
+    """
+    files: List[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for root, _, names in sorted(os.walk(item)):
+                files += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS)]
+        elif os.path.exists(item):
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"'{item}' does not exist")
+    return files
+
+
 def resolve_max_image_pixels(max_image_pixels: Optional[int]) -> int:
     """``max_image_pixels``, or the module default :data:`MAX_IMAGE_PIXELS` for None (checked positive)."""
     value = MAX_IMAGE_PIXELS if max_image_pixels is None else max_image_pixels
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"max_image_pixels must be a positive integer, got {max_image_pixels!r}")
+        raise InvalidArgumentError(f"max_image_pixels must be a positive integer, got {max_image_pixels!r}")
     return int(value)
 
 

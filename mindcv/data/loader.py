@@ -9,12 +9,12 @@ import mindspore.dataset as ds
 import mindspore.dataset.transforms as T
 import mindspore.dataset.vision as vision
 
+from ..errors import InvalidArgumentError
 from .transforms_factory import create_transforms
 
 __all__ = ["create_loader"]
 
 _logger = logging.getLogger(__name__)
-_PASSTHROUGH = ("class_names", "shard_sampler", "unreadable", "num_classes", "root")
 
 
 def create_loader(
@@ -60,11 +60,11 @@ def create_loader(
         float32 soft targets summing to 1 when mixing.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
     if separate:
-        raise ValueError("separate=True (AugMix/JSD augmentation splits) is not supported by this package")
+        raise InvalidArgumentError("separate=True (AugMix/JSD augmentation splits) is not supported by this package")
     if not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        raise InvalidArgumentError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     workers = num_parallel_workers or 1
     cpus = os.cpu_count() or 1
     if workers > cpus:
@@ -85,7 +85,7 @@ def create_loader(
     mixing = is_training and (mixup > 0 or cutmix > 0)
     if mixing:
         if batch_size < 2:
-            raise ValueError("MixUp/CutMix need batch_size >= 2")
+            raise InvalidArgumentError("MixUp/CutMix need batch_size >= 2")
         out = out.map(
             operations=[T.OneHot(num_classes, smoothing_rate=label_smoothing), T.TypeCast(ms.float32)],
             input_columns="label",
@@ -102,7 +102,4 @@ def create_loader(
         if prob < 1.0:
             op = T.RandomApply([op], prob=prob)
         out = out.map(operations=op, input_columns=["image", "label"])
-    for attr in _PASSTHROUGH:
-        if hasattr(dataset, attr):
-            setattr(out, attr, getattr(dataset, attr))
     return out

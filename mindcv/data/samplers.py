@@ -11,6 +11,8 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
+from ..errors import InvalidArgumentError
+
 __all__ = ["ShardSampler"]
 
 
@@ -52,20 +54,20 @@ class ShardSampler:
         num_shards = num_shards or 1
         shard_id = shard_id or 0
         if dataset_size < 1:
-            raise ValueError("cannot sample from an empty dataset")
+            raise InvalidArgumentError("cannot sample from an empty dataset")
         if not 0 <= shard_id < num_shards:
-            raise ValueError(f"shard_id must be in [0, {num_shards}), got {shard_id}")
+            raise InvalidArgumentError(f"shard_id must be in [0, {num_shards}), got {shard_id}")
         if num_samples is not None and num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+            raise InvalidArgumentError(f"num_samples must be >= 1, got {num_samples}")
         if num_repeats < 0:
-            raise ValueError(f"num_repeats must be >= 0, got {num_repeats}")
+            raise InvalidArgumentError(f"num_repeats must be >= 0, got {num_repeats}")
         self.dataset_size = dataset_size
         self.num_shards, self.shard_id = num_shards, shard_id
         self.shuffle, self.seed, self.pad = shuffle, seed, pad
         self.total = min(num_samples or dataset_size, dataset_size)
         self.num_repeats = num_repeats
         if block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}")
+            raise InvalidArgumentError(f"block_size must be >= 1, got {block_size}")
         self.block_size = int(block_size)
         self.epoch = 0
 

@@ -13,7 +13,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from ..utils.download import DownloadError, download_cached, extract_archive, get_cache_dir
+from ..errors import InvalidArgumentError
+from ..io.download import DownloadError, download_cached, extract_archive, get_cache_dir
 
 __all__ = ["DatasetSpec", "DATASET_SPECS", "load_standard_dataset", "download_standard_dataset", "dataset_root"]
 
@@ -156,7 +157,7 @@ def _read_cifar(paths: Sequence[str], label_bytes: int) -> Tuple[np.ndarray, np.
     for path in paths:
         raw = np.frombuffer(_read_bytes(path), dtype=np.uint8)
         if raw.size == 0 or raw.size % record:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"'{path}' is not a CIFAR binary file: {raw.size} bytes is not a multiple of the {record}-byte record"
             )
         rows = raw.reshape(-1, record)
@@ -168,14 +169,14 @@ def _read_cifar(paths: Sequence[str], label_bytes: int) -> Tuple[np.ndarray, np.
 def _read_idx(path: str, expected_dims: int) -> np.ndarray:
     raw = _read_bytes(path)
     if len(raw) < 8:
-        raise ValueError(f"'{path}' is not an idx file (too short)")
+        raise InvalidArgumentError(f"'{path}' is not an idx file (too short)")
     zero, dtype_code, ndim = raw[0] << 8 | raw[1], raw[2], raw[3]
     if zero != 0 or dtype_code != 0x08 or ndim != expected_dims:
-        raise ValueError(f"'{path}' is not a uint8 idx file with {expected_dims} dimensions")
+        raise InvalidArgumentError(f"'{path}' is not a uint8 idx file with {expected_dims} dimensions")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"'{path}' is truncated: header says {dims}, found {data.size} values")
+        raise InvalidArgumentError(f"'{path}' is truncated: header says {dims}, found {data.size} values")
     return data.reshape(dims)
 
 
@@ -193,7 +194,9 @@ def load_standard_dataset(name: str, root: str, split: str) -> Tuple[np.ndarray,
     spec = DATASET_SPECS[name]
     split = "test" if split == "val" else split
     if split not in spec.splits:
-        raise ValueError(f"{name} has no split '{split}'; valid: {', '.join(spec.splits)} (or 'val' for 'test')")
+        raise InvalidArgumentError(
+            f"{name} has no split '{split}'; valid: {', '.join(spec.splits)} (or 'val' for 'test')"
+        )
     if spec.kind == "cifar":
         images, labels = _read_cifar([_find(root, f, spec) for f in spec.splits[split]], spec.label_bytes)
     else:
@@ -201,7 +204,7 @@ def load_standard_dataset(name: str, root: str, split: str) -> Tuple[np.ndarray,
         images = _read_idx(_find(root, img_file, spec), 3)[..., None]
         labels = _read_idx(_find(root, label_file, spec), 1).astype(np.int32)
         if len(images) != len(labels):
-            raise ValueError(f"{name} {split}: {len(images)} images but {len(labels)} labels")
+            raise InvalidArgumentError(f"{name} {split}: {len(images)} images but {len(labels)} labels")
     if labels.size and (labels.min() < 0 or labels.max() >= len(spec.classes)):
-        raise ValueError(f"{name} {split}: labels outside [0, {len(spec.classes)}) - wrong files?")
+        raise InvalidArgumentError(f"{name} {split}: labels outside [0, {len(spec.classes)}) - wrong files?")
     return images, labels, list(spec.classes)

@@ -11,6 +11,7 @@ import mindspore.dataset.transforms as T
 import mindspore.dataset.vision as vision
 from mindspore.dataset.vision import Inter
 
+from ..errors import InvalidArgumentError
 from .constants import DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 __all__ = ["create_transforms", "parse_auto_augment", "AUTO_AUGMENT_POLICIES", "INTERPOLATIONS"]
@@ -39,7 +40,7 @@ def _interpolation(name: str) -> Inter:
     try:
         return INTERPOLATIONS[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown interpolation '{name}'; valid: {', '.join(INTERPOLATIONS)}") from None
+        raise InvalidArgumentError(f"unknown interpolation '{name}'; valid: {', '.join(INTERPOLATIONS)}") from None
 
 
 def _bad_policy(policy: str, why: str) -> ValueError:
@@ -116,7 +117,7 @@ def _as_tuple(value: Union[float, Sequence[float]], n: int = 2) -> Tuple[float, 
 def _color_jitter(color_jitter: Union[float, Sequence[float]]) -> Any:
     values = [float(v) for v in color_jitter] if isinstance(color_jitter, (list, tuple)) else [float(color_jitter)] * 3
     if len(values) not in (3, 4) or min(values) < 0:
-        raise ValueError(f"color_jitter must be a number or 3/4 non-negative numbers, got {color_jitter}")
+        raise InvalidArgumentError(f"color_jitter must be a number or 3/4 non-negative numbers, got {color_jitter}")
     b, c, s = values[:3]
     kwargs = dict(
         brightness=(max(0.0, 1 - b), 1 + b), contrast=(max(0.0, 1 - c), 1 + c), saturation=(max(0.0, 1 - s), 1 + s)
@@ -182,7 +183,7 @@ def _imagenet_eval(
     **unused: Any,
 ) -> List[Any]:
     if not 0 < crop_pct <= 1:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        raise InvalidArgumentError(f"crop_pct must be in (0, 1], got {crop_pct}")
     resize = resize_size or int(image_resize / crop_pct)
     return [
         vision.Resize(resize, interpolation=_interpolation(interpolation)),
@@ -206,7 +207,7 @@ def _small_images(
             ops.append(vision.RandomHorizontalFlip(prob=kwargs.get("hflip", 0.5)))
         if auto_augment:
             if mnist:
-                raise ValueError("auto_augment is for colour images; it is not available for MNIST")
+                raise InvalidArgumentError("auto_augment is for colour images; it is not available for MNIST")
             ops.append(
                 parse_auto_augment(
                     auto_augment, _interpolation(kwargs.get("interpolation", "bilinear")), tuple(int(m) for m in mean)
@@ -248,10 +249,10 @@ def create_transforms(
     name = (dataset_name or "").lower()
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if image_resize < 1:
-        raise ValueError(f"image_resize must be >= 1, got {image_resize}")
+        raise InvalidArgumentError(f"image_resize must be >= 1, got {image_resize}")
     if name in ("cifar10", "cifar100", "mnist", "fashion_mnist"):
         if separate:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"separate=True (augmentation splits) is only available for ImageNet-style datasets, not {name}"
             )
         return _small_images(name, image_resize, is_training, auto_augment, **kwargs)

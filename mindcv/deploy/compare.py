@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
-from tqdm import tqdm
 
-from ..data.image_folder import find_classes
+from ..data.image_folder import collect_images, find_classes
 from ..errors import InvalidArgumentError
-from ..inference import collect_images
+from ..io.progress import progress_bar
 
 __all__ = ["LabelledImages", "labelled_images", "top1", "throughput_side_by_side"]
 
@@ -52,7 +51,7 @@ def labelled_images(
         )
     images, labels, unreadable = [], [], []
     files = [(path, index[c]) for c in classes for path in collect_images([os.path.join(folder, c)])]
-    for path, label in tqdm(files, desc=f"reading {folder}", disable=not progress, leave=False):
+    for path, label in progress_bar(files, desc=f"reading {folder}", disable=not progress, leave=False):
         image, reason = preprocess(path)
         if image is None:
             unreadable.append((path, reason))

@@ -18,9 +18,9 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..io.atomic import AtomicWriteError, atomic_write
+from ..io.download import file_sha256, get_cache_dir
 from ..models.loading import LoadedModel
-from ..utils.atomic import AtomicWriteError, atomic_write
-from ..utils.download import file_sha256, get_cache_dir
 from ..version import __version__
 from .export import ExportError, export_checked, exported_difference, require_onnx
 

@@ -13,7 +13,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from ..utils.atomic import TMP_PREFIX
+from ..io.atomic import TMP_PREFIX, atomic_path
 from .export import ExportError, require_onnx
 
 __all__ = ["KEEP_FP32_CHOICES", "CALIBRATION_METHODS", "QuantizeResult", "quantize_int8", "select_calibration_files"]
@@ -177,27 +177,26 @@ def quantize_int8(
         quant_pre_process(upgraded, prepared, skip_symbolic_shape=True)
         model_proto = onnx.load(prepared)
         kept = _nodes_to_keep(model_proto, keep_fp32)
-        tmp_out = os.path.join(work, "int8.onnx")
-        try:
-            quantize_static(
-                prepared,
-                tmp_out,
-                _Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                reduce_range=cpu_lacks_vnni() if reduce_range is None else reduce_range,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=kept,
-                calibrate_method={
-                    "minmax": CalibrationMethod.MinMax,
-                    "percentile": CalibrationMethod.Percentile,
-                    "entropy": CalibrationMethod.Entropy,
-                }[method],
-                extra_options={"CalibTensorRangeSymmetric": False},
-            )
-        except Exception as err:  # noqa: BLE001  (onnxruntime's quantizer raises many kinds)
-            raise ExportError(f"INT8 quantization of '{fp32_path}' failed: {type(err).__name__}: {err}") from None
-        _check_runs(tmp_out, input_name, calibration[:batch_size])
-        os.replace(tmp_out, out_path)
+        with atomic_path(out_path) as tmp_out:
+            try:
+                quantize_static(
+                    prepared,
+                    tmp_out,
+                    _Reader(),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    reduce_range=cpu_lacks_vnni() if reduce_range is None else reduce_range,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=kept,
+                    calibrate_method={
+                        "minmax": CalibrationMethod.MinMax,
+                        "percentile": CalibrationMethod.Percentile,
+                        "entropy": CalibrationMethod.Entropy,
+                    }[method],
+                    extra_options={"CalibTensorRangeSymmetric": False},
+                )
+            except Exception as err:  # noqa: BLE001  (onnxruntime's quantizer raises many kinds)
+                raise ExportError(f"INT8 quantization of '{fp32_path}' failed: {type(err).__name__}: {err}") from None
+            _check_runs(tmp_out, input_name, calibration[:batch_size])
     return QuantizeResult(out_path, len(calibration), kept)

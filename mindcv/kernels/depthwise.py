@@ -18,7 +18,7 @@ gradients, ``benchmarks/results/depthwise_direct.md``). :class:`DepthwiseConv2d`
 * Anything missing (no compiler, a failed build or check, another device) falls back to MindSpore's
   convolution with one warning that says why. ``MINDCV_DIRECT_DEPTHWISE=0`` turns the kernels off;
   ``MINDCV_DIRECT_DEPTHWISE=1`` makes their absence an error instead of a warning.
-* They use MindSpore's op thread count (:func:`set_kernel_threads`, called by ``mindcv.utils.runtime``).
+* They use MindSpore's op thread count (:func:`set_kernel_threads`, called by ``mindcv.runtime``).
 * Export (ONNX, MindIR) never contains them: :func:`standard_depthwise` switches a model to MindSpore's
   convolution, which ``export.py`` does, so exported files run anywhere.
 """
@@ -34,7 +34,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import warnings
 from dataclasses import dataclass
@@ -45,6 +44,9 @@ from mindspore import nn, ops
 from mindspore.ops import functional as F
 
 from ..errors import InvalidArgumentError, RunFailedError
+from ..io.atomic import AtomicWriteError, atomic_path, atomic_write, remove_stale_temporaries
+from ..io.download import LockTimeoutError, _file_lock, file_sha256, get_cache_dir
+from ..utils.cpu_isa import _cpuinfo, _lock_timeout, cpu_model
 
 __all__ = [
     "ENV_SWITCH",
@@ -171,15 +173,11 @@ def _compiler_version(compiler: str) -> str:
 
 
 def _cpu_identity() -> str:
-    from ..utils.cpu_isa import _cpuinfo, cpu_model
-
     return f"{cpu_model()}|{_cpuinfo().get('flags', '')}|{os.uname().machine}"
 
 
 def library_path(compiler: str) -> str:
     """Where the library for this source, these flags, this compiler and this CPU lives in the cache."""
-    from ..utils.download import get_cache_dir
-
     folder = os.environ.get(CACHE_ENV) or os.path.join(get_cache_dir(), "kernels")
     with open(SOURCE, "rb") as f:
         source = f.read()
@@ -192,8 +190,6 @@ def library_path(compiler: str) -> str:
 
 def _recorded_check(library: str) -> bool:
     """Whether ``library`` passed the check as it is now (its sha256 is the one recorded after the check)."""
-    from ..utils.download import file_sha256
-
     try:
         with open(library + ".checked", encoding="utf-8") as f:
             recorded = json.load(f)
@@ -216,33 +212,39 @@ def _self_test(library: str) -> Optional[str]:
     return f"its check failed ({how}: {said[-1] if said else 'no output'})"
 
 
+class _BuildFailed(Exception):
+    """Why a build or its check failed (raised inside :func:`atomic_path` so the library is not published)."""
+
+
 def _build(compiler: str, target: str) -> Optional[str]:
     """Compile into a temporary sibling of ``target`` and check it there; ``None`` on success."""
-    from ..utils.atomic import TMP_PREFIX, atomic_write
-    from ..utils.download import file_sha256
-
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".so", dir=os.path.dirname(target))
-    os.close(fd)
     try:
-        cmd = [compiler, *FLAGS, "-o", tmp, SOURCE]
-        _logger.warning("building the direct depthwise kernels once for this machine: %s", " ".join(cmd))
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=BUILD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            return f"{compiler} did not finish within {BUILD_TIMEOUT_S:.0f} s"
-        if done.returncode != 0:
-            said = done.stderr.strip().splitlines()
-            return f"{compiler} failed to build {SOURCE} ({said[-1] if said else f'exit code {done.returncode}'})"
-        problem = _self_test(tmp)
-        if problem:
-            return f"the library built by {compiler} is wrong: {problem}"
-        with atomic_write(target + ".checked") as f:  # the record is only trusted with a matching sha256
-            json.dump({"sha256": file_sha256(tmp), "source": SOURCE, "compiler": _compiler_version(compiler)}, f)
-        os.replace(tmp, target)
-        return None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with atomic_path(target, ".so") as tmp:
+            problem = _compile_and_check(compiler, tmp)
+            if problem:
+                raise _BuildFailed(problem)
+            with atomic_write(target + ".checked") as f:  # the record is only trusted with a matching sha256
+                json.dump({"sha256": file_sha256(tmp), "source": SOURCE, "compiler": _compiler_version(compiler)}, f)
+    except _BuildFailed as failed:
+        return str(failed)
+    return None
+
+
+def _compile_and_check(compiler: str, library: str) -> Optional[str]:
+    """Compile the kernels into ``library`` and run the child check on it; ``None`` on success."""
+    cmd = [compiler, *FLAGS, "-o", library, SOURCE]
+    _logger.warning("building the direct depthwise kernels once for this machine: %s", " ".join(cmd))
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"{compiler} did not finish within {BUILD_TIMEOUT_S:.0f} s"
+    if done.returncode != 0:
+        said = done.stderr.strip().splitlines()
+        return f"{compiler} failed to build {SOURCE} ({said[-1] if said else f'exit code {done.returncode}'})"
+    problem = _self_test(library)
+    if problem:
+        return f"the library built by {compiler} is wrong: {problem}"
+    return None
 
 
 def _find_library() -> KernelStatus:
@@ -256,10 +258,6 @@ def _find_library() -> KernelStatus:
     if compiler is None:
         wanted = os.environ.get("CXX") or "g++"
         return KernelStatus(None, f"no C++ compiler ({wanted!r} is not on PATH; Debian: apt-get install g++)")
-    from ..utils.atomic import AtomicWriteError, remove_stale_temporaries
-    from ..utils.cpu_isa import _lock_timeout
-    from ..utils.download import LockTimeoutError, _file_lock
-
     target = library_path(compiler)
     if ":" in target:  # MindSpore names an AOT kernel "<library>:<function>" and splits at the first colon
         return KernelStatus(None, f"the kernel cache path {target!r} contains ':'; set {CACHE_ENV} to a path without")

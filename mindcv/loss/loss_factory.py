@@ -14,6 +14,15 @@ LOSSES = ("ce", "bce")
 class _ClassificationLoss(nn.Cell):
     """Shared handling of auxiliary logits: a tuple ``(main, aux...)`` adds ``aux_factor`` x each aux loss."""
 
+    def __init__(
+        self, smoothing: float = 0.0, aux_factor: float = 0.0, reduction: str = "mean", weight: Optional[Tensor] = None
+    ) -> None:
+        super().__init__()
+        self.smoothing = smoothing
+        self.aux_factor = aux_factor
+        self.reduction = reduction
+        self.weight = weight
+
     def _one(self, logits: Tensor, labels: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -38,15 +47,6 @@ class CrossEntropySmooth(_ClassificationLoss):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         weight: per-class weights ``(C,)``.
     """
-
-    def __init__(
-        self, smoothing: float = 0.0, aux_factor: float = 0.0, reduction: str = "mean", weight: Optional[Tensor] = None
-    ) -> None:
-        super().__init__()
-        self.smoothing = smoothing
-        self.aux_factor = aux_factor
-        self.reduction = reduction
-        self.weight = weight
 
     def _one(self, logits: Tensor, labels: Tensor) -> Tensor:
         if labels.ndim == logits.ndim:  # soft targets (already smoothed by the loader, if at all)
@@ -83,11 +83,7 @@ class BinaryCrossEntropySmooth(_ClassificationLoss):
         weight: Optional[Tensor] = None,
         pos_weight: Optional[Tensor] = None,
     ) -> None:
-        super().__init__()
-        self.smoothing = smoothing
-        self.aux_factor = aux_factor
-        self.reduction = reduction
-        self.weight = weight
+        super().__init__(smoothing, aux_factor, reduction, weight)
         self.pos_weight = pos_weight
 
     def _one(self, logits: Tensor, labels: Tensor) -> Tensor:

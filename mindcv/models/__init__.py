@@ -19,6 +19,7 @@ from .checkpoint import (
 )
 from .features import FeatureExtractWrapper
 from .loading import LoadedModel, load_model
+from .mnasnet import *  # the entrypoints (one per VARIANTS entry, and mnasnet_arch)
 from .mnasnet import ARCH_DEFS, MnasNet
 from .model_factory import build_model_with_cfg, create_model, load_model_checkpoint, load_pretrained
 from .pretrained import PretrainedCfg
@@ -70,6 +71,5 @@ __all__ = [
     "parse_arch_string",
     "format_arch_string",
     "make_divisible",
-] + list(mnasnet.pretrained_tags)
-for _name in mnasnet.pretrained_tags:
-    globals()[_name] = getattr(mnasnet, _name)
+]
+__all__ += [name for name in mnasnet.__all__ if name not in __all__]  # the entrypoints

@@ -6,7 +6,7 @@ PyTorch BN-momentum conventions, are one model-level setting instead of forks of
 """
 
 from functools import partial
-from typing import Callable
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -23,6 +23,9 @@ __all__ = [
     "make_norm_layer",
     "Dropout",
     "DropPath",
+    "NoiseLayout",
+    "noise_width",
+    "takes_noise",
     "SqueezeExcite",
     "ConvBnAct",
     "DepthwiseSeparableConv",
@@ -99,22 +102,28 @@ def make_norm_layer(momentum: float = 0.99, eps: float = 1e-3) -> Callable[[int]
 class Dropout(nn.Cell):
     """Dropout whose randomness can be supplied by the caller.
 
-    With ``noise`` (uniform [0, 1) values of the output's leading shape) the mask is ``noise >= p``:
-    the training loop draws the noise from a generator seeded by (seed, global step), which makes
-    dropout identical in GRAPH and PYNATIVE mode and exactly reproducible after a resume (MindSpore's
-    dropout kernels keep a hidden RNG state that cannot be saved). Without noise it is ``nn.Dropout``.
+    With ``noise`` (an ``(N, width)`` matrix of uniform [0, 1) values, one row per sample) the layer reads its
+    own columns, ``noise_start`` onwards (assigned by :class:`NoiseLayout`), and keeps the values where
+    ``noise >= p``: the training loop draws the noise from a generator seeded by (seed, micro-batch), which
+    makes dropout identical in GRAPH and PYNATIVE mode, across any number of ranks, and exactly reproducible
+    after a resume (MindSpore's dropout kernels keep a hidden RNG state that cannot be saved). Without noise
+    it is ``nn.Dropout``.
 
     Args:
         p: drop probability.
-        per_sample: drop whole samples (stochastic depth, mask ``(N, 1, 1, 1)``) instead of elements.
+        per_sample: drop whole samples (stochastic depth, mask ``(N, 1, 1, 1)``, one column) instead of elements.
+        features: elements per sample of the input (its noise columns); required for element-wise dropout
+            with ``p > 0`` inside a model with a :class:`NoiseLayout`.
     """
 
-    def __init__(self, p: float = 0.0, per_sample: bool = False) -> None:
+    def __init__(self, p: float = 0.0, per_sample: bool = False, features: int = 0) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise InvalidArgumentError(f"drop probability must be in [0, 1), got {p}")
         self.p = float(p)
         self.per_sample = per_sample
+        self.noise_columns = 1 if per_sample else int(features)
+        self.noise_start = 0
         self.dropout = nn.Dropout(p=self.p)
 
     def construct(self, x: Tensor, noise: Tensor = None) -> Tensor:
@@ -124,7 +133,8 @@ class Dropout(nn.Cell):
             if self.per_sample:
                 return x * self.dropout(ops.ones((x.shape[0], 1, 1, 1), x.dtype))
             return self.dropout(x)
-        keep = (noise >= self.p).astype(x.dtype) / (1.0 - self.p)
+        mine = noise[:, self.noise_start : self.noise_start + self.noise_columns]
+        keep = (mine >= self.p).astype(x.dtype) / (1.0 - self.p)
         if self.per_sample:
             keep = keep.reshape((x.shape[0], 1, 1, 1))
         return x * keep
@@ -139,6 +149,49 @@ class DropPath(Dropout):
     @property
     def drop_prob(self) -> float:
         return self.p
+
+
+class NoiseLayout:
+    """Which columns of the per-sample noise matrix each stochastic layer of a model reads.
+
+    Built once, after the model's cells exist: every :class:`Dropout` (drop-path included) with ``p > 0``
+    gets its own columns, in the order of ``cells_and_names``. A model declares ``self.noise_layout =
+    NoiseLayout(self)`` at the end of its ``__init__`` and hands the whole noise matrix down its forward
+    path; no layer or block counts columns, so a new stochastic layer needs no bookkeeping.
+
+    Args:
+        model: the built model.
+
+    Attributes:
+        width: columns of the noise matrix the model consumes (0: it has no active stochastic layer).
+        owners: cell name -> (first column, number of columns).
+    """
+
+    def __init__(self, model: nn.Cell) -> None:
+        self.width = 0
+        self.owners: Dict[str, Tuple[int, int]] = {}
+        for name, cell in model.cells_and_names():
+            if not isinstance(cell, Dropout) or cell.p == 0.0:
+                continue
+            if cell.noise_columns < 1:
+                raise InvalidArgumentError(
+                    f"dropout '{name}' of {type(model).__name__} has no noise columns: "
+                    "give element-wise Dropout its `features` (elements per sample)"
+                )
+            cell.noise_start = self.width
+            self.owners[name] = (self.width, cell.noise_columns)
+            self.width += cell.noise_columns
+
+
+def noise_width(model: nn.Cell) -> int:
+    """Columns of dropout noise ``model`` consumes (0 for a model without a :class:`NoiseLayout`)."""
+    layout = getattr(model, "noise_layout", None)
+    return layout.width if isinstance(layout, NoiseLayout) else 0
+
+
+def takes_noise(model: nn.Cell) -> bool:
+    """Whether ``model(images, noise)`` is its training call (it declares a :class:`NoiseLayout`)."""
+    return isinstance(getattr(model, "noise_layout", None), NoiseLayout)
 
 
 class SqueezeExcite(nn.Cell):
@@ -158,14 +211,48 @@ class SqueezeExcite(nn.Cell):
 
 
 class _Block(nn.Cell):
-    """Shared residual / SE / drop-path plumbing of the three block kinds."""
+    """What the three block kinds share: their arguments, the residual, squeeze-excitation and drop-path.
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int, noskip: bool, drop_path_rate: float) -> None:
+    A block kind only builds its layers (``_build``) and chains them (``construct``).
+
+    Args:
+        in_chs: input channels.
+        out_chs: output channels.
+        kernel_size: depthwise (or regular) kernel size.
+        stride: stride of the spatial convolution.
+        exp_ratio: expansion ratio of the inverted residual (``None``: 6); the other kinds have none.
+        se_ratio: squeeze-excitation ratio of the input channels (0: none).
+        noskip: no residual even where the shapes allow one.
+        drop_path_rate: stochastic-depth probability of the residual branch.
+        norm_layer: BatchNorm factory (channels -> cell).
+        act_layer: activation factory.
+        pad_type: ``"symmetric"`` (PyTorch) or ``"same"`` (TF).
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int,
+        stride: int = 1,
+        *,
+        exp_ratio: Optional[float] = None,
+        se_ratio: float = 0.0,
+        noskip: bool = False,
+        drop_path_rate: float = 0.0,
+        norm_layer: Callable[[int], nn.Cell] = nn.BatchNorm2d,
+        act_layer: Callable[[], nn.Cell] = nn.ReLU,
+        pad_type: str = "symmetric",
+    ) -> None:
         super().__init__()
         self.in_chs, self.out_chs, self.stride = in_chs, out_chs, stride
         self.has_skip = stride == 1 and in_chs == out_chs and not noskip
         self.drop_path_prob = drop_path_rate if self.has_skip else 0.0
         self.drop_path = DropPath(self.drop_path_prob)
+        self._build(in_chs, out_chs, kernel_size, stride, exp_ratio, se_ratio, norm_layer, act_layer, pad_type)
+
+    def _build(self, in_chs, out_chs, kernel_size, stride, exp_ratio, se_ratio, norm_layer, act_layer, pad_type):
+        raise NotImplementedError  # each block kind builds its own layers
 
     @staticmethod
     def _make_se(chs: int, in_chs: int, se_ratio: float, act_layer) -> nn.Cell:
@@ -182,21 +269,7 @@ class _Block(nn.Cell):
 class ConvBnAct(_Block):
     """Regular convolution block (``cn``): conv kxk -> BN -> act [-> SE], residual when shapes match."""
 
-    def __init__(
-        self,
-        in_chs: int,
-        out_chs: int,
-        kernel_size: int,
-        stride: int = 1,
-        se_ratio: float = 0.0,
-        noskip: bool = False,
-        drop_path_rate: float = 0.0,
-        norm_layer: Callable[[int], nn.Cell] = nn.BatchNorm2d,
-        act_layer: Callable[[], nn.Cell] = nn.ReLU,
-        pad_type: str = "symmetric",
-        **unused,
-    ) -> None:
-        super().__init__(in_chs, out_chs, stride, noskip, drop_path_rate)
+    def _build(self, in_chs, out_chs, kernel_size, stride, exp_ratio, se_ratio, norm_layer, act_layer, pad_type):
         self.conv = create_conv2d(in_chs, out_chs, kernel_size, stride, pad_type=pad_type)
         self.bn1 = norm_layer(out_chs)
         self.act1 = act_layer()
@@ -210,21 +283,7 @@ class ConvBnAct(_Block):
 class DepthwiseSeparableConv(_Block):
     """Depthwise-separable block (``ds``): dw kxk -> BN -> act [-> SE] -> pw 1x1 -> BN (linear)."""
 
-    def __init__(
-        self,
-        in_chs: int,
-        out_chs: int,
-        kernel_size: int,
-        stride: int = 1,
-        se_ratio: float = 0.0,
-        noskip: bool = False,
-        drop_path_rate: float = 0.0,
-        norm_layer: Callable[[int], nn.Cell] = nn.BatchNorm2d,
-        act_layer: Callable[[], nn.Cell] = nn.ReLU,
-        pad_type: str = "symmetric",
-        **unused,
-    ) -> None:
-        super().__init__(in_chs, out_chs, stride, noskip, drop_path_rate)
+    def _build(self, in_chs, out_chs, kernel_size, stride, exp_ratio, se_ratio, norm_layer, act_layer, pad_type):
         self.conv_dw = create_conv2d(in_chs, in_chs, kernel_size, stride, groups=in_chs, pad_type=pad_type)
         self.bn1 = norm_layer(in_chs)
         self.act1 = act_layer()
@@ -241,24 +300,9 @@ class DepthwiseSeparableConv(_Block):
 class InvertedResidual(_Block):
     """Inverted residual / MBConv (``ir``): pw -> BN -> act -> dw -> BN -> act [-> SE] -> pw-linear -> BN."""
 
-    def __init__(
-        self,
-        in_chs: int,
-        out_chs: int,
-        kernel_size: int,
-        stride: int = 1,
-        exp_ratio: float = 6.0,
-        se_ratio: float = 0.0,
-        noskip: bool = False,
-        drop_path_rate: float = 0.0,
-        norm_layer: Callable[[int], nn.Cell] = nn.BatchNorm2d,
-        act_layer: Callable[[], nn.Cell] = nn.ReLU,
-        pad_type: str = "symmetric",
-        **unused,
-    ) -> None:
-        super().__init__(in_chs, out_chs, stride, noskip, drop_path_rate)
+    def _build(self, in_chs, out_chs, kernel_size, stride, exp_ratio, se_ratio, norm_layer, act_layer, pad_type):
         # torchvision uses in*e without rounding; for integer ratios on multiples of 8 this equals timm.
-        mid_chs = int(round(in_chs * exp_ratio))
+        mid_chs = int(round(in_chs * (6.0 if exp_ratio is None else exp_ratio)))
         self.mid_chs = mid_chs
         self.conv_pw = create_conv2d(in_chs, mid_chs, 1, pad_type=pad_type)
         self.bn1 = norm_layer(mid_chs)

@@ -17,6 +17,7 @@ from ..errors import InvalidArgumentError
 from .arch import format_arch_string
 from .checkpoint import NATIVE_EXTENSIONS, CheckpointError, load_state_dict_into, read_checkpoint_metadata
 from .fuse import fuse_bn
+from .mnasnet import load_arch
 from .model_factory import create_model, read_converted_with_metadata, split_model_name_tag, weights_num_classes
 from .registry import get_pretrained_cfg, is_model, list_models
 
@@ -175,8 +176,6 @@ def _published_transform(model_name: str) -> Dict[str, Any]:
 
 def _canonical(arch: str) -> Optional[str]:
     """The canonical string of an architecture given as a string, a name or a file (None if unreadable)."""
-    from .mnasnet import load_arch  # the model module imports the factory: import here, not at the top
-
     try:
         return format_arch_string(load_arch(arch)[0])
     except (ValueError, OSError):

@@ -10,19 +10,28 @@ published weights.
 
 import json
 import os
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 from mindspore import Tensor, nn
 from mindspore.common import initializer as init
 
 from ..errors import InvalidArgumentError
-from .arch import ArchDef, BlockArgs, decode_arch_def, encode_arch_def, parse_arch_string, round_channels
-from .layers import BLOCK_CLASSES, Dropout, create_conv2d, make_norm_layer
+from .arch import (
+    ArchDef,
+    BlockArgs,
+    decode_arch_def,
+    encode_arch_def,
+    format_arch_string,
+    parse_arch_string,
+    round_channels,
+)
+from .layers import BLOCK_CLASSES, Dropout, NoiseLayout, create_conv2d, make_norm_layer
+from .model_factory import build_model_with_cfg
 from .pretrained import MINDCV_BN_EPS, TORCH_BN_EPS, PretrainedCfg
 from .registry import register_model
 
-__all__ = ["MnasNet", "ARCH_DEFS", "build_mnasnet", "load_arch"]
+__all__ = ["MnasNet", "ARCH_DEFS", "VARIANTS", "Variant", "build_mnasnet", "load_arch"]
 
 # Stage tables (timm notation; TF mnasnet_models.py / timm _gen_mnasnet_* / torchvision MNASNet).
 ARCH_DEFS: Dict[str, List[str]] = {
@@ -131,9 +140,10 @@ class MnasNet(nn.Cell):
         self.conv_head = create_conv2d(head_in, num_features, 1, pad_type=pad_type)
         self.bn2 = norm_layer(num_features)
         self.act2 = nn.ReLU()
-        self.dropout = Dropout(drop_rate)
+        self.dropout = Dropout(drop_rate, features=num_features)
         self.classifier = nn.Dense(num_features, num_classes) if num_classes > 0 else nn.Identity()
         self._initialize_weights()
+        self.noise_layout = NoiseLayout(self)  # the dropout / drop-path columns of the training noise
 
     # -- construction helpers -------------------------------------------------------------------
     def _initialize_weights(self) -> None:
@@ -175,10 +185,30 @@ class MnasNet(nn.Cell):
         else:
             self.classifier = nn.Identity()
 
+    def checkpoint_metadata(self) -> Dict[str, Any]:
+        """What rebuilds this architecture from a checkpoint (stored with the weights by ``save_checkpoint``).
+
+        Returns:
+            BN eps, classes, input channels, width, stem and head sizes, the architecture string, and the
+            registered name when the model came from ``create_model``.
+        """
+        meta = {
+            "bn_eps": self.bn_eps,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "width_mult": self.width_mult,
+            "stem_size": self.stem_size,
+            "num_features": self.num_features,
+            "arch": format_arch_string(self.arch_def),
+        }
+        if isinstance(getattr(self, "model_name", None), str):
+            meta["model"] = self.model_name
+        return meta
+
     @property
     def noise_width(self) -> int:
-        """Columns of the ``noise`` input: ``num_features`` for the head dropout, then one per block."""
-        return self.num_features + sum(len(stage) for stage in self.blocks)
+        """Columns of the ``noise`` input (see :class:`~mindcv.models.layers.NoiseLayout`)."""
+        return self.noise_layout.width
 
     def forward_features(self, x: Tensor, noise: Tensor = None) -> Tensor:
         """Stem, stages and head conv; returns the unpooled ``(N, num_features, H/32, W/32)`` map.
@@ -189,21 +219,16 @@ class MnasNet(nn.Cell):
                 training (see :class:`~mindcv.models.layers.Dropout`); ``None`` uses MindSpore's RNG.
         """
         x = self.act1(self.bn1(self.conv_stem(x)))
-        if noise is None:
-            x = self.blocks(x)
-        else:
-            column = self.num_features
-            for stage in self.blocks:
-                for block in stage:
-                    x = block(x, noise[:, column])
-                    column += 1
+        for stage in self.blocks:
+            for block in stage:
+                x = block(x, noise)
         x = self.act2(self.bn2(self.conv_head(x)))
         return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False, noise: Tensor = None) -> Tensor:
         """Global average pool -> dropout -> classifier; ``pre_logits`` stops before the classifier."""
         x = x.mean(axis=(2, 3))
-        x = self.dropout(x, None if noise is None else noise[:, : self.num_features])
+        x = self.dropout(x, noise)
         if pre_logits:
             return x
         return self.classifier(x)
@@ -298,122 +323,128 @@ _TV_RECIPE_V1 = "https://github.com/1e100/mnasnet_trainer"
 _TV_RECIPE_V2 = "https://github.com/pytorch/vision/pull/6019"
 _TIMM_RECIPE = "timm: RMSProp (TF-style), see huggingface.co/timm"
 
-# model name -> tag -> weights; the first tag is the default for ``pretrained=True``.
-_PUBLISHED: Dict[str, Dict[str, PretrainedCfg]] = {
-    "mnasnet_050": {
-        "mindcv_in1k": _mindcv_cfg("mnasnet_050-7d8bf4db.ckpt", 68.07, 88.09, interpolation="bicubic"),
-        "tv_in1k": _torch_cfg(
-            _TV_URL + "mnasnet0.5_top1_67.823-3ffadce67e.pth",
-            "torchvision",
-            67.734,
-            87.490,
-            recipe=_TV_RECIPE_V1,
-            resize_size=256,
-            license="bsd-3-clause",
-        ),
-    },
-    "mnasnet_075": {
-        "mindcv_in1k": _mindcv_cfg("mnasnet_075-465d366d.ckpt", 71.81, 90.53),
-        "tv_in1k": _torch_cfg(
-            _TV_URL + "mnasnet0_75-7090bc5f.pth",
-            "torchvision",
-            71.180,
-            90.496,
-            recipe=_TV_RECIPE_V2,
-            resize_size=232,
-            license="bsd-3-clause",
-        ),
-    },
-    "mnasnet_100": {
-        "mindcv_in1k": _mindcv_cfg("mnasnet_100-1bcf43f8.ckpt", 74.28, 91.70),
-        "tv_in1k": _torch_cfg(
-            _TV_URL + "mnasnet1.0_top1_73.512-f206786ef8.pth",
-            "torchvision",
-            73.456,
-            91.510,
-            recipe=_TV_RECIPE_V1,
-            resize_size=256,
-            license="bsd-3-clause",
-        ),
-        "timm_in1k": _torch_cfg(
-            _TIMM_URL + "mnasnet_b1-74cb7081.pth",
-            "timm",
-            74.672,
-            92.108,
-            recipe=_TIMM_RECIPE,
-            interpolation="bicubic",
-            license="apache-2.0",
-        ),
-    },
-    "mnasnet_130": {
-        "mindcv_in1k": _mindcv_cfg("mnasnet_130-a43a150a.ckpt", 75.65, 92.64, interpolation="bicubic"),
-        "tv_in1k": _torch_cfg(
-            _TV_URL + "mnasnet1_3-a4c69d6f.pth",
-            "torchvision",
-            76.506,
-            93.522,
-            recipe=_TV_RECIPE_V2,
-            resize_size=232,
-            license="bsd-3-clause",
-        ),
-    },
-    "mnasnet_140": {
-        "mindcv_in1k": _mindcv_cfg("mnasnet_140-7e20bb30.ckpt", 76.01, 92.83),
-    },
-    "semnasnet_050": {"untrained": PretrainedCfg()},
-    "semnasnet_075": {
-        "timm_in1k": _torch_cfg(
-            _TIMM_URL + "semnasnet_075-18710866.pth",
-            "timm",
-            73.000,
-            91.124,
-            recipe=_TIMM_RECIPE,
-            interpolation="bicubic",
-            license="apache-2.0",
-        ),
-    },
-    "semnasnet_100": {
-        "timm_in1k": _torch_cfg(
-            _TIMM_URL + "mnasnet_a1-d9418771.pth",
-            "timm",
-            75.452,
-            92.608,
-            recipe=_TIMM_RECIPE,
-            interpolation="bicubic",
-            license="apache-2.0",
-        ),
-    },
-    "semnasnet_140": {"untrained": PretrainedCfg()},
-    "mnasnet_small": {
-        "timm_in1k": _torch_cfg(
-            _TIMM_URL + "mnasnet_small_lamb-aff75073.pth",
-            "timm",
-            66.204,
-            86.470,
-            recipe="timm: LAMB",
-            interpolation="bicubic",
-            license="apache-2.0",
-        ),
-    },
+
+@dataclass(frozen=True)
+class Variant:
+    """One registered model: everything that distinguishes it from the others.
+
+    Args:
+        arch: key of :data:`ARCH_DEFS`.
+        width_mult: width multiplier.
+        num_params: exact trainable parameters at 1000 classes (torchvision / timm; checked by the tests).
+        doc: the entrypoint's docstring.
+        weights: published weights by tag; the first is the default of ``pretrained=True``. Empty for an
+            architecture nobody has published weights of.
+        defaults: :class:`MnasNet` arguments that differ from its defaults (keyword arguments override them).
+        width_fixed: the width is part of the name (its weights and parameter count): another is an error.
+    """
+
+    arch: str
+    width_mult: float
+    num_params: int
+    doc: str
+    weights: Dict[str, PretrainedCfg] = field(default_factory=dict)
+    defaults: Dict[str, Any] = field(default_factory=dict)
+    width_fixed: bool = True
+
+
+def _tv(file: str, top1: float, top5: float, recipe: str, resize_size: int) -> PretrainedCfg:
+    return _torch_cfg(
+        _TV_URL + file, "torchvision", top1, top5, recipe=recipe, resize_size=resize_size, license="bsd-3-clause"
+    )
+
+
+def _timm(file: str, top1: float, top5: float, recipe: str = _TIMM_RECIPE) -> PretrainedCfg:
+    return _torch_cfg(
+        _TIMM_URL + file, "timm", top1, top5, recipe=recipe, interpolation="bicubic", license="apache-2.0"
+    )
+
+
+# The zoo. Adding a width or a published weight is one entry here; the entrypoints, the registry's
+# metadata, the parameter counts and the registry-driven tests all derive from this table.
+VARIANTS: Dict[str, Variant] = {
+    "mnasnet_050": Variant(
+        "b1",
+        0.5,
+        2_218_512,
+        "MnasNet-B1 (torchvision's MNASNet, no SE) with width multiplier 0.5.",
+        {
+            "mindcv_in1k": _mindcv_cfg("mnasnet_050-7d8bf4db.ckpt", 68.07, 88.09, interpolation="bicubic"),
+            "tv_in1k": _tv("mnasnet0.5_top1_67.823-3ffadce67e.pth", 67.734, 87.490, _TV_RECIPE_V1, 256),
+        },
+    ),
+    "mnasnet_075": Variant(
+        "b1",
+        0.75,
+        3_170_208,
+        "MnasNet-B1 with width multiplier 0.75.",
+        {
+            "mindcv_in1k": _mindcv_cfg("mnasnet_075-465d366d.ckpt", 71.81, 90.53),
+            "tv_in1k": _tv("mnasnet0_75-7090bc5f.pth", 71.180, 90.496, _TV_RECIPE_V2, 232),
+        },
+    ),
+    "mnasnet_100": Variant(
+        "b1",
+        1.0,
+        4_383_312,
+        "MnasNet-B1 with width multiplier 1.0.",
+        {
+            "mindcv_in1k": _mindcv_cfg("mnasnet_100-1bcf43f8.ckpt", 74.28, 91.70),
+            "tv_in1k": _tv("mnasnet1.0_top1_73.512-f206786ef8.pth", 73.456, 91.510, _TV_RECIPE_V1, 256),
+            "timm_in1k": _timm("mnasnet_b1-74cb7081.pth", 74.672, 92.108),
+        },
+    ),
+    "mnasnet_130": Variant(
+        "b1",
+        1.3,
+        6_282_256,
+        "MnasNet-B1 with width multiplier 1.3.",
+        {
+            "mindcv_in1k": _mindcv_cfg("mnasnet_130-a43a150a.ckpt", 75.65, 92.64, interpolation="bicubic"),
+            "tv_in1k": _tv("mnasnet1_3-a4c69d6f.pth", 76.506, 93.522, _TV_RECIPE_V2, 232),
+        },
+    ),
+    "mnasnet_140": Variant(
+        "b1",
+        1.4,
+        7_115_728,
+        "MnasNet-B1 with width multiplier 1.4.",
+        {"mindcv_in1k": _mindcv_cfg("mnasnet_140-7e20bb30.ckpt", 76.01, 92.83)},
+    ),
+    "semnasnet_050": Variant("a1", 0.5, 2_082_006, "MnasNet-A1 (with squeeze-excitation) with width multiplier 0.5."),
+    "semnasnet_075": Variant(
+        "a1",
+        0.75,
+        2_912_278,
+        "MnasNet-A1 with width multiplier 0.75.",
+        {"timm_in1k": _timm("semnasnet_075-18710866.pth", 73.000, 91.124)},
+    ),
+    "semnasnet_100": Variant(
+        "a1",
+        1.0,
+        3_887_038,
+        "MnasNet-A1 with width multiplier 1.0.",
+        {"timm_in1k": _timm("mnasnet_a1-d9418771.pth", 75.452, 92.608)},
+    ),
+    "semnasnet_140": Variant("a1", 1.4, 6_105_992, "MnasNet-A1 with width multiplier 1.4."),
+    "mnasnet_small": Variant(
+        "small",
+        1.0,
+        2_030_264,
+        "MnasNet-small (TF reference): 8-channel stem, SE in the later stages, no dropout.",
+        {"timm_in1k": _timm("mnasnet_small_lamb-aff75073.pth", 66.204, 86.470, recipe="timm: LAMB")},
+        defaults={"drop_rate": 0.0, "stem_size": 8},
+        width_fixed=False,  # as the TF reference's mnasnet_small(depth_multiplier)
+    ),
 }
 
-# Exact trainable parameter counts at 1000 classes (torchvision / timm), checked by the tests.
-NUM_PARAMS = {
-    "mnasnet_050": 2_218_512,
-    "mnasnet_075": 3_170_208,
-    "mnasnet_100": 4_383_312,
-    "mnasnet_130": 6_282_256,
-    "mnasnet_140": 7_115_728,
-    "semnasnet_050": 2_082_006,
-    "semnasnet_075": 2_912_278,
-    "semnasnet_100": 3_887_038,
-    "semnasnet_140": 6_105_992,
-    "mnasnet_small": 2_030_264,
-}
-
+# What the registry reads from the defining module (upstream mindcv's convention).
 pretrained_tags: Dict[str, Dict[str, PretrainedCfg]] = {
-    name: {tag: replace(cfg, num_params=NUM_PARAMS[name]) for tag, cfg in tags.items()}
-    for name, tags in _PUBLISHED.items()
+    name: {
+        tag: replace(cfg, num_params=variant.num_params)
+        for tag, cfg in (variant.weights or {"untrained": PretrainedCfg()}).items()
+    }
+    for name, variant in VARIANTS.items()
 }
 default_cfgs: Dict[str, PretrainedCfg] = {name: next(iter(tags.values())) for name, tags in pretrained_tags.items()}
 
@@ -439,8 +470,6 @@ def build_mnasnet(
     Returns:
         The model (or a feature extractor when ``features_only=True``).
     """
-    from .model_factory import build_model_with_cfg
-
     arch_def = ARCH_DEFS[arch] if isinstance(arch, str) and arch in ARCH_DEFS else arch
     return build_model_with_cfg(
         MnasNet,
@@ -454,66 +483,26 @@ def build_mnasnet(
     )
 
 
-@register_model
-def mnasnet_050(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
-    """MnasNet-B1 (torchvision's MNASNet, no SE) with width multiplier 0.5."""
-    return build_mnasnet("mnasnet_050", "b1", pretrained, num_classes, in_channels, width_mult=0.5, **kwargs)
+def _register_variant(name: str, variant: Variant) -> Callable[..., nn.Cell]:
+    """The thin entrypoint ``name(pretrained=False, num_classes=1000, in_channels=3, **kwargs)`` of one variant."""
+
+    def entrypoint(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> nn.Cell:
+        if variant.width_fixed and kwargs.get("width_mult", variant.width_mult) != variant.width_mult:
+            raise InvalidArgumentError(
+                f"{name} is {variant.arch.upper()} at width {variant.width_mult}, got "
+                f"width_mult={kwargs['width_mult']}: for another width use "
+                f"mnasnet_arch(arch='{variant.arch}', width_mult=...)"
+            )
+        kwargs = {**variant.defaults, "width_mult": variant.width_mult, **kwargs}
+        return build_mnasnet(name, variant.arch, pretrained, num_classes, in_channels, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__doc__ = variant.doc
+    return register_model(entrypoint)
 
 
-@register_model
-def mnasnet_075(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
-    """MnasNet-B1 with width multiplier 0.75."""
-    return build_mnasnet("mnasnet_075", "b1", pretrained, num_classes, in_channels, width_mult=0.75, **kwargs)
-
-
-@register_model
-def mnasnet_100(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
-    """MnasNet-B1 with width multiplier 1.0."""
-    return build_mnasnet("mnasnet_100", "b1", pretrained, num_classes, in_channels, width_mult=1.0, **kwargs)
-
-
-@register_model
-def mnasnet_130(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
-    """MnasNet-B1 with width multiplier 1.3."""
-    return build_mnasnet("mnasnet_130", "b1", pretrained, num_classes, in_channels, width_mult=1.3, **kwargs)
-
-
-@register_model
-def mnasnet_140(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
-    """MnasNet-B1 with width multiplier 1.4."""
-    return build_mnasnet("mnasnet_140", "b1", pretrained, num_classes, in_channels, width_mult=1.4, **kwargs)
-
-
-@register_model
-def semnasnet_050(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
-    """MnasNet-A1 (with squeeze-excitation) with width multiplier 0.5."""
-    return build_mnasnet("semnasnet_050", "a1", pretrained, num_classes, in_channels, width_mult=0.5, **kwargs)
-
-
-@register_model
-def semnasnet_075(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
-    """MnasNet-A1 with width multiplier 0.75."""
-    return build_mnasnet("semnasnet_075", "a1", pretrained, num_classes, in_channels, width_mult=0.75, **kwargs)
-
-
-@register_model
-def semnasnet_100(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
-    """MnasNet-A1 with width multiplier 1.0."""
-    return build_mnasnet("semnasnet_100", "a1", pretrained, num_classes, in_channels, width_mult=1.0, **kwargs)
-
-
-@register_model
-def semnasnet_140(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
-    """MnasNet-A1 with width multiplier 1.4."""
-    return build_mnasnet("semnasnet_140", "a1", pretrained, num_classes, in_channels, width_mult=1.4, **kwargs)
-
-
-@register_model
-def mnasnet_small(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Cell:
-    """MnasNet-small (TF reference): 8-channel stem, SE in the later stages, no dropout."""
-    kwargs.setdefault("drop_rate", 0.0)
-    kwargs.setdefault("stem_size", 8)
-    return build_mnasnet("mnasnet_small", "small", pretrained, num_classes, in_channels, **kwargs)
+for _name, _variant in VARIANTS.items():  # module attributes, as upstream's hand-written entrypoints were
+    globals()[_name] = _register_variant(_name, _variant)  # register_model adds the name to __all__
 
 
 ARCH_FILE_KEYS = ("arch", "width_mult", "stem_size", "num_features", "drop_rate")

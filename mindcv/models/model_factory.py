@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 from mindspore import nn
 
 from ..errors import InvalidArgumentError, UnknownModelError
-from ..utils.download import download_cached
+from ..io.download import download_cached
 from .checkpoint import (
     CheckpointError,
     convert_state_dict,
@@ -19,7 +19,7 @@ from .checkpoint import (
 )
 from .features import FeatureExtractWrapper
 from .pretrained import PretrainedCfg
-from .registry import get_pretrained_cfg, is_model, model_entrypoint, unknown_model_message
+from .registry import get_pretrained_cfg, is_model, model_entrypoint, select_pretrained_tag, unknown_model_message
 
 __all__ = [
     "create_model",
@@ -64,7 +64,11 @@ def create_model(
         checkpoint_path: a local weight file in any supported layout (this package, upstream mindcv,
             torchvision, timm; ``.ckpt``, ``.safetensors``, ``.pth``); the layout is detected.
         ema: load the EMA copy of the weights from ``checkpoint_path``.
-        auto_mapping: accepted for upstream compatibility; layouts are mapped exactly, never guessed.
+        auto_mapping: upstream's switch for renaming a checkpoint's parameters to the model's (by string
+            similarity). Accepted either way because that renaming always happens here, exactly rather than
+            guessed: the file's layout (this package, upstream mindcv, torchvision, timm) is detected and mapped
+            name by name, so ``True`` loads what upstream's mapping was meant to load; a file of no known layout
+            is a :class:`CheckpointError` with either value, never a best guess.
         **kwargs: model arguments (``drop_rate``, ``drop_path_rate``, ``bn_momentum``, ``bn_eps``,
             ``features_only``, ``out_indices`` ...); ``None`` values mean "model default".
 
@@ -218,7 +222,8 @@ def load_model_checkpoint(
         model: the model.
         checkpoint_path: the weight file.
         ema: load the EMA copy.
-        auto_mapping: accepted for compatibility; ignored.
+        auto_mapping: accepted for upstream compatibility, with no effect because it is always satisfied: the
+            layout is detected and renamed exactly (see :func:`create_model`).
     """
     if not checkpoint_path:
         raise InvalidArgumentError("checkpoint_path is empty")
@@ -288,11 +293,10 @@ def build_model_with_cfg(
         The model, with ``model.pretrained_cfg`` set.
     """
     tags = tags or {}
-    if pretrained_tag and pretrained_tag not in tags:
-        raise InvalidArgumentError(
-            f"'{variant}' has no weights tagged '{pretrained_tag}'; available tags: {', '.join(tags) or 'none'}"
-        )
-    cfg = tags[pretrained_tag] if pretrained_tag else get_pretrained_cfg(variant) or PretrainedCfg()
+    if pretrained_tag:
+        cfg = select_pretrained_tag(variant, tags, pretrained_tag)
+    else:
+        cfg = get_pretrained_cfg(variant) or PretrainedCfg()
     accepted = set(inspect.signature(model_cls.__init__).parameters) - {"self"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:

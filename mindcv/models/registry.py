@@ -8,7 +8,7 @@ import difflib
 import fnmatch
 import sys
 from collections import defaultdict
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Union
 
 from ..errors import InvalidArgumentError, UnknownModelError
 
@@ -24,6 +24,7 @@ __all__ = [
     "get_pretrained_cfg_value",
     "has_pretrained_cfg_key",
     "list_pretrained_tags",
+    "select_pretrained_tag",
     "unknown_model_message",
 ]
 
@@ -149,15 +150,32 @@ def is_model_pretrained(model_name: str) -> bool:
     return model_name in _model_has_pretrained
 
 
+def select_pretrained_tag(model_name: str, tags: Mapping[str, Any], tag: str) -> Any:
+    """The cfg of the published weights ``tag`` among ``tags``: the one place a weights tag is checked.
+
+    Args:
+        model_name: the model, for the message.
+        tags: its published weights by tag.
+        tag: the requested tag.
+
+    Raises:
+        InvalidArgumentError: ``tag`` is not one of ``tags`` (the message lists them).
+    """
+    if tag not in tags:
+        raise InvalidArgumentError(
+            f"model '{model_name}' has no weights tagged '{tag}'; available tags: {', '.join(tags) or 'none'}"
+        )
+    return tags[tag]
+
+
 def get_pretrained_cfg(model_name: str, tag: Optional[str] = None) -> Any:
-    """The default (or the ``tag``) pretrained cfg of a model; ``{}`` when it has none."""
+    """The default (or the ``tag``) pretrained cfg of a model; ``{}`` when it has none.
+
+    Raises:
+        InvalidArgumentError: ``tag`` is not a published tag of the model (see :func:`select_pretrained_tag`).
+    """
     if tag:
-        tags = _model_pretrained_tags.get(model_name, {})
-        if tag not in tags:
-            raise InvalidArgumentError(
-                f"model '{model_name}' has no pretrained tag '{tag}'; available: {', '.join(tags) or 'none'}"
-            )
-        return tags[tag]
+        return select_pretrained_tag(model_name, _model_pretrained_tags.get(model_name, {}), tag)
     return _model_pretrained_cfgs.get(model_name, {})
 
 

@@ -12,12 +12,13 @@ the per-call overhead that each isolated measurement includes once.
 """
 
 import json
+import multiprocessing
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -25,12 +26,14 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
+from ..errors import RunFailedError
+from ..io.atomic import atomic_write
 from ..kernels import depthwise_kernel_status, set_kernel_threads
 from ..models.arch import decode_arch_def, parse_arch_string, round_channels
 from ..models.fuse import fuse_bn
 from ..models.layers import BLOCK_CLASSES, ConvBnAct, make_norm_layer
 from ..models.mnasnet import MnasNet
-from ..utils.atomic import atomic_write
+from ..utils.context import execution_mode
 from ..utils.cpu_isa import effective_cpu_isa
 from .state import SearchStateError, StateChecker, read_json
 
@@ -75,14 +78,14 @@ def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> Dict[str,
 
 
 def _timed_cell(cell: nn.Cell, shape: Sequence[int], warmup: int, repeats: int) -> Dict[str, float]:
-    ms.set_context(mode=ms.GRAPH_MODE)
     cell.set_train(False)
     fuse_bn(cell)
     x = ms.Tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
-    t0 = time.perf_counter()
-    cell(x).asnumpy()  # compiles
-    compile_s = time.perf_counter() - t0
-    result = time_calls(lambda: cell(x).asnumpy(), warmup, repeats)
+    with execution_mode(ms.GRAPH_MODE):
+        t0 = time.perf_counter()
+        cell(x).asnumpy()  # compiles
+        compile_s = time.perf_counter() - t0
+        result = time_calls(lambda: cell(x).asnumpy(), warmup, repeats)
     result["compile_s"] = compile_s
     return result
 
@@ -285,6 +288,11 @@ class LatencyTable:
 class LatencyWorker:
     """A child process measuring latency with its own MindSpore thread count.
 
+    A separate process because MindSpore fixes its kernel thread count per process: the search trains
+    candidates with every core while the latency of a phone's big core is imitated with one thread. It is
+    a one-worker ``ProcessPoolExecutor`` with the spawn start method (a fresh interpreter: MindSpore's
+    runtime does not survive a fork); errors raised in the worker reach the caller as themselves.
+
     Args:
         threads: CPU threads for MindSpore's kernels in the worker (1 imitates one big mobile core).
         lut_path: JSON file of the per-layer lookup table.
@@ -293,45 +301,39 @@ class LatencyWorker:
     """
 
     def __init__(self, threads: int = 1, lut_path: Optional[str] = None, warmup: int = 5, repeats: int = 30) -> None:
-        cmd = [sys.executable, "-m", "mindcv.nas.latency", "--threads", str(threads)]
-        cmd += ["--warmup", str(warmup), "--repeats", str(repeats)] + (["--lut", lut_path] if lut_path else [])
-        env = dict(os.environ, GLOG_v="3", PYTHONUNBUFFERED="1")
-        project = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (project, env.get("PYTHONPATH", "")) if p)
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
-        )
         self.threads = threads
+        self._pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(threads, lut_path, warmup, repeats),
+        )
+        # start it now, with MindSpore's log at errors only (read once, when the worker imports MindSpore)
+        quiet = "GLOG_v" not in os.environ
+        if quiet:
+            os.environ["GLOG_v"] = "3"
+        try:
+            self._call(_worker_ready)
+        finally:
+            if quiet:
+                del os.environ["GLOG_v"]
 
-    def request(self, **query) -> dict:
-        """Send one query (``kind="measure"`` or ``"lut"`` plus the model settings) and wait for the answer."""
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"the latency worker exited with code {self.proc.returncode}")
-        self.proc.stdin.write(json.dumps(query) + "\n")
-        self.proc.stdin.flush()
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("the latency worker died (see the query above for the architecture)")
-            if line.startswith("{"):
-                answer = json.loads(line)
-                if "error" in answer:
-                    raise RuntimeError(f"latency worker: {answer['error']}")
-                return answer
+    def _call(self, fn: Callable[..., dict], **query) -> dict:
+        try:
+            return self._pool.submit(fn, **query).result()
+        except BrokenProcessPool:
+            raise RunFailedError(f"the latency worker process died during {fn.__name__}({query})") from None
 
     def measure(self, arch: str, width_mult: float, resolution: int, **kwargs) -> dict:
-        return self.request(kind="measure", arch=arch, width_mult=width_mult, resolution=resolution, **kwargs)
+        """Measured batch-1 latency of a network (see :func:`measure_model_latency`), with the worker's host."""
+        return self._call(_worker_measure, arch=arch, width_mult=width_mult, resolution=resolution, **kwargs)
 
     def predict(self, arch: str, width_mult: float, resolution: int, **kwargs) -> dict:
-        return self.request(kind="lut", arch=arch, width_mult=width_mult, resolution=resolution, **kwargs)
+        """Lookup-table latency of a network (``predicted_ms``; the table grows by what it has not seen)."""
+        return self._call(_worker_predict, arch=arch, width_mult=width_mult, resolution=resolution, **kwargs)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> "LatencyWorker":
         return self
@@ -340,43 +342,31 @@ class LatencyWorker:
         self.close()
 
 
-def _serve(threads: int, lut_path: Optional[str], warmup: int, repeats: int) -> None:
+# The worker process's state, set once by its initializer.
+_worker: Dict[str, object] = {}
+
+
+def _start_worker(threads: int, lut_path: Optional[str], warmup: int, repeats: int) -> None:
     ms.set_device("CPU")
     if threads > 0:
         ms.device_context.cpu.op_tuning.threads_num(threads)
         set_kernel_threads(threads)
-    table = None  # read on the first lookup-table query (a bad file is then reported to the parent)
-    host, cpu_isa = host_description(), effective_cpu_isa() or "none"
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            query = json.loads(line)
-            kind = query.pop("kind")
-            if kind == "measure":
-                answer = measure_model_latency(warmup=warmup, repeats=repeats, **query)
-            elif kind == "lut":
-                if table is None:
-                    table = LatencyTable(lut_path, warmup, repeats, threads)
-                t0 = time.perf_counter()
-                answer = {"predicted_ms": table.predict(**query), "seconds": time.perf_counter() - t0}
-            else:
-                raise ValueError(f"unknown query kind '{kind}'")
-            answer.update(host=host, threads=threads, cpu_isa=cpu_isa)
-        except Exception as err:  # reported to the parent, which raises with the message
-            answer = {"error": f"{type(err).__name__}: {err}"}
-        print(json.dumps(answer), flush=True)
+    _worker.update(threads=threads, lut_path=lut_path, warmup=warmup, repeats=repeats, table=None)
+    _worker.update(answer={"host": host_description(), "threads": threads, "cpu_isa": effective_cpu_isa() or "none"})
 
 
-if __name__ == "__main__":
-    import argparse
+def _worker_ready() -> dict:
+    return dict(_worker["answer"])
 
-    parser = argparse.ArgumentParser(
-        description="latency worker: JSON queries on stdin, JSON answers on stdout", allow_abbrev=False
-    )
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--lut", default=None)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=30)
-    args = parser.parse_args()
-    _serve(args.threads, args.lut, args.warmup, args.repeats)
+
+def _worker_measure(**query) -> dict:
+    answer = measure_model_latency(warmup=_worker["warmup"], repeats=_worker["repeats"], **query)
+    return {**answer, **_worker["answer"]}
+
+
+def _worker_predict(**query) -> dict:
+    if _worker["table"] is None:  # read on the first lookup-table query (a bad file is then reported to the caller)
+        _worker["table"] = LatencyTable(_worker["lut_path"], _worker["warmup"], _worker["repeats"], _worker["threads"])
+    t0 = time.perf_counter()
+    predicted = _worker["table"].predict(**query)
+    return {"predicted_ms": predicted, "seconds": time.perf_counter() - t0, **_worker["answer"]}

@@ -7,6 +7,7 @@ deterministic per (architecture, seed): weights, data order, augmentation and dr
 seed, so a candidate's score is reproducible and can be cached by its canonical architecture string.
 """
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
@@ -15,15 +16,26 @@ import numpy as np
 
 import mindspore as ms
 
-from ..data import create_dataset, create_loader, create_transforms
-from ..engine import EvalStep, make_noise
+from ..data import ArrayLoader, create_dataset, create_loader, create_transforms
+from ..data.arrays import pad_crop_flip
+from ..engine import EvalStep, NonFiniteLossError, evaluate, train_one_epoch
+from ..errors import InvalidArgumentError
 from ..loss import create_loss
+from ..models.layers import noise_width
 from ..models.loading import load_model
 from ..optim import create_optimizer
+from ..scheduler import create_scheduler
+from ..utils.context import execution_mode
 from ..utils.random import set_seed
 from ..utils.train_step import NetWithLoss, TrainStep
 
 __all__ = ["ProxyTask", "ProxyConfig", "load_arrays"]
+
+_logger = logging.getLogger(__name__)
+
+# Part of a search's fingerprint: raise it whenever a candidate's training or scoring changes, so that a
+# resumed search never mixes scores of the old procedure with new ones (2: through mindcv.engine).
+PROXY_PROCEDURE = 2
 
 
 @dataclass
@@ -41,7 +53,7 @@ class ProxyConfig:
         batch_size: batch size.
         opt: optimizer name for :func:`~mindcv.optim.create_optimizer` (momentum 0.9 where it applies).
         lr: peak learning rate (linear warm-up, then cosine decay).
-        warmup_epochs: warm-up length in epochs (may be fractional).
+        warmup_epochs: warm-up length in whole epochs (smaller than ``epochs``).
         weight_decay: weight decay (not applied to BN and biases).
         label_smoothing: cross-entropy label smoothing.
         width_mult: width multiplier of every candidate (and of the reference networks).
@@ -62,7 +74,7 @@ class ProxyConfig:
     batch_size: int = 64
     opt: str = "adamw"
     lr: float = 0.004
-    warmup_epochs: float = 0.0
+    warmup_epochs: int = 0
     weight_decay: float = 0.02
     label_smoothing: float = 0.1
     width_mult: float = 0.5
@@ -112,8 +124,12 @@ class ProxyTask:
             self.val_x, self.val_y, _ = load_arrays(
                 config.dataset, config.data_dir, config.val_split, config.image_size
             )
+        if config.warmup_epochs >= config.epochs:
+            raise InvalidArgumentError(
+                f"proxy.warmup_epochs ({config.warmup_epochs}) must be smaller than proxy.epochs ({config.epochs})"
+            )
         if len(self.train_y) < config.batch_size or len(self.val_y) == 0:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"proxy data too small: {len(self.train_y)} training / {len(self.val_y)} held-out images "
                 f"for batch size {config.batch_size}"
             )
@@ -125,20 +141,12 @@ class ProxyTask:
             f"{self.num_classes} classes, {c.epochs} epochs x batch {c.batch_size}, width x{c.width_mult}"
         )
 
-    def _augment(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Random horizontal flip and a random crop from a 4-pixel reflection padding."""
-        flip = rng.random(len(batch)) < 0.5
-        batch = np.where(flip[:, None, None, None], batch[..., ::-1], batch)
-        pad = 4
-        padded = np.pad(batch, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect")
-        size = batch.shape[-1]
-        out = np.empty_like(batch)
-        for i, (dy, dx) in enumerate(rng.integers(0, 2 * pad + 1, size=(len(batch), 2))):
-            out[i] = padded[i, :, dy : dy + size, dx : dx + size]
-        return out
-
     def evaluate(self, arch: str, seed: Optional[int] = None, epochs: Optional[int] = None) -> Dict[str, float]:
         """Train ``arch`` from scratch and score it on the held-out images.
+
+        Training and scoring run through :mod:`mindcv.engine` (the loops ``train.py`` and ``validate.py`` use),
+        with the factories' optimizer and cosine schedule. A candidate whose training diverges is scored
+        0% with a NaN loss, and a warning names it and the first non-finite parameter.
 
         Args:
             arch: ``|``-joined architecture string.
@@ -146,13 +154,16 @@ class ProxyTask:
             epochs: training epochs (default: the config's).
 
         Returns:
-            ``{"accuracy"`` (top-1 %), ``"loss"`` (final training loss), ``"params"``, ``"train_seconds"}``.
+            ``{"accuracy"`` (top-1 %), ``"loss"`` (final epoch's mean training loss), ``"params"``,
+            ``"train_seconds"}``.
         """
         c = self.config
-        seed = c.seed if seed is None else seed
-        epochs = c.epochs if epochs is None else epochs
+        with execution_mode(ms.PYNATIVE_MODE if c.mode == "pynative" else ms.GRAPH_MODE):
+            return self._train_and_score(arch, c.seed if seed is None else seed, c.epochs if epochs is None else epochs)
+
+    def _train_and_score(self, arch: str, seed: int, epochs: int) -> Dict[str, float]:
+        c = self.config
         start = time.perf_counter()
-        ms.set_context(mode=ms.PYNATIVE_MODE if c.mode == "pynative" else ms.GRAPH_MODE)
         set_seed(seed)
         model = load_model(  # the one way to a model, as validate/infer/export build the retrained result
             "mnasnet_arch",
@@ -162,45 +173,53 @@ class ProxyTask:
             drop_rate=c.drop_rate,
             bn_momentum=c.bn_momentum,
         ).model
-        steps_per_epoch = len(self.train_y) // c.batch_size
-        total = steps_per_epoch * epochs
-        warmup = int(round(c.warmup_epochs * steps_per_epoch))
-        schedule = [
-            (
-                c.lr * (i + 1) / warmup
-                if i < warmup
-                else c.lr * 0.01 + 0.5 * c.lr * 0.99 * (1 + np.cos(np.pi * (i - warmup) / max(total - warmup, 1)))
-            )
-            for i in range(total)
-        ]
+        train_loader = ArrayLoader(
+            self.train_x,
+            self.train_y,
+            c.batch_size,
+            shuffle=True,
+            drop_remainder=True,
+            transform=pad_crop_flip,
+            seed=seed,
+        )
+        steps_per_epoch = train_loader.get_dataset_size()
+        schedule = create_scheduler(
+            steps_per_epoch,
+            "cosine_decay",
+            lr=c.lr,
+            min_lr=c.lr * 0.01,
+            warmup_epochs=c.warmup_epochs,
+            warmup_factor=1.0 / max(c.warmup_epochs * steps_per_epoch, 1),  # the first step already learns
+            decay_epochs=epochs - c.warmup_epochs,
+            num_epochs=epochs,
+        )
         optimizer = create_optimizer(
             model, c.opt, lr=schedule, weight_decay=c.weight_decay, weight_decay_filter="norm_and_bias"
         )
         step = TrainStep(NetWithLoss(model, create_loss("CE", label_smoothing=c.label_smoothing)), optimizer)
-        step.set_train(True)
-        rng = np.random.default_rng([seed, 1])
-        losses = []
-        for epoch in range(epochs):
-            order = rng.permutation(len(self.train_y))
-            for i in range(steps_per_epoch):
-                idx = order[i * c.batch_size : (i + 1) * c.batch_size]
-                images = ms.Tensor(self._augment(self.train_x[idx], rng))
-                labels = ms.Tensor(self.train_y[idx])
-                noise = make_noise(seed, epoch * steps_per_epoch + i, len(idx), model.noise_width)
-                loss, _, _ = step(images, labels, noise)
-                losses.append(float(loss.asnumpy()))
-        if not np.isfinite(losses[-1]):
+        try:
+            for epoch in range(epochs):
+                train_loader.set_epoch(epoch)
+                result = train_one_epoch(
+                    step,
+                    train_loader,
+                    epoch,
+                    epochs,
+                    epoch * steps_per_epoch,
+                    schedule,
+                    seed,
+                    noise_width=noise_width(model),
+                    log_interval=0,
+                    progress=False,
+                )
+        except NonFiniteLossError as err:
+            _logger.warning("candidate diverged, scored 0%%: %s (%s)", arch, err)
             return {"accuracy": 0.0, "loss": float("nan"), "params": _params(model), "train_seconds": 0.0}
-        model.set_train(False)
-        evaluator = EvalStep(model, topk=1)
-        hits, count = 0.0, 0.0
-        for i in range(0, len(self.val_y), 200):
-            _, top1, _, n = evaluator(ms.Tensor(self.val_x[i : i + 200]), ms.Tensor(self.val_y[i : i + 200]))
-            hits += float(top1.asnumpy())
-            count += float(n.asnumpy())
+        held_out = ArrayLoader(self.val_x, self.val_y, 200)
+        scores = evaluate(model, held_out, self.num_classes, progress=False, eval_step=EvalStep(model, topk=1))
         return {
-            "accuracy": 100.0 * hits / count,
-            "loss": float(np.mean(losses[-steps_per_epoch:])),
+            "accuracy": scores["top1"],
+            "loss": result.loss,
             "params": _params(model),
             "train_seconds": time.perf_counter() - start,
         }

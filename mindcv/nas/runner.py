@@ -16,18 +16,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-from tqdm import tqdm
 
+from ..errors import InvalidArgumentError
+from ..io.atomic import atomic_write
+from ..io.progress import progress_bar
 from ..kernels import depthwise_kernel_status
 from ..models.arch import format_arch_string
 from ..models.mnasnet import ARCH_DEFS
-from ..utils.atomic import atomic_write
 from ..utils.cpu_isa import effective_cpu_isa
+from ..utils.plotting import save_figure
 from .latency import LatencyTableError, LatencyWorker, host_description, read_latency_table, write_json_atomic
-from .proxy import ProxyConfig, ProxyTask
+from .proxy import PROXY_PROCEDURE, ProxyConfig, ProxyTask
 from .reward import CONSTRAINTS, mnas_reward
 from .search_space import SearchSpace
-from .state import RESTART_HINT, InputError, SearchStateError, StateChecker, check_search_state, read_json, set_aside
+from .state import RESTART_HINT, SearchStateError, StateChecker, check_search_state, read_json, set_aside
 from .strategies import STRATEGIES, create_strategy
 
 __all__ = [
@@ -78,7 +80,9 @@ class RewardConfig:
 
     def exponents(self):
         if self.constraint not in CONSTRAINTS:
-            raise ValueError(f"reward constraint must be one of {sorted(CONSTRAINTS)}, got '{self.constraint}'")
+            raise InvalidArgumentError(
+                f"reward constraint must be one of {sorted(CONSTRAINTS)}, got '{self.constraint}'"
+            )
         alpha, beta = CONSTRAINTS[self.constraint]
         return (alpha if self.alpha is None else self.alpha, beta if self.beta is None else self.beta)
 
@@ -97,7 +101,7 @@ class SearchConfig:
             at the end, to check that the win is not seed noise.
     """
 
-    output_dir: str = "./nas_output"
+    output_dir: str = "./outputs/nas"
     budget: int = 30
     strategies: Dict[str, Dict[str, Any]] = field(default_factory=lambda: {"rl": {}, "random": {}, "evolution": {}})
     top_k: int = 5
@@ -113,6 +117,7 @@ class SearchConfig:
         relevant = asdict(self)
         for key in ("output_dir", "budget", "top_k", "confirm_seeds"):
             relevant.pop(key)
+        relevant["proxy_procedure"] = PROXY_PROCEDURE
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -141,7 +146,7 @@ class _Evaluator:
         if lat.mode == "lut":
             p = self.worker.predict(arch, **args)
             return {"latency_ms": p["predicted_ms"], "latency_p10_ms": math.nan, "latency_p90_ms": math.nan}
-        raise ValueError(f"latency mode must be 'measured' or 'lut', got '{lat.mode}'")
+        raise InvalidArgumentError(f"latency mode must be 'measured' or 'lut', got '{lat.mode}'")
 
     def __call__(self, arch: str) -> Dict[str, Any]:
         if arch in self.cache:
@@ -179,7 +184,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-class StateMismatchError(InputError):
+class StateMismatchError(InvalidArgumentError):
     """``output_dir`` holds a (well-formed) state of a search with other settings."""
 
 
@@ -225,11 +230,9 @@ def load_state(
     for key in ("host", "cpu_isa", "depthwise_kernels"):
         if key in saved:
             checker.text(saved[key], f"$.{key}")
+    # check_search_state checked every strategy state: an exception here is a bug and keeps its traceback
     for name, strategy_state in saved.get("strategies", {}).items():
-        try:
-            strategies[name].load_state_dict(strategy_state)
-        except Exception as err:  # noqa: BLE001 - anything the checks above missed is still corruption
-            raise corrupted(f"$.strategies.{name}", f"{type(err).__name__}: {err}") from None
+        strategies[name].load_state_dict(strategy_state)
     return saved
 
 
@@ -301,9 +304,9 @@ def run_search(cfg: SearchConfig, restart: bool = False, progress: bool = True) 
     """
     for name in cfg.strategies:
         if name not in STRATEGIES:
-            raise ValueError(f"unknown search strategy '{name}'; valid: {sorted(STRATEGIES)}")
+            raise InvalidArgumentError(f"unknown search strategy '{name}'; valid: {sorted(STRATEGIES)}")
     if cfg.budget < 1:
-        raise ValueError(f"budget must be >= 1 candidate per strategy, got {cfg.budget}")
+        raise InvalidArgumentError(f"budget must be >= 1 candidate per strategy, got {cfg.budget}")
     alpha, beta = cfg.reward.exponents()
     os.makedirs(cfg.output_dir, exist_ok=True)
     state_path = os.path.join(cfg.output_dir, "state.json")
@@ -342,7 +345,9 @@ def run_search(cfg: SearchConfig, restart: bool = False, progress: bool = True) 
         names = list(strategies)
         total = cfg.budget * len(names)
         done = len(state["records"])
-        bar = tqdm(total=total, initial=min(done, total), desc="search", disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(
+            total=total, initial=min(done, total), desc="search", disable=not progress, dynamic_ncols=True
+        )
         while done < total:
             name = names[done % len(names)]
             strategy = strategies[name]
@@ -452,10 +457,7 @@ def summarize(cfg: SearchConfig, state: Dict[str, Any], evaluate: _Evaluator) ->
     }
     if beating and cfg.confirm_seeds:
         summary["confirmation"] = _confirm(beating[0]["arch"], b1["arch"], cfg.confirm_seeds, evaluate)
-    try:
-        summary["plots"] = plot_search(state, cfg.output_dir)
-    except ImportError:
-        _logger.warning("matplotlib is not installed (pip install mindcv[plot]): no plots written")
+    summary["plots"] = plot_search(state, cfg.output_dir)
     write_json_atomic(os.path.join(cfg.output_dir, "summary.json"), summary)
     return summary
 
@@ -478,73 +480,60 @@ def _confirm(arch: str, b1_arch: str, seeds: List[int], evaluate: _Evaluator) ->
 
 
 def plot_search(state: Dict[str, Any], output_dir: str) -> List[str]:
-    """``pareto.png`` (accuracy vs latency, front, B1 and A1 marked) and ``reward_curve.png`` per strategy."""
-    import matplotlib
+    """``pareto.png`` (accuracy vs latency, front, B1 and A1 marked) and ``reward_curve.png`` per strategy.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    Returns:
+        The written files (none without matplotlib).
+    """
     records = state["records"]
     names = sorted({r["strategy"] for r in records})
     colors = dict(zip(names, ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"]))
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for name in names:
-        pts = [(r["latency_ms"], r["accuracy"]) for r in records if r["strategy"] == name]
-        ax.scatter(*zip(*pts), s=18, alpha=0.6, color=colors[name], label=name)
-    everything = [(r["latency_ms"], r["accuracy"]) for r in records]
-    everything += [(v["latency_ms"], v["accuracy"]) for v in state["references"].values()]
-    front = sorted(everything[i] for i in pareto_front(everything))
-    ax.step(*zip(*front), where="post", color="black", linewidth=1, label="Pareto front")
-    for (label, ref), marker in zip(state["references"].items(), ["*", "P"]):
-        ax.scatter(
-            [ref["latency_ms"]],
-            [ref["accuracy"]],
-            marker=marker,
-            s=220,
-            color="red",
-            edgecolor="black",
-            zorder=5,
-            label=f"{label} (same width)",
-        )
-    ax.axvline(state["target_ms"], color="gray", linestyle=":", label=f"target T = {state['target_ms']:.1f} ms")
-    pareto_path = _save(
-        fig,
-        ax,
-        "measured latency (ms, batch 1)",
-        "proxy accuracy (%)",
-        "MNAS search: accuracy vs latency",
-        os.path.join(output_dir, "pareto.png"),
-    )
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name in names:
-        rewards = np.array([r["reward"] for r in records if r["strategy"] == name])
-        window = max(1, min(8, len(rewards) // 4))
-        running = np.convolve(rewards, np.ones(window) / window, mode="valid")
-        ax.plot(np.arange(len(rewards)), rewards, ".", color=colors[name], alpha=0.3)
-        ax.plot(np.arange(window - 1, len(rewards)), running, color=colors[name], label=f"{name} (mean of {window})")
-    curve_path = _save(
-        fig,
-        ax,
-        "candidate of the strategy",
-        "reward ACC x (LAT/T)^w",
-        "reward per strategy",
-        os.path.join(output_dir, "reward_curve.png"),
-    )
-    return [pareto_path, curve_path]
+    def pareto(ax) -> None:
+        for name in names:
+            pts = [(r["latency_ms"], r["accuracy"]) for r in records if r["strategy"] == name]
+            ax.scatter(*zip(*pts), s=18, alpha=0.6, color=colors[name], label=name)
+        everything = [(r["latency_ms"], r["accuracy"]) for r in records]
+        everything += [(v["latency_ms"], v["accuracy"]) for v in state["references"].values()]
+        front = sorted(everything[i] for i in pareto_front(everything))
+        ax.step(*zip(*front), where="post", color="black", linewidth=1, label="Pareto front")
+        for (label, ref), marker in zip(state["references"].items(), ["*", "P"]):
+            ax.scatter(
+                [ref["latency_ms"]],
+                [ref["accuracy"]],
+                marker=marker,
+                s=220,
+                color="red",
+                edgecolor="black",
+                zorder=5,
+                label=f"{label} (same width)",
+            )
+        ax.axvline(state["target_ms"], color="gray", linestyle=":", label=f"target T = {state['target_ms']:.1f} ms")
+        _label(ax, "measured latency (ms, batch 1)", "proxy accuracy (%)", "MNAS search: accuracy vs latency")
+
+    def reward_curves(ax) -> None:
+        for name in names:
+            rewards = np.array([r["reward"] for r in records if r["strategy"] == name])
+            window = max(1, min(8, len(rewards) // 4))
+            running = np.convolve(rewards, np.ones(window) / window, mode="valid")
+            ax.plot(np.arange(len(rewards)), rewards, ".", color=colors[name], alpha=0.3)
+            ax.plot(
+                np.arange(window - 1, len(rewards)), running, color=colors[name], label=f"{name} (mean of {window})"
+            )
+        _label(ax, "candidate of the strategy", "reward ACC x (LAT/T)^w", "reward per strategy")
+
+    written = [
+        save_figure(os.path.join(output_dir, "pareto.png"), pareto),
+        save_figure(os.path.join(output_dir, "reward_curve.png"), reward_curves, figsize=(7, 4)),
+    ]
+    return [path for path in written if path is not None]
 
 
-def _save(fig, ax, xlabel: str, ylabel: str, title: str, path: str) -> str:
-    import matplotlib.pyplot as plt
-
+def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def validate_lut(cfg: SearchConfig, num_archs: int = 20, seed: int = 1234, progress: bool = True) -> Dict[str, Any]:
@@ -565,7 +554,7 @@ def validate_lut(cfg: SearchConfig, num_archs: int = 20, seed: int = 1234, progr
     lut_path = os.path.join(cfg.output_dir, "latency_lut.json")
     _check_lut_file(lut_path)
     with LatencyWorker(lat.threads, lut_path, lat.warmup, lat.repeats) as w:
-        for arch in tqdm(archs, desc="LUT vs measured", disable=not progress):
+        for arch in progress_bar(archs, desc="LUT vs measured", disable=not progress):
             args = dict(width_mult=cfg.proxy.width_mult, resolution=lat.resolution)
             measured = w.measure(arch, **args)["median_ms"]
             predicted = w.predict(arch, **args)["predicted_ms"]
@@ -585,22 +574,14 @@ def validate_lut(cfg: SearchConfig, num_archs: int = 20, seed: int = 1234, progr
         "rows": rows,
     }
     write_json_atomic(os.path.join(cfg.output_dir, "lut_report.json"), report)
-    try:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 5))
+    def lut_vs_measured(ax) -> None:
         ax.scatter(measured, predicted, s=20)
         lim = [0, max(measured.max(), predicted.max()) * 1.1]
         ax.plot(lim, lim, "k:", linewidth=1)
         ax.set_xlabel("measured latency (ms)")
         ax.set_ylabel("lookup-table prediction (ms)")
         ax.set_title(f"MAPE {report['mape_percent']:.1f}%, Spearman {report['spearman']:.3f}")
-        fig.tight_layout()
-        fig.savefig(os.path.join(cfg.output_dir, "lut_accuracy.png"), dpi=120)
-        plt.close(fig)
-    except ImportError:
-        pass
+
+    save_figure(os.path.join(cfg.output_dir, "lut_accuracy.png"), lut_vs_measured, figsize=(5, 5))
     return report

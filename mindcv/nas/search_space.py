@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import InvalidArgumentError
 from ..models.arch import decode_arch_def, encode_arch_def, format_arch_string, make_divisible, parse_arch_string
 
 __all__ = ["SearchSpace", "DECISIONS", "Decisions"]
@@ -62,16 +63,25 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         if not len(self.channels) == len(self.repeats) == len(self.strides):
-            raise ValueError("channels, repeats and strides must have one entry per block")
+            raise InvalidArgumentError("channels, repeats and strides must have one entry per block")
         unknown = set(self.choices) - {name for name, _ in DECISIONS}
         if unknown:
-            raise ValueError(f"unknown search decisions {sorted(unknown)}; valid: {[n for n, _ in DECISIONS]}")
+            raise InvalidArgumentError(
+                f"unknown search decisions {sorted(unknown)}; valid: {[n for n, _ in DECISIONS]}"
+            )
         self.options: List[Tuple[str, tuple]] = []
         for name, default in DECISIONS:
-            values = tuple(self.choices.get(name, default))
+            given = self.choices.get(name, default)
+            if not isinstance(given, (list, tuple)):
+                raise InvalidArgumentError(
+                    f"search decision '{name}' accepts a non-empty subset of {list(default)}, got {given!r}"
+                )
+            values = tuple(given)
             bad = [v for v in values if v not in default]
             if bad or not values:
-                raise ValueError(f"search decision '{name}' accepts a non-empty subset of {list(default)}, got {bad}")
+                raise InvalidArgumentError(
+                    f"search decision '{name}' accepts a non-empty subset of {list(default)}, got {bad}"
+                )
             self.options.append((name, values))
 
     # -- sizes ---------------------------------------------------------------------------------
@@ -141,7 +151,7 @@ class SearchSpace:
     def validate(self, decisions: Decisions) -> None:
         sizes = self.num_choices
         if len(decisions) != len(sizes) or any(not 0 <= int(d) < n for d, n in zip(decisions, sizes)):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"decision vector must have {len(sizes)} entries with entry i in [0, n_i), got {decisions}"
             )
 

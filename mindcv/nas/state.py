@@ -14,6 +14,7 @@ import os
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from ..errors import InvalidArgumentError
 from ..models.arch import decode_arch_def, encode_arch_def, format_arch_string, parse_arch_string
 
 __all__ = ["SearchStateError", "StateChecker", "read_json", "set_aside", "check_search_state", "RESTART_HINT"]
@@ -21,14 +22,11 @@ __all__ = ["SearchStateError", "StateChecker", "read_json", "set_aside", "check_
 RESTART_HINT = "pass --restart to start over (the old file is kept as {name}.corrupt-<time>)"
 
 
-try:  # the package's "fix your input" error (one line and exit code 2 in the command-line tools)
-    from ..errors import InvalidArgumentError as InputError
-except ImportError:  # a mindcv without mindcv.errors
-    InputError = ValueError
+class SearchStateError(InvalidArgumentError):
+    """A search file on disk is unreadable or does not have the expected shape.
 
-
-class SearchStateError(InputError):
-    """A search file on disk is unreadable or does not have the expected shape (a ValueError)."""
+    A user error (one line and exit code 2 in search.py), and a ValueError for callers that catch that.
+    """
 
 
 def read_json(path: str, error: Callable[[str], Exception]) -> Any:

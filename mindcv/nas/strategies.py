@@ -11,14 +11,24 @@ Every strategy keeps its random generator and learned state in ``state_dict()`` 
 a search restored from disk proposes exactly what the uninterrupted search would have proposed.
 """
 
+import inspect
 from collections import deque
-from typing import Dict, List
+from typing import Any, Dict, List, Mapping
 
 import numpy as np
 
+from ..errors import InvalidArgumentError
 from .search_space import Decisions, SearchSpace
 
-__all__ = ["Strategy", "RandomSearch", "RegularizedEvolution", "ReinforceController", "create_strategy", "STRATEGIES"]
+__all__ = [
+    "Strategy",
+    "RandomSearch",
+    "RegularizedEvolution",
+    "ReinforceController",
+    "create_strategy",
+    "check_strategy_settings",
+    "STRATEGIES",
+]
 
 
 class Strategy:
@@ -78,7 +88,9 @@ class RegularizedEvolution(Strategy):
     def __init__(self, space: SearchSpace, seed: int = 0, population: int = 8, tournament: int = 3) -> None:
         super().__init__(space, seed)
         if population < 2 or not 1 <= tournament <= population:
-            raise ValueError(f"need population >= 2 and 1 <= tournament <= population, got {population}, {tournament}")
+            raise InvalidArgumentError(
+                f"need population >= 2 and 1 <= tournament <= population, got {population}, {tournament}"
+            )
         self.population_size = population
         self.tournament = tournament
         self.population: deque = deque()
@@ -212,7 +224,25 @@ STRATEGIES = {"rl": ReinforceController, "random": RandomSearch, "evolution": Re
 
 
 def create_strategy(name: str, space: SearchSpace, seed: int = 0, **kwargs) -> Strategy:
-    """Build a strategy by name (``rl``, ``random``, ``evolution``) with its keyword settings."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown search strategy '{name}'; valid: {sorted(STRATEGIES)}")
+    """Build a strategy by name (``rl``, ``random``, ``evolution``) with its keyword settings.
+
+    Raises:
+        InvalidArgumentError: an unknown name or setting (the message lists the valid ones), or a setting out of
+            its range.
+    """
+    check_strategy_settings(name, kwargs)
     return STRATEGIES[name](space, seed=seed, **kwargs)
+
+
+def check_strategy_settings(name: str, settings: Mapping[Any, Any]) -> None:
+    """Check that ``name`` is a strategy and ``settings`` names only its settings (not ``space`` / ``seed``).
+
+    Raises:
+        InvalidArgumentError: an unknown name or setting (the message lists the valid ones).
+    """
+    if name not in STRATEGIES:
+        raise InvalidArgumentError(f"unknown search strategy '{name}'; valid: {sorted(STRATEGIES)}")
+    valid = [p for p in inspect.signature(STRATEGIES[name].__init__).parameters if p not in ("self", "space", "seed")]
+    unknown = sorted(set(settings) - set(valid), key=str)
+    if unknown:
+        raise InvalidArgumentError(f"search strategy '{name}' has no setting(s) {unknown}; valid: {valid or 'none'}")

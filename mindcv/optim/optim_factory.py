@@ -11,6 +11,7 @@ import mindspore as ms
 from mindspore import Parameter, nn
 
 from ..errors import InvalidArgumentError
+from ..io.checkpoint import CheckpointError, read_checkpoint
 from .lamb import Lamb
 from .lion import Lion
 
@@ -25,6 +26,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 WEIGHT_DECAY_FILTERS = ("disable", "auto", "norm_and_bias")
+_NADAM_SCHEDULE_DECAY = 4e-3  # upstream's default; the only value accepted, as there is no NAdam
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def create_optimizer(
     nesterov: bool = False,
     weight_decay_filter: str = "disable",
     loss_scale: float = 1.0,
-    schedule_decay: float = 4e-3,
+    schedule_decay: float = _NADAM_SCHEDULE_DECAY,
     checkpoint_path: str = "",
     eps: Optional[float] = None,
     **kwargs: Any,
@@ -160,7 +162,9 @@ def create_optimizer(
             parameters (BN gamma/beta, biases) by rank; ``"auto"`` leaves it to MindSpore's default
             (which exempts parameters named beta/gamma).
         loss_scale: gradients are divided by it (static loss scaling).
-        schedule_decay: accepted for upstream compatibility (NAdam); unused.
+        schedule_decay: upstream's NAdam momentum-schedule decay. NAdam is not one of the optimizers here, so
+            only the default ``4e-3`` is accepted (upstream code passes it; it changes nothing); any other value
+            is an error rather than silently ignored.
         checkpoint_path: restore optimizer state (moments, global step) from this checkpoint.
         eps: numerical epsilon; ``None`` uses the optimizer's recommended value (RMSProp: 1e-3 as in TF
             and the MnasNet recipe - MindSpore's own 1e-10 default is wrong for it; Adam/AdamW: 1e-8).
@@ -172,6 +176,11 @@ def create_optimizer(
     Raises:
         ValueError: unknown optimizer or filter (the message lists the valid ones), or invalid values.
     """
+    if schedule_decay != _NADAM_SCHEDULE_DECAY:
+        raise InvalidArgumentError(
+            f"schedule_decay={schedule_decay!r} sets NAdam's momentum schedule, but NAdam is not available "
+            f"(optimizers: {', '.join(list_optimizers())}); leave schedule_decay at its default {_NADAM_SCHEDULE_DECAY}"
+        )
     name = opt.lower()
     if name not in OPTIMIZERS:
         raise InvalidArgumentError(f"unknown optimizer '{opt}'; valid: {', '.join(list_optimizers())}")
@@ -208,11 +217,14 @@ def create_optimizer(
 def load_optimizer_state(optimizer: nn.Optimizer, tensors: Dict[str, Any], source: str = "<state>") -> None:
     """Copy saved optimizer state (moments, global step; names optionally prefixed ``optimizer.``) into ``optimizer``.
 
+    Args:
+        optimizer: the optimizer to restore.
+        tensors: arrays by name, as :func:`mindcv.io.checkpoint.read_checkpoint` returns them.
+        source: a name for the checkpoint in error messages.
+
     Raises:
         CheckpointError: a state tensor of the optimizer is missing (e.g. saved by another optimizer).
     """
-    from ..models.checkpoint import CheckpointError
-
     state = {k[len("optimizer.") :] if k.startswith("optimizer.") else k: v for k, v in tensors.items()}
     params = [p for p in optimizer.get_parameters() if not p.name.startswith("learning_rate")]
     missing = [p.name for p in params if p.name not in state]
@@ -232,6 +244,4 @@ def load_optimizer_state(optimizer: nn.Optimizer, tensors: Dict[str, Any], sourc
 
 
 def _restore_state(optimizer: nn.Optimizer, path: str) -> None:
-    from ..models.checkpoint import read_checkpoint
-
     load_optimizer_state(optimizer, read_checkpoint(path)[0], os.path.basename(path))

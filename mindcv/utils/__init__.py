@@ -1,7 +1,7 @@
-"""Utilities: downloads, checkpoints, EMA, train step, logging, seeding, runtime."""
+"""Utilities: checkpoint rotation, EMA, train step, logging, seeding, CPU kernel choice (downloads: mindcv.io)."""
 
+from ..io.download import DownLoad, download_cached, get_cache_dir, get_default_download_root, set_default_download_root
 from .checkpoint_manager import CheckpointManager
-from .download import DownLoad, download_cached, get_cache_dir, get_default_download_root, set_default_download_root
 from .ema import EMA
 from .logger import set_logger
 from .model_stats import count_macs, count_params

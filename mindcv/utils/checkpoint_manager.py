@@ -4,16 +4,16 @@ import glob
 import logging
 import os
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from mindspore import nn
 
-from ..errors import RunFailedError
-from ..models.checkpoint import save_checkpoint
-from .atomic import describe_write_error
-from .finite import find_non_finite
+from ..errors import InvalidArgumentError, RunFailedError
+from ..io.atomic import AtomicWriteError, describe_write_error
+from ..io.checkpoint import cell_metadata, model_state_dict, save_checkpoint
+from ..io.finite import find_non_finite
 
 __all__ = ["CheckpointManager", "CheckpointSaveError"]
 
@@ -32,6 +32,8 @@ def _write(tensors: Dict[str, np.ndarray], path: str, metadata: Dict[str, Any]) 
         raise CheckpointSaveError(f"refusing to write '{path}': non-finite weights in {shown}")
     try:
         save_checkpoint(tensors, path, metadata)
+    except AtomicWriteError as err:  # already the one line naming the file and the free space
+        raise CheckpointSaveError(str(err)) from err
     except (OSError, RuntimeError) as err:
         raise CheckpointSaveError(describe_write_error(path, err)) from err
 
@@ -42,13 +44,14 @@ class CheckpointManager:
     Every file is written to a temporary name and renamed, so a crash never leaves a half-written
     checkpoint and never damages the previous ones; weights holding NaN or Inf are never written,
     rotated in or promoted to best (:class:`CheckpointSaveError`). Files from an earlier run of the same prefix are
-    discovered at start, so ``latest_k`` keeps rotating correctly after a resume.
+    discovered at start, so ``latest_k`` keeps rotating correctly after a resume. :meth:`save_ckpoint` is
+    upstream mindcv's API (``CheckpointManager(ckpt_save_policy).save_ckpoint(network, num_ckpt, metric, path)``).
 
     Args:
         ckpt_save_policy: ``"latest_k"`` keeps the newest ``keep_max`` files; ``"top_k"`` keeps the best
-            ``keep_max`` by metric (needs validation); ``None`` keeps everything.
+            ``keep_max`` by metric (needs validation); ``None`` (upstream's default) keeps everything.
         keep_max: how many rotating files to keep.
-        save_dir: folder (created if needed).
+        save_dir: folder (created when the first file is written).
         prefix: file-name prefix (the model name).
     """
 
@@ -56,19 +59,21 @@ class CheckpointManager:
 
     def __init__(
         self,
-        ckpt_save_policy: Optional[str] = "latest_k",
+        ckpt_save_policy: Optional[str] = None,
         keep_max: int = 10,
         save_dir: str = "./ckpt",
         prefix: str = "model",
     ) -> None:
         if ckpt_save_policy not in self.POLICIES:
-            raise ValueError(f"ckpt_save_policy must be one of latest_k, top_k or None, got {ckpt_save_policy!r}")
+            raise InvalidArgumentError(
+                f"ckpt_save_policy must be one of latest_k, top_k or None, got {ckpt_save_policy!r}"
+            )
         if keep_max < 1:
-            raise ValueError(f"keep_checkpoint_max must be >= 1, got {keep_max}")
+            raise InvalidArgumentError(f"keep_checkpoint_max must be >= 1, got {keep_max}")
         self.policy, self.keep_max, self.save_dir, self.prefix = ckpt_save_policy, keep_max, save_dir, prefix
-        os.makedirs(save_dir, exist_ok=True)
         self.saved: List[Tuple[str, Optional[float]]] = [(p, None) for p in self._existing()]
         self.best_metric: Optional[float] = None
+        self._upstream_kept: List[Tuple[str, Optional[float]]] = []  # the files of save_ckpoint
 
     def _existing(self) -> List[str]:
         pattern = re.compile(re.escape(self.prefix) + r"-(\d+)_(\d+)\.ckpt$")
@@ -100,7 +105,9 @@ class CheckpointManager:
         keep = True
         if self.policy == "top_k":
             if metric is None:
-                raise ValueError("ckpt_save_policy 'top_k' needs a validation metric (enable val_while_train)")
+                raise InvalidArgumentError(
+                    "ckpt_save_policy 'top_k' needs a validation metric (enable val_while_train)"
+                )
             ranked = sorted([m for _, m in self.saved if m is not None], reverse=True)
             keep = len(ranked) < self.keep_max or metric > ranked[self.keep_max - 1]
         if keep:
@@ -131,16 +138,59 @@ class CheckpointManager:
                 os.remove(path)
         self.saved = [pm for pm in self.saved if pm not in drop]
 
-    # upstream mindcv API
+    # -- upstream mindcv API -------------------------------------------------------------------------------------
     def save_ckpoint(
-        self, network: nn.Cell, num_ckpt: int = 10, metric: Optional[float] = None, save_path: str = ""
-    ) -> Optional[List[str]]:
-        """Upstream-compatible: save ``network`` to ``save_path`` under the policy; returns the kept files."""
-        self.keep_max = num_ckpt
-        tensors = {p.name: p.asnumpy() for p in network.get_parameters()}
-        if self.policy == "top_k" and metric is None:
-            raise ValueError("top_k needs a metric")
-        _write(tensors, save_path, {})
-        self.saved = [(p, m) for p, m in self.saved if p != save_path] + [(save_path, metric)]
-        self._rotate()
-        return None if self.policy is None else [p for p, _ in self.saved]
+        self, network: nn.Cell, num_ckpt: int = 10, metric: Any = None, save_path: str = ""
+    ) -> Optional[Union[List[str], List[Tuple[str, float]]]]:
+        """Save ``network`` to ``save_path`` under the policy, with upstream mindcv's semantics.
+
+        ``None`` writes every file; ``"top_k"`` writes the file only while fewer than ``num_ckpt`` are kept or
+        ``metric`` beats the worst kept one (which is then deleted); ``"latest_k"`` writes, then deletes the oldest
+        files beyond ``num_ckpt``. Only files written by this method are managed (as upstream, files of an earlier
+        run are not discovered; :meth:`save` keeps its own list). Unlike upstream, the write is atomic, a file is
+        deleted only after the new one is written, and weights holding NaN or Inf are refused.
+
+        Args:
+            network: the model; all its parameters (BN statistics included) are written.
+            num_ckpt: how many files ``top_k`` / ``latest_k`` keep (>= 1).
+            metric: the checkpoint's score, higher is better (a number or a scalar Tensor); required by ``top_k``,
+                ignored otherwise.
+            save_path: the file to write (``.ckpt`` or ``.safetensors``).
+
+        Returns:
+            ``top_k``: the kept ``(path, metric)`` pairs, best first; ``latest_k``: the kept paths, oldest first;
+            policy ``None``: ``None``.
+
+        Raises:
+            ValueError: ``top_k`` without a metric, or ``num_ckpt`` < 1.
+            CheckpointSaveError: the file could not be written, or the weights are not finite.
+        """
+        if isinstance(num_ckpt, bool) or not isinstance(num_ckpt, int) or num_ckpt < 1:
+            raise InvalidArgumentError(f"num_ckpt must be an integer >= 1, got {num_ckpt!r}")
+        if self.policy == "top_k":
+            if metric is None:
+                raise InvalidArgumentError("ckpt_save_policy 'top_k' needs a metric, got None")
+            score = float(np.asarray(metric.asnumpy() if hasattr(metric, "asnumpy") else metric))
+            kept = self._upstream_kept
+            if len(kept) >= num_ckpt and not score > kept[-1][1]:
+                return list(kept)
+            _write(model_state_dict(network), save_path, cell_metadata(network))
+            for path, _ in kept[num_ckpt - 1 :]:
+                if path != save_path and os.path.exists(path):
+                    os.remove(path)
+            kept = [(p, m) for p, m in kept[: num_ckpt - 1] if p != save_path] + [(save_path, score)]
+            self._upstream_kept = sorted(kept, key=lambda pm: pm[1], reverse=True)
+            _logger.info("Top-k checkpoints:\n%s", "\n".join(f"{p}\t{m}" for p, m in self._upstream_kept))
+            return list(self._upstream_kept)
+        if self.policy == "latest_k":
+            # first: a failed save deletes nothing
+            _write(model_state_dict(network), save_path, cell_metadata(network))
+            kept = [pm for pm in self._upstream_kept if pm[0] != save_path]
+            oldest = max(0, len(kept) - num_ckpt + 1)
+            for path, _ in kept[:oldest]:
+                if os.path.exists(path):
+                    os.remove(path)
+            self._upstream_kept = kept[oldest:] + [(save_path, None)]
+            return [p for p, _ in self._upstream_kept]
+        _write(model_state_dict(network), save_path, cell_metadata(network))
+        return None

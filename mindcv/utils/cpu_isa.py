@@ -41,13 +41,17 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
+# neither imports MindSpore: this module imports it only inside functions
+from ..io.atomic import AtomicWriteError, atomic_write
+from ..io.download import LockTimeoutError, _file_lock, get_cache_dir
+
 __all__ = [
     "CpuIsaDecision",
     "apply_cpu_isa",
     "cpu_isa_report",
     "cpu_isa_summary",
+    "cpu_environment_line",
     "effective_cpu_isa",
-    "environment_line",
     "host_isa_flags",
     "measure_cpu_isa",
 ]
@@ -427,8 +431,6 @@ def choose_cap(runs: Dict[str, dict], min_speedup: float = MIN_SPEEDUP) -> dict:
 # ----------------------------------------------------------------------------------------------------- the cache
 def cache_path() -> str:
     """``<cache>/cpu_isa.json`` (``<cache>`` is ``$MINDCV_HOME`` or ``~/.cache/mindcv``)."""
-    from .download import get_cache_dir
-
     return os.path.join(get_cache_dir(), CACHE_NAME)
 
 
@@ -482,8 +484,6 @@ def _valid_entry(entry: object) -> bool:
 
 
 def _write_cache(path: str, hosts: Dict[str, dict]) -> None:
-    from .atomic import atomic_write
-
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with atomic_write(path) as f:
         json.dump({"version": CACHE_VERSION, "hosts": hosts}, f, indent=1, sort_keys=True)
@@ -554,8 +554,6 @@ class _CacheUnusable(Exception):
 
 def _measure_in(path: str, fp: Dict[str, object], key: str, remeasure: bool, spare: str) -> dict:
     """Measure under the lock next to ``path`` (unless another process just did) and cache the result."""
-    from .download import LockTimeoutError, _file_lock
-
     with contextlib.ExitStack() as stack:
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -583,8 +581,6 @@ def _measure_in(path: str, fp: Dict[str, object], key: str, remeasure: bool, spa
 
 def _store(path: str, key: str, entry: dict, hosts: Optional[Dict[str, dict]]) -> bool:
     """Add ``entry`` to the cache file ``path``; False (with a warning) if it cannot be written."""
-    from .atomic import AtomicWriteError
-
     try:
         hosts = dict(_read_cache(path) if hosts is None else hosts)
         hosts[key] = entry
@@ -760,9 +756,12 @@ def cpu_isa_summary() -> Dict[str, object]:
     }
 
 
-def environment_line() -> str:
-    """One line for benchmark results: CPU, its ISA flags, oneDNN's level and cap, MindSpore version, threads and
-    which depthwise kernels run (:mod:`mindcv.kernels`)."""
+def cpu_environment_line() -> str:
+    """CPU, its ISA flags, oneDNN's level and cap, MindSpore version and op threads, as one line.
+
+    Returns:
+        The line; :func:`mindcv.runtime.environment_line` adds which depthwise kernels run.
+    """
     info = cpu_isa_summary()
     lib = _load_onednn()
     onednn = f"oneDNN {_onednn_version(lib)}" if lib else "no oneDNN"
@@ -770,17 +769,8 @@ def environment_line() -> str:
         f"{info['cpu']} ({info['logical_cores']} logical cores, {platform.machine()}); ISA flags "
         f"{' '.join(info['isa_flags']) or 'none'}; {onednn} at {info['cpu_isa_effective']} "
         f"(cap {info['cpu_isa_cap']}, decided by: {info['cpu_isa_source']}); MindSpore {_mindspore_version()}, "
-        f"{info['mindspore_threads']} op threads; depthwise kernels: {_depthwise_kernels()}"
+        f"{info['mindspore_threads']} op threads"
     )
-
-
-def _depthwise_kernels() -> str:
-    from ..kernels import depthwise_kernel_status  # imported late: this module runs before MindSpore's import
-
-    try:
-        return depthwise_kernel_status().name
-    except Exception as err:  # noqa: BLE001  (MINDCV_DIRECT_DEPTHWISE=1 without the kernels: say so in the line)
-        return f"unavailable ({err})"
 
 
 def cpu_isa_report(entry: Optional[dict] = None) -> str:

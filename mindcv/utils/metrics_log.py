@@ -6,7 +6,8 @@ import logging
 import os
 from typing import Any, Dict, List, Optional
 
-from .atomic import atomic_write
+from ..io.atomic import atomic_write
+from .plotting import save_figure
 
 __all__ = ["MetricsLog"]
 
@@ -59,15 +60,10 @@ class MetricsLog:
 
     def plot(self) -> Optional[str]:
         """Loss, accuracy and learning-rate curves as PNG (``None`` without matplotlib)."""
-        try:
-            import matplotlib
+        return save_figure(self.png_path, self._draw, grid=(1, 3), figsize=(15, 4), dpi=90)
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            return None
+    def _draw(self, axes) -> None:
         epochs = [r["epoch"] for r in self.rows]
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         for key, label in (("train_loss", "train"), ("val_loss", "validation")):
             pts = [(r["epoch"], r[key]) for r in self.rows if r.get(key) is not None]
             if pts:
@@ -86,8 +82,3 @@ class MetricsLog:
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend()
-        fig.tight_layout()
-        with atomic_write(self.png_path, "wb") as f:
-            fig.savefig(f, format="png", dpi=90)
-        plt.close(fig)
-        return self.png_path

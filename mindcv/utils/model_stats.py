@@ -7,6 +7,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
+from .context import execution_mode
+
 __all__ = ["count_params", "count_macs"]
 
 
@@ -39,9 +41,7 @@ def count_macs(model: nn.Cell, image_size: int = 224, in_channels: int = 3) -> i
     def dense_hook(cell: nn.Dense, _inputs, output) -> None:
         totals["macs"] += int(np.prod(output.shape[1:])) * cell.in_channels
 
-    previous_mode = ms.get_context("mode")
     was_training = model.training
-    ms.set_context(mode=ms.PYNATIVE_MODE)
     handles = []
     try:
         for _, cell in model.cells_and_names():
@@ -50,10 +50,10 @@ def count_macs(model: nn.Cell, image_size: int = 224, in_channels: int = 3) -> i
             elif isinstance(cell, nn.Dense):
                 handles.append(cell.register_forward_hook(dense_hook))
         model.set_train(False)
-        model(ms.Tensor(np.zeros((1, in_channels, image_size, image_size), np.float32)))
+        with execution_mode(ms.PYNATIVE_MODE):  # forward hooks run in PyNative only
+            model(ms.Tensor(np.zeros((1, in_channels, image_size, image_size), np.float32)))
     finally:
         for handle in handles:
             handle.remove()
         model.set_train(was_training)
-        ms.set_context(mode=previous_mode)
     return totals["macs"]

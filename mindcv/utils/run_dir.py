@@ -16,7 +16,7 @@ import time
 from typing import List, Optional, Sequence
 
 from ..errors import MindcvError
-from .atomic import remove_stale_temporaries
+from ..io.atomic import remove_stale_temporaries
 
 __all__ = ["RunDirError", "RunDirLock", "claim_run_dir", "previous_run_files"]
 

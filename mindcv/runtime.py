@@ -1,4 +1,8 @@
-"""Device, execution mode and data-parallel setup shared by train.py and validate.py."""
+"""Device, execution mode, data-parallel setup and the host description shared by the CLIs and benchmarks.
+
+A top-level module rather than part of :mod:`mindcv.utils` because it configures :mod:`mindcv.kernels`, which
+sits above ``utils`` in the package's layers (``tests/test_layering.py``).
+"""
 
 import logging
 import os
@@ -13,9 +17,10 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, ops
 
-from ..kernels import set_kernel_threads
+from .kernels import depthwise_kernel_status, set_kernel_threads
+from .utils.cpu_isa import cpu_environment_line
 
-__all__ = ["Runtime", "init_runtime", "launched_by_cluster_tool", "port_in_use"]
+__all__ = ["Runtime", "environment_line", "init_runtime", "launched_by_cluster_tool", "port_in_use"]
 
 _logger = logging.getLogger(__name__)
 
@@ -113,6 +118,19 @@ def init_runtime(
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=size)
     _logger.info("joined data-parallel group: rank %d of %d", rank, size)
     return Runtime(device_target, mode, True, rank, size)
+
+
+def environment_line() -> str:
+    """One line for benchmark results and logs: the CPU and oneDNN setup, and which depthwise kernels run.
+
+    Returns:
+        :func:`mindcv.utils.cpu_isa.cpu_environment_line` followed by the :mod:`mindcv.kernels` status.
+    """
+    try:
+        kernels = depthwise_kernel_status().name
+    except Exception as err:  # noqa: BLE001  (MINDCV_DIRECT_DEPTHWISE=1 without the kernels: say so in the line)
+        kernels = f"unavailable ({err})"
+    return f"{cpu_environment_line()}; depthwise kernels: {kernels}"
 
 
 _SCHEDULER = "import mindspore as ms; ms.set_device('CPU'); from mindspore.communication import init; init()"
