@@ -9,7 +9,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import zlib
 
 import numpy as np
@@ -479,16 +478,15 @@ def two_classes(tmp_path):
     return split
 
 
+@pytest.mark.timeout(120)  # a walk that follows the loops never ends: pytest-timeout fails it, naming the test
 def test_symlink_to_an_ancestor_neither_loops_nor_relabels(two_classes):
     split = two_classes
     (split / "a" / "up").symlink_to(split)  # the split root: would put b's images under a, forever
     (split / "a" / "sub" / "loop").symlink_to(split / "a")  # its own class folder
     (split / "a" / "sub" / "self").symlink_to(split / "a" / "sub")  # its own parent
     (split / "a" / "root").symlink_to(split.parent)  # the dataset root, above the split
-    start = time.perf_counter()
     train = create_dataset("imagenet", root=str(split.parent), shuffle=False)
     rows = _rows(train)
-    assert time.perf_counter() - start < 20
     assert train.get_dataset_size() == 7 and [int(r[1]) for r in rows] == [0] * 4 + [1] * 3
     from mindcv.data.image_folder import find_classes, make_samples
 
@@ -609,16 +607,15 @@ def test_symlinks_outside_the_split_work_and_duplicates_count_once(two_classes, 
     assert "already included" in reasons[str(split / "b" / "more_again")]
 
 
+@pytest.mark.timeout(120)  # opening the FIFO would block forever: pytest-timeout fails it, naming the test
 def test_broken_links_fifos_and_link_loops_are_reported_not_fatal(two_classes):
     split = two_classes
     (split / "a" / "gone.jpg").symlink_to(split / "a" / "missing.jpg")
     (split / "a" / "knot").symlink_to(split / "a" / "knot")  # ELOOP
     (split / "loop_class").symlink_to(split / "loop_class")  # not a class folder
     os.mkfifo(split / "a" / "pipe.jpg")
-    start = time.perf_counter()
     train = create_dataset("imagenet", root=str(split.parent), shuffle=False)
     assert train.class_names == ["a", "b"] and len(_rows(train)) == 7
-    assert time.perf_counter() - start < 20
     reasons = _reported(train.unreadable)
     assert "broken symbolic link" in reasons[str(split / "a" / "gone.jpg")]
     assert "broken symbolic link" in reasons[str(split / "a" / "knot")]

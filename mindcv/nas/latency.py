@@ -291,7 +291,9 @@ class LatencyWorker:
     A separate process because MindSpore fixes its kernel thread count per process: the search trains
     candidates with every core while the latency of a phone's big core is imitated with one thread. It is
     a one-worker ``ProcessPoolExecutor`` with the spawn start method (a fresh interpreter: MindSpore's
-    runtime does not survive a fork); errors raised in the worker reach the caller as themselves.
+    runtime does not survive a fork); errors raised in the worker reach the caller as themselves. As with any
+    spawn pool, a script that starts one (``run_search``, ``validate_lut``) needs an
+    ``if __name__ == "__main__":`` guard: the worker imports the script's module.
 
     Args:
         threads: CPU threads for MindSpore's kernels in the worker (1 imitates one big mobile core).
