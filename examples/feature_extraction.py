@@ -21,14 +21,13 @@ if __name__ == "__main__":  # MindSpore logs errors only, unless GLOG_v is set: 
     os.environ.setdefault("GLOG_v", "3")
 
 import numpy as np
+from example_weights import FINETUNED, default_weights  # noqa: E402  (a sibling script module)
 
 import mindspore as ms
 
 from mindcv.data import create_dataset, create_loader, create_transforms
 from mindcv.data.demo import ensure_demo_dataset
 from mindcv.models import FeatureExtractWrapper, load_model
-
-FINETUNED = os.path.join("outputs", "examples", "finetuned.ckpt")  # examples/finetune_imagefolder.py's output
 
 
 def embed(model, loader) -> tuple:
@@ -49,19 +48,6 @@ def nearest_class_mean(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndar
     classes = np.unique(train_y)
     means = normalise(np.stack([normalise(train_x)[train_y == c].mean(0) for c in classes]))
     return classes[np.argmax(normalise(test_x) @ means.T, axis=1)]
-
-
-def default_weights(parser: argparse.ArgumentParser, ckpt_path, pretrained: bool) -> str:
-    """``--ckpt_path`` as given, else the fine-tuning example's output; one line saying what to pass without it."""
-    if ckpt_path is not None or pretrained:
-        return ckpt_path or ""
-    if not os.path.isfile(FINETUNED):
-        parser.exit(
-            2,
-            f"{parser.prog}: no weights: {FINETUNED} does not exist yet; run examples/finetune_imagefolder.py "
-            "first, or pass --ckpt_path <weights> or --pretrained --model <name>\n",
-        )
-    return FINETUNED
 
 
 def parse_args(argv=None) -> argparse.Namespace:

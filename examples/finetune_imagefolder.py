@@ -21,6 +21,8 @@ import os
 if __name__ == "__main__":  # MindSpore logs errors only, unless GLOG_v is set: read when mindspore is imported
     os.environ.setdefault("GLOG_v", "3")
 
+from example_weights import FINETUNED  # noqa: E402  (what the other examples read by default)
+
 import mindspore as ms
 from mindspore import nn
 
@@ -34,8 +36,6 @@ from mindcv.models.layers import noise_width
 from mindcv.optim import create_optimizer
 from mindcv.scheduler import create_scheduler
 from mindcv.utils.train_step import NetWithLoss, TrainStep
-
-FINETUNED = os.path.join("outputs", "examples", "finetuned.ckpt")  # what the other examples read by default
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -16,26 +16,14 @@ from collections import Counter
 if __name__ == "__main__":  # MindSpore logs errors only, unless GLOG_v is set: read when mindspore is imported
     os.environ.setdefault("GLOG_v", "3")
 
+from example_weights import FINETUNED, default_weights  # noqa: E402  (a sibling script module)
+
 import mindspore as ms
 
 from mindcv.data.demo import ensure_demo_dataset
 from mindcv.inference import Classifier, collect_images
 
-FINETUNED = os.path.join("outputs", "examples", "finetuned.ckpt")  # examples/finetune_imagefolder.py's output
 PREDICTIONS = os.path.join("outputs", "examples", "predictions.json")
-
-
-def default_weights(parser: argparse.ArgumentParser, ckpt_path, pretrained: bool) -> str:
-    """``--ckpt_path`` as given, else the fine-tuning example's output; one line saying what to pass without it."""
-    if ckpt_path is not None or pretrained:
-        return ckpt_path or ""
-    if not os.path.isfile(FINETUNED):
-        parser.exit(
-            2,
-            f"{parser.prog}: no weights: {FINETUNED} does not exist yet; run examples/finetune_imagefolder.py "
-            "first, or pass --ckpt_path <weights> or --pretrained --model <name>\n",
-        )
-    return FINETUNED
 
 
 def parse_args(argv=None) -> argparse.Namespace:

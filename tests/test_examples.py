@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ EXAMPLES = os.path.join(REPO, "examples")
 
 
 def load_example(name: str):
+    if EXAMPLES not in sys.path:  # where a script's own folder is when it runs: its sibling modules import
+        sys.path.insert(0, EXAMPLES)
     spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
