@@ -717,3 +717,29 @@ def test_nas_user_errors_are_mindcv_errors(tiny_data):
         create_strategy("rl", SearchSpace(), lrr=1)
     with pytest.raises(InvalidArgumentError, match="need population >= 2"):
         create_strategy("evolution", SearchSpace(), population=1)
+
+
+@pytest.mark.slow
+def test_a_diverging_candidate_is_scored_zero_and_named_not_silently(tiny_data, caplog):
+    import logging
+
+    import mindspore as ms
+
+    from mindcv.nas.proxy import ProxyConfig, ProxyTask
+
+    config = ProxyConfig(dataset="tiny", data_dir=tiny_data, image_size=32, batch_size=12, epochs=1, mode="pynative")
+    arch = format_arch_string(ARCH_DEFS["b1"])
+    task = ProxyTask(config)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        sane = task.evaluate(arch)
+        task.config.lr = 1e30  # Adam's first steps move every weight by ~lr: the activations overflow
+        with caplog.at_level(logging.WARNING, logger="mindcv.nas.proxy"):
+            diverged = task.evaluate(arch)
+        assert ms.get_context("mode") == ms.GRAPH_MODE  # the caller's mode, not the proxy's
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    assert np.isfinite(sane["loss"]) and 0.0 <= sane["accuracy"] <= 100.0
+    assert diverged["accuracy"] == 0.0 and np.isnan(diverged["loss"])
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "mindcv.nas.proxy"]
+    assert warning.startswith(f"candidate diverged, scored 0%: {arch} (") and "non-finite parameter" in warning
