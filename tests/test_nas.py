@@ -743,3 +743,19 @@ def test_a_diverging_candidate_is_scored_zero_and_named_not_silently(tiny_data, 
     assert diverged["accuracy"] == 0.0 and np.isnan(diverged["loss"])
     [warning] = [r.getMessage() for r in caplog.records if r.name == "mindcv.nas.proxy"]
     assert warning.startswith(f"candidate diverged, scored 0%: {arch} (") and "non-finite parameter" in warning
+
+
+@pytest.mark.slow
+def test_a_dead_latency_worker_is_a_clear_error_not_a_hang():
+    import signal
+
+    from mindcv.errors import InvalidArgumentError, RunFailedError
+    from mindcv.nas.latency import LatencyWorker
+
+    with LatencyWorker(threads=1, warmup=0, repeats=1) as worker:
+        with pytest.raises(InvalidArgumentError, match="unknown block type 'zz'"):  # raised in the worker, as itself
+            worker.measure("zz_r1_k3_s1_c16", width_mult=0.5, resolution=32)
+        [pid] = list(worker._pool._processes)  # the one spawned worker (started by the constructor)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(RunFailedError, match=r"the latency worker process died during _worker_measure"):
+            worker.measure(format_arch_string(ARCH_DEFS["b1"]), width_mult=0.5, resolution=32)
