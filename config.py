@@ -145,7 +145,10 @@ def create_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "--color_jitter", type=_none_or(float), nargs="+", default=0.4, help="brightness/contrast/saturation[/hue]"
     )
     g.add_argument(
-        "--interpolation", type=str, default="bilinear", choices=["bilinear", "bicubic", "nearest", "area", "pilcubic"]
+        "--interpolation",
+        type=str,
+        default="bilinear",
+        choices=["bilinear", "bicubic", "nearest", "area", "pilcubic", "linear", "cubic"],
     )
     g.add_argument(
         "--auto_augment", type=_none_or(str), default=None, help="e.g. randaug-m9-mstd0.5, autoaug, trivialaugwide"
@@ -218,7 +221,10 @@ def create_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     _flag(g, "--use_nesterov", False, "Nesterov momentum")
     g.add_argument("--weight_decay_filter", type=str, default="disable", choices=["disable", "auto", "norm_and_bias"])
     g.add_argument(
-        "--eps", type=_none_or(float), default=None, help="optimizer epsilon (default: the optimizer's; RMSProp 1e-3)"
+        "--eps",
+        type=_none_or(float),
+        default=None,
+        help="optimizer epsilon (default: upstream's: RMSProp 1e-10, Adam/AdamW 1e-8; the MnasNet recipes set 1e-3)",
     )
 
     g = parser.add_argument_group("Scheduler")
@@ -235,7 +241,13 @@ def create_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     g.add_argument("--cycle_decay", type=float, default=1.0)
 
     g = parser.add_argument_group("Loss")
-    g.add_argument("--loss", type=str, default="CE", choices=["CE", "BCE", "ce", "bce"])
+    g.add_argument(
+        "--loss",
+        type=str,
+        default="CE",
+        choices=["CE", "BCE", "ce", "bce", "asl_single_label"],
+        help="asl_multi_label (multi-hot targets) and jsd (AugMix's 3 views) need data train.py does not produce",
+    )
     g.add_argument("--label_smoothing", type=float, default=0.0)
     g.add_argument("--aux_factor", type=float, default=0.0)
     g.add_argument("--reduction", type=str, default="mean", choices=["mean", "sum"])

@@ -88,7 +88,8 @@ def main(argv=None) -> dict:
         drop_remainder=True,
         is_training=True,
         num_classes=num_classes,
-        transform=create_transforms("imagefolder", image_resize=args.image_size, is_training=True),
+        # colour jitter 0.4 as train.py's default (create_transforms' own default is upstream's: none)
+        transform=create_transforms("imagefolder", image_resize=args.image_size, is_training=True, color_jitter=0.4),
     )
     val_loader = create_loader(
         val_set, args.batch_size, num_classes=num_classes, transform=create_transforms("imagefolder", **eval_transform)

@@ -124,28 +124,32 @@ def test_weight_decay_filter_is_decided_by_rank():
     assert [p.name for p in everything.parameters] == [p.name for p in net.trainable_params()]
 
 
-def test_rmsprop_uses_tf_epsilon_by_default():
+def test_rmsprop_uses_upstream_epsilon_by_default():
     opt = create_optimizer(SmallNet(), "rmsprop", lr=0.1)
-    assert opt.epsilon == pytest.approx(1e-3)
-    assert create_optimizer(SmallNet(), "rmsprop", eps=1e-10).epsilon == pytest.approx(1e-10)
+    assert opt.epsilon == pytest.approx(1e-10)  # upstream mindcv's eps default
+    assert create_optimizer(SmallNet(), "rmsprop", eps=1e-3).epsilon == pytest.approx(1e-3)  # the recipes' value
 
 
-def test_optimizer_state_round_trip(tmp_path):
+@pytest.mark.parametrize("opt_name", ["adamw", "momentum", "adam", "rmsprop"])
+def test_optimizer_state_round_trip(tmp_path, opt_name):
+    # momentum and adam hold 0-d state (the momentum, beta powers) that a .ckpt written from items reads back as (1,)
     from mindcv.models.checkpoint import save_checkpoint
 
     net = SmallNet()
-    opt = create_optimizer(net, "adamw", lr=[0.1, 0.05, 0.01])
+    opt = create_optimizer(net, opt_name, lr=[0.1, 0.05, 0.01])
     step = nn.TrainOneStepCell(nn.WithLossCell(net, create_loss("CE")), opt)
     step(*_data())
     path = save_checkpoint(
         {f"optimizer.{p.name}": p.asnumpy() for p in opt.get_parameters()}, str(tmp_path / "opt.ckpt")
     )
-    fresh = create_optimizer(SmallNet(), "adamw", lr=[0.1, 0.05, 0.01], checkpoint_path=path)
+    fresh = create_optimizer(SmallNet(), opt_name, lr=[0.1, 0.05, 0.01], checkpoint_path=path)
     assert int(fresh.global_step.asnumpy()) == 1
     state = {p.name: p.asnumpy() for p in opt.get_parameters()}
     restored = {p.name: p.asnumpy() for p in fresh.get_parameters()}
-    assert len(state) > 8 and all(
-        np.array_equal(state[k], restored[k]) for k in state if not k.startswith("learning_rate")
+    assert len(state) > 5 and all(
+        np.array_equal(state[k], restored[k]) and state[k].shape == restored[k].shape
+        for k in state
+        if not k.startswith("learning_rate")
     )
 
 

@@ -10,9 +10,10 @@ import mindspore.dataset.transforms as T
 import mindspore.dataset.vision as vision
 
 from ..errors import InvalidArgumentError
-from .transforms_factory import create_transforms
+from .dataset_factory import LabelledDataset
+from .transforms_factory import DecodeImage, _RandomResizedCrop, create_transforms
 
-__all__ = ["create_loader"]
+__all__ = ["create_loader", "adapt_decode_step"]
 
 _logger = logging.getLogger(__name__)
 
@@ -39,14 +40,18 @@ def create_loader(
         dataset: the dataset.
         batch_size: batch size per device.
         drop_remainder: drop the last incomplete batch (training); keep it for evaluation.
-        is_training: enables MixUp / CutMix.
+        is_training: enables MixUp / CutMix (any batch size; a single-image batch is mixed with itself, which
+            leaves it as it is, with the one-hot soft target).
         mixup: MixUp alpha (0 = off).
         cutmix: CutMix alpha (0 = off).
         cutmix_prob: probability that a batch is mixed at all (timm's ``prob``); with both MixUp and
             CutMix on, each mixed batch uses one of them with equal probability. 0 (upstream's default,
             which silently disabled the mixing it asked for) means 1.
         num_classes: classes, for the one-hot soft targets.
-        transform: image ops (default: ImageNet evaluation preprocessing, with a warning).
+        transform: image ops (default: ImageNet evaluation preprocessing, with a warning). A leading decode step
+            (:class:`~mindcv.data.transforms_factory.DecodeImage`, ``vision.Decode()``, ``vision.Decode(to_pil=True)``
+            or ``vision.RandomCropDecodeResize``, as in upstream mindcv's lists) is adapted to datasets of
+            :func:`create_dataset`, whose images are already decoded: see :func:`adapt_decode_step`.
         target_transform: label ops (default: cast to int32).
         num_parallel_workers: threads of the augmentation map (default 1; more than the CPU count is
             reduced to it, with a warning).
@@ -74,18 +79,26 @@ def create_loader(
     if transform is None:
         _logger.warning("create_loader: no transform given, using ImageNet evaluation preprocessing at 224")
         transform = create_transforms("imagenet", is_training=False)
-    out = dataset.map(
-        operations=transform,
-        input_columns="image",
-        num_parallel_workers=workers,
-        python_multiprocessing=python_multiprocessing,
-    )
+    image_ops = list(transform) if isinstance(transform, (list, tuple)) else [transform]
+    if _yields_decoded_images(dataset):
+        image_ops = adapt_decode_step(image_ops)
+    out = dataset
+    if image_ops:  # a list that only decoded has nothing left to do
+        out = out.map(
+            operations=image_ops,
+            input_columns="image",
+            num_parallel_workers=workers,
+            python_multiprocessing=python_multiprocessing,
+        )
     out = out.map(operations=target_transform or [T.TypeCast(ms.int32)], input_columns="label", num_parallel_workers=1)
 
     mixing = is_training and (mixup > 0 or cutmix > 0)
     if mixing:
-        if batch_size < 2:
-            raise InvalidArgumentError("MixUp/CutMix need batch_size >= 2")
+        if batch_size == 1:
+            _logger.warning(
+                "MixUp/CutMix with batch_size=1 mix each image with itself: images are unchanged, labels become "
+                "one-hot soft targets (upstream mindcv silently disables mixing and keeps integer labels)"
+            )
         out = out.map(
             operations=[T.OneHot(num_classes, smoothing_rate=label_smoothing), T.TypeCast(ms.float32)],
             input_columns="label",
@@ -103,3 +116,56 @@ def create_loader(
             op = T.RandomApply([op], prob=prob)
         out = out.map(operations=op, input_columns=["image", "label"])
     return out
+
+
+def adapt_decode_step(ops: List[Any]) -> List[Any]:
+    """The ops of a transform list for already decoded images: its leading decode step removed or adapted.
+
+    Lists written for upstream mindcv (or MindSpore's ``ImageFolderDataset``) start by decoding bytes, which would
+    fail on decoded images ("invalid input shape"). Our datasets decode in the source so that an unreadable file
+    is reported by path and skipped, so the decode step's work is already done:
+
+    * :class:`~mindcv.data.transforms_factory.DecodeImage` and ``vision.Decode()``: removed;
+    * ``vision.Decode(to_pil=True)``: becomes ``vision.ToPIL()``, so the ops after it receive the PIL image they
+      were written for (MindSpore then runs them in their PIL implementation, as it would after that decode);
+    * ``vision.RandomCropDecodeResize(...)``: becomes ``RandomResizedCrop`` with the same size, scale, ratio,
+      interpolation and attempts (the same operation without the decode).
+
+    Any other first op leaves the list unchanged.
+
+    Args:
+        ops: the transform list.
+
+    Returns:
+        A new list (the input list is not modified).
+    """
+    if not ops:
+        return []
+    first, rest = ops[0], list(ops[1:])
+    if isinstance(first, DecodeImage):
+        return rest
+    if isinstance(first, vision.Decode):
+        return [vision.ToPIL()] + rest if first.to_pil else rest
+    if isinstance(first, vision.RandomCropDecodeResize):
+        crop = _RandomResizedCrop(
+            first.size, first.scale, first.ratio, interpolation=first.interpolation, max_attempts=first.max_attempts
+        )
+        return [crop] + rest
+    return list(ops)
+
+
+def _yields_decoded_images(dataset: ds.Dataset) -> bool:
+    """True when every source under ``dataset`` is a :func:`create_dataset` dataset (images decoded in the source).
+
+    Other sources (e.g. ``mindspore.dataset.ImageFolderDataset``, which yields encoded bytes) keep their
+    transform list as it is: its decode step has work to do there.
+    """
+    stack, sources = [dataset], []
+    while stack:
+        node = stack.pop()
+        children = getattr(node, "children", None) or []
+        if children:
+            stack.extend(children)
+        else:
+            sources.append(node)
+    return bool(sources) and all(isinstance(source, LabelledDataset) for source in sources)

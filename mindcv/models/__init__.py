@@ -1,6 +1,6 @@
 """Model zoo: MnasNet-B1 / A1 / small built from one architecture-as-data builder."""
 
-from . import arch, checkpoint, features, layers, loading, mnasnet, model_factory, registry
+from . import arch, checkpoint, features, helpers, layers, loading, mnasnet, model_factory, registry
 from .arch import (
     decode_arch_def,
     decode_block_str,
@@ -18,12 +18,20 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .features import FeatureExtractWrapper
+from .helpers import ConfigDict, auto_map
 from .loading import LoadedModel, load_model
 from .mnasnet import *  # the entrypoints (one per VARIANTS entry, and mnasnet_arch)
-from .mnasnet import ARCH_DEFS, MnasNet
-from .model_factory import build_model_with_cfg, create_model, load_model_checkpoint, load_pretrained
+from .mnasnet import ARCH_DEFS, MnasNet, Mnasnet
+from .model_factory import (
+    build_model_with_cfg,
+    create_model,
+    get_checkpoint_download_root,
+    load_model_checkpoint,
+    load_pretrained,
+)
 from .pretrained import PretrainedCfg
 from .registry import (
+    PretrainedCfgDict,
     get_pretrained_cfg,
     get_pretrained_cfg_value,
     has_pretrained_cfg_key,
@@ -44,6 +52,9 @@ __all__ = [
     "build_model_with_cfg",
     "load_model_checkpoint",
     "load_pretrained",
+    "get_checkpoint_download_root",
+    "ConfigDict",
+    "auto_map",
     "list_models",
     "list_modules",
     "list_pretrained_tags",
@@ -56,6 +67,8 @@ __all__ = [
     "get_pretrained_cfg_value",
     "has_pretrained_cfg_key",
     "MnasNet",
+    "Mnasnet",
+    "PretrainedCfgDict",
     "ARCH_DEFS",
     "PretrainedCfg",
     "FeatureExtractWrapper",

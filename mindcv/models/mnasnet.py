@@ -31,7 +31,7 @@ from .model_factory import build_model_with_cfg
 from .pretrained import MINDCV_BN_EPS, TORCH_BN_EPS, PretrainedCfg
 from .registry import register_model
 
-__all__ = ["MnasNet", "ARCH_DEFS", "VARIANTS", "Variant", "build_mnasnet", "load_arch"]
+__all__ = ["MnasNet", "Mnasnet", "ARCH_DEFS", "VARIANTS", "Variant", "build_mnasnet", "load_arch"]
 
 # Stage tables (timm notation; TF mnasnet_models.py / timm _gen_mnasnet_* / torchvision MNASNet).
 ARCH_DEFS: Dict[str, List[str]] = {
@@ -237,6 +237,26 @@ class MnasNet(nn.Cell):
         x = self.forward_features(x, noise)
         x = self.forward_head(x, noise=noise)
         return x
+
+
+class Mnasnet(MnasNet):
+    """Upstream mindcv's class: MnasNet-B1 (torchvision's MNASNet, no SE) at width ``alpha``.
+
+    ``Mnasnet(alpha, in_channels=3, num_classes=1000, drop_rate=0.2)`` is ``MnasNet(ARCH_DEFS["b1"],
+    width_mult=alpha, ...)`` with upstream's BatchNorm (momentum 0.99, eps 1e-3): the model the ``mnasnet_*``
+    entrypoints build. Parameter names are this package's; upstream checkpoints are renamed on loading.
+
+    Args:
+        alpha: width multiplier.
+        in_channels: input image channels.
+        num_classes: classifier outputs.
+        drop_rate: dropout before the classifier.
+    """
+
+    def __init__(self, alpha: float, in_channels: int = 3, num_classes: int = 1000, drop_rate: float = 0.2) -> None:
+        super().__init__(
+            ARCH_DEFS["b1"], num_classes=num_classes, in_channels=in_channels, width_mult=alpha, drop_rate=drop_rate
+        )
 
 
 def _build_stages(

@@ -3,12 +3,12 @@
 import inspect
 import logging
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from mindspore import nn
 
 from ..errors import InvalidArgumentError, UnknownModelError
-from ..io.download import download_cached
+from ..io.download import download_cached, get_default_download_root
 from .checkpoint import (
     CheckpointError,
     convert_state_dict,
@@ -19,13 +19,20 @@ from .checkpoint import (
 )
 from .features import FeatureExtractWrapper
 from .pretrained import PretrainedCfg
-from .registry import get_pretrained_cfg, is_model, model_entrypoint, select_pretrained_tag, unknown_model_message
+from .registry import (
+    is_model,
+    model_entrypoint,
+    registered_pretrained_cfg,
+    select_pretrained_tag,
+    unknown_model_message,
+)
 
 __all__ = [
     "create_model",
     "build_model_with_cfg",
     "load_model_checkpoint",
     "load_pretrained",
+    "get_checkpoint_download_root",
     "split_model_name_tag",
     "checkpoint_num_classes",
     "read_converted",
@@ -197,7 +204,7 @@ def weights_num_classes(
         source = f"checkpoint '{checkpoint_path}'"
     elif pretrained:
         name, tag = split_model_name_tag(model_name)
-        cfg = get_pretrained_cfg(name, tag or None)
+        cfg = registered_pretrained_cfg(name, tag or None)
         stored, source = (cfg.num_classes if cfg else None), f"the published weights of '{model_name}'"
     else:
         return requested
@@ -239,24 +246,63 @@ def load_model_checkpoint(
     load_state_dict_into(model, state_dict, source=checkpoint_path)
 
 
+def get_checkpoint_download_root() -> str:
+    """Folder published weights are downloaded to: ``<download root>/checkpoints``.
+
+    The download root is ``$MINDCV_HOME`` or ``~/.cache/mindcv``, or what
+    :func:`~mindcv.io.download.set_default_download_root` set (upstream's ``~/.mindspore/models``).
+    """
+    return os.path.join(get_default_download_root(), "checkpoints")
+
+
+def _param_prefix(model: nn.Cell, name: str, fallback: str) -> str:
+    """``name`` if it is a parameter prefix of ``model``, else ``fallback``.
+
+    A cfg written for upstream's ``Mnasnet`` names its first conv ``features.0``; the weights are renamed to
+    this package's names on loading, where that conv is ``conv_stem``.
+    """
+    if any(p.name.startswith(name + ".") for p in model.get_parameters()):
+        return name
+    return fallback
+
+
 def load_pretrained(
-    model: nn.Cell, default_cfg: PretrainedCfg, num_classes: int = 1000, in_channels: int = 3, filter_fn=None
+    model: nn.Cell,
+    default_cfg: Mapping[str, Any],
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    filter_fn: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None,
 ) -> None:
     """Download (once) and load published weights, adapting classifier and first conv as needed.
 
+    Upstream mindcv's function and signature. Unlike upstream, a cfg without a URL is an error (upstream
+    logs a warning and leaves the model untrained), the download is verified and shared safely between
+    processes, any ``in_channels`` is adapted (upstream: 1 or 3), and every weight must fit the model.
+
     Args:
-        model: the model, built with ``default_cfg.bn_eps``.
-        default_cfg: the weights' metadata.
+        model: the model, built with ``default_cfg``'s ``bn_eps``.
+        default_cfg: the weights' metadata: a :class:`PretrainedCfg` or a dict with at least ``url``
+            (optional: ``sha256``/``hash_prefix``, ``layout`` (detected when absent), ``first_conv``,
+            ``classifier``).
         num_classes: the model's classes (a different count keeps the fresh classifier).
         in_channels: the model's input channels (the first conv is adapted).
         filter_fn: optional ``fn(state_dict) -> state_dict`` applied after conversion.
+
+    Raises:
+        InvalidArgumentError: the cfg has no URL.
+        DownloadError: the download failed or does not match its hash.
+        CheckpointError: the weights do not fit the model.
     """
     if not default_cfg.get("url"):
         raise InvalidArgumentError(
             f"{type(model).__name__}: no published weights for this variant (pretrained=True is not available)"
         )
     path = download_cached(
-        default_cfg["url"], sha256=default_cfg.get("sha256", ""), hash_prefix=default_cfg.get("hash_prefix", "")
+        default_cfg["url"],
+        sha256=default_cfg.get("sha256", ""),
+        hash_prefix=default_cfg.get("hash_prefix", ""),
+        subdir="",
+        cache_dir=get_checkpoint_download_root(),
     )
     tensors, _ = read_checkpoint(path)
     state_dict = convert_state_dict(tensors, default_cfg.get("layout"))
@@ -266,12 +312,62 @@ def load_pretrained(
         model,
         state_dict,
         source=os.path.basename(path),
-        first_conv=default_cfg.get("first_conv", "conv_stem"),
-        classifier=default_cfg.get("classifier", "classifier"),
+        first_conv=_param_prefix(model, default_cfg.get("first_conv") or "conv_stem", "conv_stem"),
+        classifier=_param_prefix(model, default_cfg.get("classifier") or "classifier", "classifier"),
     )
 
 
-def build_model_with_cfg(
+def build_model_with_cfg(model_cls: Callable[..., nn.Cell], *args: Any, **kwargs: Any) -> nn.Cell:
+    """Build ``model_cls(**kwargs)``, optionally with its published weights; two call forms.
+
+    * This package's form, ``build_model_with_cfg(model_cls, variant, pretrained, tags=None, pretrained_tag="",
+      **kwargs)``, used by every registered entrypoint: the weights metadata is looked up by ``variant``
+      (see :func:`_build_registered`).
+    * Upstream mindcv's form, ``build_model_with_cfg(model_cls, pretrained, default_cfg, features_only=False,
+      out_indices=[0, 1, 2, 3, 4], **kwargs)``: the weights are described by ``default_cfg`` (see
+      :func:`_build_with_cfg`).
+
+    The form is told by the second argument: a model name (``str``, or ``variant=``) is ours, anything else
+    (``pretrained``, a bool) is upstream's.
+
+    Args:
+        model_cls: the model class (or any callable returning a Cell).
+        *args: the positional arguments of either form.
+        **kwargs: the keyword arguments of either form; the rest go to ``model_cls``.
+
+    Returns:
+        The model (a :class:`FeatureExtractWrapper` with ``features_only=True``).
+    """
+    if (args and isinstance(args[0], str)) or "variant" in kwargs:
+        return _build_registered(model_cls, *args, **kwargs)
+    return _build_with_cfg(model_cls, *args, **kwargs)
+
+
+def _build_with_cfg(
+    model_cls: Callable[..., nn.Cell],
+    pretrained: bool,
+    default_cfg: Optional[Mapping[str, Any]] = None,
+    features_only: bool = False,
+    out_indices: Sequence[int] = (0, 1, 2, 3, 4),
+    **kwargs: Any,
+) -> nn.Cell:
+    """Upstream's form: ``model_cls(**kwargs)``, :func:`load_pretrained` with ``default_cfg`` if ``pretrained``,
+    then a feature extractor if ``features_only``."""
+    cfg = default_cfg if default_cfg is not None else {}
+    if pretrained and "bn_eps" in cfg and "bn_eps" in inspect.signature(model_cls).parameters:
+        kwargs.setdefault("bn_eps", cfg["bn_eps"])  # the epsilon the weights were trained with
+    model = model_cls(**kwargs)
+    if pretrained:
+        load_pretrained(model, cfg, kwargs.get("num_classes", 1000), kwargs.get("in_channels", 3))
+    if features_only:
+        if not hasattr(model, "feature_info"):
+            name = getattr(model_cls, "__name__", model_cls)
+            raise InvalidArgumentError(f"features_only=True needs a model with a feature_info list; {name} has none")
+        model = FeatureExtractWrapper(model, out_indices)
+    return model
+
+
+def _build_registered(
     model_cls: type,
     variant: str,
     pretrained: bool,
@@ -296,7 +392,7 @@ def build_model_with_cfg(
     if pretrained_tag:
         cfg = select_pretrained_tag(variant, tags, pretrained_tag)
     else:
-        cfg = get_pretrained_cfg(variant) or PretrainedCfg()
+        cfg = registered_pretrained_cfg(variant) or PretrainedCfg()
     accepted = set(inspect.signature(model_cls.__init__).parameters) - {"self"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:

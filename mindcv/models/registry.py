@@ -4,13 +4,16 @@ Compatible with upstream mindcv's ``registry.py`` (same functions and signatures
 name twice is an error instead of a silent overwrite, and unknown names get a "did you mean" hint.
 """
 
+import copy
 import difflib
 import fnmatch
 import sys
 from collections import defaultdict
+from dataclasses import asdict
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Union
 
 from ..errors import InvalidArgumentError, UnknownModelError
+from .pretrained import PretrainedCfg
 
 __all__ = [
     "register_model",
@@ -21,6 +24,8 @@ __all__ = [
     "is_model_in_modules",
     "is_model_pretrained",
     "get_pretrained_cfg",
+    "registered_pretrained_cfg",
+    "PretrainedCfgDict",
     "get_pretrained_cfg_value",
     "has_pretrained_cfg_key",
     "list_pretrained_tags",
@@ -168,8 +173,38 @@ def select_pretrained_tag(model_name: str, tags: Mapping[str, Any], tag: str) ->
     return tags[tag]
 
 
-def get_pretrained_cfg(model_name: str, tag: Optional[str] = None) -> Any:
-    """The default (or the ``tag``) pretrained cfg of a model; ``{}`` when it has none.
+class PretrainedCfgDict(dict):
+    """A model's pretrained cfg as upstream mindcv returns it (a ``dict``, a copy the caller may change) that
+    also reads like :class:`~mindcv.models.pretrained.PretrainedCfg`: ``cfg["url"]`` and ``cfg.url``,
+    ``cfg.eval_resize``, ``dataclasses.replace(cfg, url=...)``.
+
+    Upstream code iterates it, mutates it and passes it to ``load_pretrained`` / ``build_model_with_cfg``; our
+    code reads its fields as attributes. A missing key is a ``KeyError`` (``cfg[k]``) or ``AttributeError``
+    (``cfg.k``).
+    """
+
+    # PretrainedCfg's field table: dataclasses.replace / asdict / fields accept this dict as they accepted the
+    # PretrainedCfg that get_pretrained_cfg returned before, and its derived properties below read the same fields
+    __dataclass_fields__ = PretrainedCfg.__dataclass_fields__
+    eval_resize = PretrainedCfg.eval_resize
+    has_weights = PretrainedCfg.has_weights
+    to_dict = PretrainedCfg.to_dict
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"pretrained cfg has no field '{key}'; fields: {', '.join(self)}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+
+def registered_pretrained_cfg(model_name: str, tag: Optional[str] = None) -> Any:
+    """The registry's own cfg object of a model's default (or ``tag``) weights, not a copy; ``{}`` when none.
+
+    Models built by :func:`~mindcv.models.model_factory.build_model_with_cfg` carry this object as
+    ``model.pretrained_cfg``. Callers must not change it; :func:`get_pretrained_cfg` gives a copy.
 
     Raises:
         InvalidArgumentError: ``tag`` is not a published tag of the model (see :func:`select_pretrained_tag`).
@@ -179,6 +214,28 @@ def get_pretrained_cfg(model_name: str, tag: Optional[str] = None) -> Any:
     return _model_pretrained_cfgs.get(model_name, {})
 
 
+def get_pretrained_cfg(model_name: str, tag: Optional[str] = None) -> PretrainedCfgDict:
+    """A copy of the default (or the ``tag``) pretrained cfg of a model, as a dict; ``{}`` when it has none.
+
+    As upstream mindcv, the result is a fresh ``dict`` (changing it changes nothing in the registry); it is a
+    :class:`PretrainedCfgDict`, so its fields also read as attributes (``cfg.url``, ``cfg.eval_resize``).
+
+    Args:
+        model_name: a registered name.
+        tag: a published weights tag (see :func:`list_pretrained_tags`); the default weights when empty.
+
+    Returns:
+        The cfg's fields by name (an empty dict for a model without a cfg).
+
+    Raises:
+        InvalidArgumentError: ``tag`` is not a published tag of the model (see :func:`select_pretrained_tag`).
+    """
+    cfg = registered_pretrained_cfg(model_name, tag)
+    # asdict copies deeply, as upstream's deepcopy; a plain dict cfg (a module written for upstream) is copied
+    fields = copy.deepcopy(dict(cfg)) if isinstance(cfg, dict) else asdict(cfg)
+    return PretrainedCfgDict(fields)
+
+
 def list_pretrained_tags(model_name: str) -> List[str]:
     """Tags of the published weights of a model, default first."""
     return list(_model_pretrained_tags.get(model_name, {}))
@@ -186,7 +243,7 @@ def list_pretrained_tags(model_name: str) -> List[str]:
 
 def get_pretrained_cfg_value(model_name: str, cfg_key: str) -> Any:
     """One field of a model's default pretrained cfg (``None`` if absent)."""
-    return get_pretrained_cfg(model_name).get(cfg_key, None) if model_name in _model_pretrained_cfgs else None
+    return registered_pretrained_cfg(model_name).get(cfg_key, None) if model_name in _model_pretrained_cfgs else None
 
 
 def has_pretrained_cfg_key(model_name: str, cfg_key: str) -> bool:

@@ -68,7 +68,7 @@ def _nesterov(params, lr, momentum, nesterov, eps, loss_scale, **kw):
 
 
 def _rmsprop(params, lr, momentum, nesterov, eps, loss_scale, decay=0.9, **kw):
-    # TF semantics (eps inside the square root, accumulator initialised to 1): the MnasNet recipe
+    # TF semantics (eps inside the square root, accumulator initialised to 1): the MnasNet recipes set eps 1e-3
     return nn.RMSProp(
         params, learning_rate=lr, decay=decay, momentum=momentum, epsilon=eps, loss_scale=loss_scale, **kw
     )
@@ -104,7 +104,9 @@ OPTIMIZERS: Dict[str, OptimInfo] = {
         OptimInfo("sgd", _sgd, description="SGD with optional momentum"),
         OptimInfo("momentum", _momentum, description="heavy-ball momentum (nesterov=True for Nesterov)"),
         OptimInfo("nesterov", _nesterov, description="Nesterov momentum"),
-        OptimInfo("rmsprop", _rmsprop, 1e-3, description="TF-style RMSProp (decay 0.9), the MnasNet paper's optimizer"),
+        OptimInfo(
+            "rmsprop", _rmsprop, 1e-10, description="TF-style RMSProp (decay 0.9), the MnasNet paper's optimizer"
+        ),
         OptimInfo("adam", _adam, 1e-8),
         OptimInfo("adamw", _adamw, 1e-8, description="Adam with decoupled weight decay"),
         OptimInfo("lamb", _lamb, 1e-6, supports_loss_scale=False),
@@ -142,6 +144,7 @@ def create_optimizer(
     momentum: float = 0.9,
     nesterov: bool = False,
     weight_decay_filter: str = "disable",
+    layer_decay: Optional[float] = None,
     loss_scale: float = 1.0,
     schedule_decay: float = _NADAM_SCHEDULE_DECAY,
     checkpoint_path: str = "",
@@ -161,13 +164,18 @@ def create_optimizer(
         weight_decay_filter: ``"disable"`` decays every parameter; ``"norm_and_bias"`` exempts 1-D
             parameters (BN gamma/beta, biases) by rank; ``"auto"`` leaves it to MindSpore's default
             (which exempts parameters named beta/gamma).
+        layer_decay: upstream's layer-wise learning-rate decay. Only ``None`` is accepted: upstream groups layers
+            with a model's ``group_matcher`` or classifier name, which MnasNet lacks, so there the option changes
+            nothing; a value is an error rather than silently ignored.
         loss_scale: gradients are divided by it (static loss scaling).
         schedule_decay: upstream's NAdam momentum-schedule decay. NAdam is not one of the optimizers here, so
             only the default ``4e-3`` is accepted (upstream code passes it; it changes nothing); any other value
             is an error rather than silently ignored.
         checkpoint_path: restore optimizer state (moments, global step) from this checkpoint.
-        eps: numerical epsilon; ``None`` uses the optimizer's recommended value (RMSProp: 1e-3 as in TF
-            and the MnasNet recipe - MindSpore's own 1e-10 default is wrong for it; Adam/AdamW: 1e-8).
+        eps: numerical epsilon of rmsprop, adam, adamw and lamb. ``None`` gives upstream mindcv's values: RMSProp
+            1e-10 (upstream's ``eps`` default; the MnasNet recipes set 1e-3, as TF's MnasNet does), Adam/AdamW
+            1e-8, Lamb 1e-6. Upstream passes ``eps`` to RMSProp only and silently ignores it for the others;
+            here a given value is used by every optimizer that has an epsilon.
         **kwargs: optimizer-specific options (``decay`` for rmsprop, ``beta1``/``beta2`` ...).
 
     Returns:
@@ -180,6 +188,11 @@ def create_optimizer(
         raise InvalidArgumentError(
             f"schedule_decay={schedule_decay!r} sets NAdam's momentum schedule, but NAdam is not available "
             f"(optimizers: {', '.join(list_optimizers())}); leave schedule_decay at its default {_NADAM_SCHEDULE_DECAY}"
+        )
+    if layer_decay is not None:
+        raise InvalidArgumentError(
+            f"layer_decay={layer_decay!r} is not supported: layer-wise learning-rate decay needs a model with layer "
+            "groups (upstream's ViT-style models), and on MnasNet upstream's option changes nothing; leave it None"
         )
     name = opt.lower()
     if name not in OPTIMIZERS:
@@ -232,6 +245,10 @@ def load_optimizer_state(optimizer: nn.Optimizer, tensors: Dict[str, Any], sourc
         raise CheckpointError(
             f"'{source}' has no optimizer state for {len(missing)} tensors, e.g. {missing[:3]} (different optimizer?)"
         )
+    # a scalar (momentum, beta powers) comes back from a .ckpt written from a list of items as shape (1,)
+    for p in params:
+        if tuple(p.shape) == () and np.shape(state[p.name]) == (1,):
+            state[p.name] = np.reshape(state[p.name], ())
     wrong = [
         f"{p.name} {tuple(state[p.name].shape)} vs {tuple(p.shape)}" for p in params if state[p.name].shape != p.shape
     ]

@@ -45,11 +45,14 @@ def create_scheduler(
         scheduler: one of :data:`SCHEDULERS` (case-insensitive).
         lr: peak learning rate.
         min_lr: final / floor learning rate (cosine, one-cycle, cyclic).
-        warmup_epochs: linear warmup from ``lr * warmup_factor`` to ``lr`` (not for one_cycle/cyclic).
+        warmup_epochs: linear warmup from ``lr * warmup_factor`` to ``lr`` (not for one_cycle/cyclic). A warmup of
+            ``num_epochs`` or more is truncated at ``num_epochs`` with a warning, as upstream: the rate keeps the
+            slope of the full warmup, so it never reaches ``lr``, and there is no main phase.
         warmup_factor: starting fraction of the warmup.
-        decay_epochs: cosine period (cosine_*), decay interval (step_decay: the MnasNet paper uses
-            x0.97 every 2.4 epochs; fractional values are honoured), or polynomial horizon.
-        decay_rate: multiplier of step/exponential decay; power of polynomial decay.
+        decay_epochs: cosine period (cosine_*) or decay interval (step_decay: the MnasNet paper uses
+            x0.97 every 2.4 epochs; fractional values are honoured).
+        decay_rate: multiplier of step/exponential decay; power of polynomial decay (which, as upstream, decays
+            to 0 over the epochs after the warmup).
         milestones: epochs of multi_step_decay (counted from the end of warmup).
         num_epochs: total epochs including warmup.
         num_cycles: cosine restarts (cosine_decay / warmup_cosine_decay_restarts).
@@ -60,7 +63,8 @@ def create_scheduler(
         ``steps_per_epoch * num_epochs`` learning rates.
 
     Raises:
-        ValueError: unknown scheduler (the message lists the valid ones) or inconsistent epochs.
+        ValueError: unknown scheduler (the message lists the valid ones), fewer than one step or epoch, a warmup
+            with one_cycle/cyclic, or multi_step_decay without milestones.
     """
     name = scheduler.lower()
     if name not in SCHEDULERS:
@@ -80,15 +84,30 @@ def create_scheduler(
             )
         half = max(1, steps_per_epoch * num_epochs // (2 * num_cycles))
         return dynamic_lr.cyclic_lr(min_lr, lr, half, half, steps_per_epoch=steps_per_epoch, epochs=num_epochs)
-    if warmup_epochs >= num_epochs:
-        raise InvalidArgumentError(f"warmup_epochs ({warmup_epochs}) must be smaller than num_epochs ({num_epochs})")
+    if warmup_epochs < 0:
+        raise InvalidArgumentError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+    if name == "multi_step_decay" and not milestones:
+        raise InvalidArgumentError("multi_step_decay needs milestones (a list of epochs)")
     if name.startswith("cosine") or name.startswith("warmup_cosine"):
-        if warmup_epochs + decay_epochs * num_cycles > num_epochs:
+        if warmup_epochs < num_epochs < warmup_epochs + decay_epochs * num_cycles:
             _logger.warning("warmup_epochs + decay_epochs * num_cycles > num_epochs: the cosine is cut short")
     warmup: List[float] = []
     if warmup_epochs > 0:
         fn = dynamic_lr.linear_lr if lr_epoch_stair else dynamic_lr.linear_refined_lr
         warmup = fn(warmup_factor, 1.0, warmup_epochs, lr=lr, steps_per_epoch=steps_per_epoch, epochs=warmup_epochs)
+        if warmup_epochs >= num_epochs:  # upstream's behaviour: the run ends inside the warmup
+            warmup = warmup[: steps_per_epoch * num_epochs]
+            _logger.warning(
+                "warmup_epochs (%s) >= num_epochs (%s): the warmup is truncated at epoch %s, so the learning rate "
+                "only rises to %.6g (%.3g x lr) and the '%s' phase never starts; set warmup_epochs below num_epochs",
+                warmup_epochs,
+                num_epochs,
+                num_epochs,
+                warmup[-1],
+                warmup[-1] / lr if lr else 0.0,
+                name,
+            )
+            return warmup
     main_epochs = num_epochs - warmup_epochs
     common = dict(steps_per_epoch=steps_per_epoch, epochs=main_epochs)
     if name == "constant":
@@ -103,9 +122,7 @@ def create_scheduler(
         main = fn(decay_rate, lr=lr, **common)
     elif name == "polynomial_decay":
         fn = dynamic_lr.polynomial_lr if lr_epoch_stair else dynamic_lr.polynomial_refined_lr
-        main = [max(v, min_lr) for v in fn(int(decay_epochs), decay_rate, lr=lr, **common)]
+        main = fn(main_epochs, decay_rate, lr=lr, **common)
     else:  # multi_step_decay
-        if not milestones:
-            raise InvalidArgumentError("multi_step_decay needs milestones (a list of epochs)")
         main = dynamic_lr.multi_step_lr(list(milestones), decay_rate, lr=lr, **common)
     return warmup + main
