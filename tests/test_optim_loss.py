@@ -132,7 +132,9 @@ def test_rmsprop_uses_upstream_epsilon_by_default():
 
 @pytest.mark.parametrize("opt_name", ["adamw", "momentum", "adam", "rmsprop"])
 def test_optimizer_state_round_trip(tmp_path, opt_name):
-    # momentum and adam hold 0-d state (the momentum, beta powers) that a .ckpt written from items reads back as (1,)
+    # momentum and adam hold 0-d state (the momentum, beta powers): the file keeps it 0-d, and a file from before
+    # that fix (scalars stored as (1,)) still restores
+    from mindcv.io.checkpoint import read_checkpoint
     from mindcv.models.checkpoint import save_checkpoint
 
     net = SmallNet()
@@ -142,15 +144,21 @@ def test_optimizer_state_round_trip(tmp_path, opt_name):
     path = save_checkpoint(
         {f"optimizer.{p.name}": p.asnumpy() for p in opt.get_parameters()}, str(tmp_path / "opt.ckpt")
     )
-    fresh = create_optimizer(SmallNet(), opt_name, lr=[0.1, 0.05, 0.01], checkpoint_path=path)
-    assert int(fresh.global_step.asnumpy()) == 1
     state = {p.name: p.asnumpy() for p in opt.get_parameters()}
-    restored = {p.name: p.asnumpy() for p in fresh.get_parameters()}
-    assert len(state) > 5 and all(
-        np.array_equal(state[k], restored[k]) and state[k].shape == restored[k].shape
-        for k in state
-        if not k.startswith("learning_rate")
+    saved = read_checkpoint(path)[0]
+    assert all(np.shape(saved[f"optimizer.{k}"]) == v.shape for k, v in state.items())
+    legacy = save_checkpoint(
+        {k: np.reshape(v, (1,)) if np.ndim(v) == 0 else v for k, v in saved.items()}, str(tmp_path / "legacy.ckpt")
     )
+    for source in (path, legacy):
+        fresh = create_optimizer(SmallNet(), opt_name, lr=[0.1, 0.05, 0.01], checkpoint_path=source)
+        assert int(fresh.global_step.asnumpy()) == 1
+        restored = {p.name: p.asnumpy() for p in fresh.get_parameters()}
+        assert len(state) > 5 and all(
+            np.array_equal(state[k], restored[k]) and state[k].shape == restored[k].shape
+            for k in state
+            if not k.startswith("learning_rate")
+        )
 
 
 def _step(net, **kwargs):

@@ -490,12 +490,14 @@ def save_checkpoint(
     with atomic_path(path) as tmp:
         try:
             if ext == ".ckpt":
-                items = [{"name": k, "data": Tensor(np.ascontiguousarray(v))} for k, v in tensors.items()]
+                # np.require, not np.ascontiguousarray: the latter turns 0-d state (momentum, beta powers) into (1,)
+                items = [{"name": k, "data": Tensor(np.require(v, requirements="C"))} for k, v in tensors.items()]
                 ms.save_checkpoint(items, tmp, append_dict={META_KEY: meta_json})
             else:
                 from safetensors.numpy import save_file
 
-                save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata={META_KEY: meta_json})
+                contiguous = {k: np.require(v, requirements="C") for k, v in tensors.items()}
+                save_file(contiguous, tmp, metadata={META_KEY: meta_json})
         finally:
             # MindSpore writes '<name>.tmp' first and leaves it behind when the write fails (e.g. a full disk)
             leftover = os.path.splitext(tmp)[0] + ".tmp"

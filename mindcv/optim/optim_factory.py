@@ -245,7 +245,7 @@ def load_optimizer_state(optimizer: nn.Optimizer, tensors: Dict[str, Any], sourc
         raise CheckpointError(
             f"'{source}' has no optimizer state for {len(missing)} tensors, e.g. {missing[:3]} (different optimizer?)"
         )
-    # a scalar (momentum, beta powers) comes back from a .ckpt written from a list of items as shape (1,)
+    # files written before mindcv.io.checkpoint kept 0-d arrays hold scalar state (momentum, beta powers) as (1,)
     for p in params:
         if tuple(p.shape) == () and np.shape(state[p.name]) == (1,):
             state[p.name] = np.reshape(state[p.name], ())
