@@ -35,7 +35,7 @@ from mindcv.io.finite import find_non_finite
 from mindcv.loss import create_loss
 from mindcv.models import CheckpointError, create_model
 from mindcv.models.checkpoint import NonFiniteWeightsError, model_metadata, read_checkpoint
-from mindcv.models.layers import noise_width, takes_noise
+from mindcv.models.layers import BatchNormSettling, noise_width, takes_noise
 from mindcv.optim import create_optimizer
 from mindcv.optim.optim_factory import load_optimizer_state
 from mindcv.runtime import environment_line, init_runtime
@@ -114,7 +114,7 @@ def main(args) -> int:
         save_args(args, os.path.join(args.ckpt_save_dir, "config.yaml"))
         log_setup(args, runtime, data, run)
 
-    epoch_end = EpochEnd(args, runtime, data, run, resumed_at=start_epoch if args.resume else 0)
+    epoch_end = EpochEnd(args, runtime, data, run, resumed_at=start_epoch if args.resume else 0, start_step=global_step)
     for epoch in range(start_epoch, args.epoch_size):
         select_epoch_data(data.train_set, args.seed, epoch)
         try:
@@ -444,10 +444,14 @@ class EpochEnd:
         data: the loaders.
         run: what the loop trains.
         resumed_at: epochs already done when this process started (the metrics log drops later rows).
+        start_step: optimizer steps already done when this process started.
     """
 
-    def __init__(self, args, runtime, data: Data, run: Run, resumed_at: int) -> None:
+    def __init__(self, args, runtime, data: Data, run: Run, resumed_at: int, start_step: int = 0) -> None:
         self.args, self.runtime, self.data, self.run = args, runtime, data, run
+        self.start_step, self.global_step = start_step, start_step
+        self.bn_settling = BatchNormSettling(run.model)  # warns when validation would use unsettled statistics
+        self.bn_warned = False
         self.metrics = MetricsLog(args.ckpt_save_dir, resume_epoch=resumed_at) if runtime.is_main else None
         self.meta_base = {
             **model_metadata(run.model),  # everything load_model needs to rebuild the architecture
@@ -479,8 +483,11 @@ class EpochEnd:
             "epoch_seconds": result.seconds,
         }
         last = epoch + 1 == args.epoch_size
+        self.global_step = global_step
         if self.data.val_loader is not None and ((epoch + 1) % args.val_interval == 0 or last):
             row.update(self.validate())
+            if not self.bn_warned:
+                self.bn_warned = self.warn_unsettled_bn()
         if self.runtime.is_main:
             logger.info(self.summary(row, result))
             self.metrics.append(row)  # before the checkpoints: a kill while saving never loses a finished epoch's row
@@ -505,6 +512,14 @@ class EpochEnd:
         )
         run.model.set_train(True)
         return dict(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"], val_samples=val["num_samples"])
+
+    def warn_unsettled_bn(self) -> bool:
+        """Log a warning when validation used BatchNorm statistics still mostly from the start; True if it did."""
+        batches = (self.global_step - self.start_step) * self.args.gradient_accumulation_steps
+        message = self.bn_settling.warning(batches)
+        if message and self.runtime.is_main:
+            logger.warning(message)
+        return message is not None
 
     def summary(self, row: Dict[str, Any], result: EpochResult) -> str:
         """The epoch's log line: training figures, then validation, skipped images and skipped updates if any."""
@@ -549,6 +564,8 @@ class EpochEnd:
             else ""
         )
         logger.info("finished training%s; metrics: %s", best, self.metrics.csv_path)
+        if self.bn_warned and self.data.val_loader is not None:
+            self.warn_unsettled_bn()  # still unsettled at the end: say so where the user reads the result
 
 
 def stop_diverged(reason: str, manager: CheckpointManager) -> int:

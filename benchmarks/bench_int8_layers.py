@@ -42,7 +42,9 @@ def _session(path: str, threads: int, profile_prefix: str = ""):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def conv_kernel_times(path: str, batch: np.ndarray, runs: int, threads: int, work: str) -> List[Tuple[str, float, list]]:
+def conv_kernel_times(
+    path: str, batch: np.ndarray, runs: int, threads: int, work: str
+) -> List[Tuple[str, float, list]]:
     """(op type, median kernel microseconds, input shapes) of each convolution, in execution order."""
     session = _session(path, threads, os.path.join(work, os.path.basename(path)))
     name = session.get_inputs()[0].name
@@ -145,7 +147,9 @@ def main() -> None:
         all32, all8 = sum(t for t, _ in totals.values()), sum(t for _, t in totals.values())
         print(f"  {'all convs':10} {all32:8.0f} {all8:8.0f} {all32 / all8:6.2f}x")
 
-        speed = interleaved({"fp32": fp32, "int8": int8, "int8, stem fp32": int8_stem}, batch, args.rounds, args.threads)
+        speed = interleaved(
+            {"fp32": fp32, "int8": int8, "int8, stem fp32": int8_stem}, batch, args.rounds, args.threads
+        )
         print(f"\nwhole graph, interleaved ({args.rounds} rounds, medians):")
         for key, value in speed.items():
             print(f"  {key:16} {value:8.0f} img/s  {value / speed['fp32']:.2f}x fp32")

@@ -21,6 +21,7 @@ from mindspore import Tensor, nn
 from mindspore.train import Callback
 
 from ..io.checkpoint import cell_metadata, read_checkpoint_metadata, save_checkpoint
+from ..models.layers import BatchNormSettling
 from .checkpoint_manager import CheckpointManager
 from .reduce_manager import AllReduceSum
 from .train_step import ModelTrainStep, TrainStep
@@ -295,6 +296,8 @@ class StateMonitor(Callback):
                 "(epoch_size) is the total of the whole run, as the learning-rate schedule built for it; "
                 f"pass more than {self.last_epoch}"
             )
+        self._bn_settling = BatchNormSettling(self.model.predict_network)
+        self._bn_warned = False
 
     def _lr(self) -> Optional[float]:
         opt = self.optimizer
@@ -379,6 +382,7 @@ class StateMonitor(Callback):
             shown = ", ".join(f"{n}: {v:.4%}" for n, v in zip(self.metric_name, res))
             _logger.info("Validation %s, time: %.6fs", shown, val_time)
             self.last_metric = float(res[0]) * 100.0
+            self._warn_unsettled_bn(cb_params.cur_step_num)
             if res[0] > self.best_res:
                 self.best_res = float(res[0])
                 self.best_epoch = cur_epoch
@@ -416,8 +420,19 @@ class StateMonitor(Callback):
                 self.summary_record.add_value("scalar", f"val_{name}_{self.rank_id}", Tensor(value, ms.float32))
             self.summary_record.record(cb_params.cur_step_num + self.last_epoch * cb_params.batch_num)
 
+    def _warn_unsettled_bn(self, batches: int, final: bool = False) -> None:
+        """Warn (at the first such validation, and again at the end) when BatchNorm statistics have not settled."""
+        settling = getattr(self, "_bn_settling", None)
+        if settling is None or (self._bn_warned and not final) or (final and not self._bn_warned):
+            return
+        message = settling.warning(batches)
+        if message and self.rank_id == 0:
+            _logger.warning(message)
+        self._bn_warned = self._bn_warned or message is not None
+
     def on_train_end(self, run_context) -> None:
         _logger.info("Finish training!")
+        self._warn_unsettled_bn(run_context.original_args().cur_step_num, final=True)
         if self.dataset_val is not None:
             _logger.info(
                 "The best validation %s is: %.4f%% at epoch %d.",
