@@ -102,3 +102,16 @@ def test_momentum_0_or_1_and_no_batches_report_nothing(momentum):
 
 def test_a_network_without_batchnorm_reports_nothing():
     assert BatchNormSettling(nn.Dense(3, 2)).warning(10) is None
+
+
+def test_layers_are_named_as_in_the_model_not_after_its_wrappers():
+    class Wrapper(nn.Cell):
+        def __init__(self, network):
+            super().__init__()
+            self.network = network
+
+    inner = nn.SequentialCell([nn.BatchNorm2d(CHANNELS), nn.BatchNorm2d(CHANNELS)])
+    watch = BatchNormSettling(Wrapper(Wrapper(inner)))
+    _train(inner, 3)
+    # the second layer sees normalized inputs (variance ~1, its starting value): settled from the first batch
+    assert [name for name, _, _ in watch.stale_layers(3)] == ["0"]

@@ -374,7 +374,17 @@ def test_num_samples_limits_the_epoch(image_folder):
 
 @pytest.mark.parametrize(
     "policy",
-    ["randaug-m9-mstd0.5", "randaug-m7-n3", "randaug-m9-mstd0.5-inc1", "autoaug", "autoaugr", "trivialaugwide"],
+    [
+        "randaug-m9-mstd0.5",
+        "randaug-m7-n3",
+        "randaug-m9-mstd0.5-inc1",
+        "autoaug",
+        "autoaugr",
+        "trivialaugwide",
+        "3a",
+        "augmix",
+        "augmix-m5-w4-d2",
+    ],
 )
 def test_auto_augment_policies_run(policy):
     ops = create_transforms("imagenet", 48, is_training=True, auto_augment=policy, re_prob=0.5)
@@ -386,12 +396,29 @@ def test_auto_augment_policies_run(policy):
 
 @pytest.mark.parametrize(
     "policy, needle",
-    [("randaug-x3", "unknown option 'x3'"), ("augmix", "unknown policy 'augmix'"), ("randaug-inc0", "inc1")],
+    [
+        ("randaug-x3", "unknown option 'x3'"),
+        ("augmax", "unknown policy 'augmax'"),
+        ("randaug-inc0", "inc1"),
+        ("augmix-q1", "bad section 'q1'"),
+        ("3a-m5", "bad section 'm5'"),
+    ],
 )
 def test_unknown_policy_lists_the_valid_ones(policy, needle):
     with pytest.raises(ValueError, match=needle) as err:
         create_transforms("imagenet", 224, is_training=True, auto_augment=policy)
     assert "randaug[-m<magnitude" in str(err.value) and "trivialaugwide" in str(err.value)
+
+
+@pytest.mark.parametrize("policy", ["3a", "augmix-m3-w2"])
+def test_python_policies_run_in_the_loader(image_folder, policy):
+    """3a and AugMix have no MindSpore op: create_transforms gives Python ops, which run in the map workers."""
+    train = create_dataset("imagenet", root=str(image_folder))
+    ops = create_transforms("imagenet", 32, is_training=True, auto_augment=policy)
+    loader = create_loader(train, batch_size=4, is_training=True, transform=ops, num_parallel_workers=1)
+    images, labels = next(loader.create_tuple_iterator(num_epochs=1, output_numpy=True))
+    assert images.shape == (4, 3, 32, 32) and images.dtype == np.float32 and np.isfinite(images).all()
+    assert labels.shape == (4,)
 
 
 def test_random_erasing_erases_a_rectangle_in_all_channels():

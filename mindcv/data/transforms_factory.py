@@ -47,6 +47,8 @@ AUTO_AUGMENT_POLICIES = (
     "randaug[-m<magnitude 0..10>][-n<ops>][-mstd<std>][-mmax<max>][-inc1]  e.g. randaug-m9-mstd0.5",
     "autoaug / autoaugr  (AutoAugment, ImageNet policy)",
     "trivialaugwide  (TrivialAugment-Wide)",
+    "3a[-mstd<std>]  (DeiT III's 3-Augment: solarize, desaturate or blur; Python op)",
+    "augmix[-m<severity>][-w<width>][-d<depth>][-a<alpha>]  e.g. augmix-m3-w3 (AugMix; Python op)",
 )
 _RANDAUG_BINS = 31  # MindSpore/torchvision magnitude bins; timm magnitudes are on a 0..10 scale
 
@@ -177,6 +179,16 @@ def parse_auto_augment(
         if len(parts) > 1:
             raise _bad_policy(policy, "trivialaugwide takes no options")
         return vision.TrivialAugmentWide(_RANDAUG_BINS, interpolation, fill)
+    if parts[0] in ("3a", "augmix"):
+        # no MindSpore op for these: the Python transforms of auto_augment.py, run in the map workers
+        from .auto_augment import augment_and_mix_transform, auto_augment_transform
+
+        hparams = {"img_mean": fill, "interpolation": interpolation}
+        build = auto_augment_transform if parts[0] == "3a" else augment_and_mix_transform
+        try:
+            return build(policy.lower(), hparams)
+        except ValueError as err:
+            raise _bad_policy(policy, str(err)) from None
     if parts[0] != "randaug":
         raise _bad_policy(policy, f"unknown policy '{parts[0]}'")
     opts = {"m": 9.0, "n": 2, "mstd": 0.0, "mmax": 10.0, "inc": 1}

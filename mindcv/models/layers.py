@@ -115,10 +115,15 @@ class BatchNormSettling:
     """
 
     def __init__(self, network: nn.Cell) -> None:
+        norms = [(name, cell) for name, cell in network.cells_and_names() if isinstance(cell, nn.BatchNorm2d)]
+        # name the layers as the model does, without the wrappers' prefix ("step.network.network.blocks...")
+        parts = [name.split(".") for name, _ in norms]
+        common = 0
+        while parts and all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
+            common += 1
         self._layers = [
-            (name, cell, cell.moving_variance.asnumpy().astype(np.float64))
-            for name, cell in network.cells_and_names()
-            if isinstance(cell, nn.BatchNorm2d)
+            (".".join(p[common:]), cell, cell.moving_variance.asnumpy().astype(np.float64))
+            for p, (_, cell) in zip(parts, norms)
         ]
 
     def stale_layers(self, batches: int, tolerance: float = 2.0) -> List[Tuple[str, float, int]]:

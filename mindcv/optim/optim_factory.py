@@ -212,6 +212,8 @@ def create_optimizer(
     else:
         params = list(model_or_params)
     is_groups = bool(params) and isinstance(params[0], dict)
+    if is_groups:
+        _check_groups(params)
     if is_groups or weight_decay_filter == "auto":
         groups, optimizer_wd = params, weight_decay  # groups pass through; "auto": MindSpore's name filter
     elif weight_decay_filter == "disable":
@@ -225,6 +227,27 @@ def create_optimizer(
     if checkpoint_path:
         _restore_state(optimizer, checkpoint_path)
     return optimizer
+
+
+def _check_groups(groups: Sequence[dict]) -> None:
+    """Refuse a parameter group that selects nothing, naming it and the names there are to select from.
+
+    Groups are usually built by filtering parameter names; a filter written for another model's names (upstream
+    mindcv's MnasNet calls its layers ``features.N``, this package ``conv_stem``, ``blocks.S.B``...) selects
+    nothing, and MindSpore's own error does not say which group or why.
+    """
+    everything = [p.name for g in groups if isinstance(g, dict) for p in g.get("order_params", g.get("params", []))]
+    for index, group in enumerate(groups):
+        if not isinstance(group, dict) or "order_params" in group:
+            continue
+        if not list(group.get("params", [])):
+            stems = sorted({".".join(n.split(".")[:2]) for n in everything})
+            shown = ", ".join(stems[:12]) + (f" and {len(stems) - 12} more" if len(stems) > 12 else "")
+            raise InvalidArgumentError(
+                f"parameter group {index} selects no parameters (its filter matched no name). This model's names "
+                f"start with: {shown}. Upstream mindcv's MnasNet names its layers features.N; see 'Differences "
+                "from upstream mindcv' in the README"
+            )
 
 
 def load_optimizer_state(optimizer: nn.Optimizer, tensors: Dict[str, Any], source: str = "<state>") -> None:
