@@ -35,11 +35,12 @@ from mindcv.io.finite import find_non_finite
 from mindcv.loss import create_loss
 from mindcv.models import CheckpointError, create_model
 from mindcv.models.checkpoint import NonFiniteWeightsError, model_metadata, read_checkpoint
-from mindcv.models.layers import BatchNormSettling, noise_width, takes_noise
+from mindcv.models.layers import noise_width, takes_noise
 from mindcv.optim import create_optimizer
 from mindcv.optim.optim_factory import load_optimizer_state
 from mindcv.runtime import environment_line, init_runtime
 from mindcv.scheduler import create_scheduler
+from mindcv.utils.bn_settling import BatchNormSettling
 from mindcv.utils.checkpoint_manager import CheckpointManager
 from mindcv.utils.cli import run_cli
 from mindcv.utils.ema import EMA

@@ -12,7 +12,7 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from mindcv.models.layers import BatchNormSettling
+from mindcv.utils.bn_settling import BatchNormSettling
 
 CHANNELS = 8
 TRUE_VARIANCE = 0.003**2 * 64  # the variance of the inputs below (what a depthwise layer trains to: ~1e-3)

@@ -21,6 +21,7 @@ from mindcv.models import (
     save_checkpoint,
 )
 from mindcv.models.checkpoint import convert_state_dict, detect_layout, read_checkpoint
+from mindcv.models.model_factory import read_converted
 
 _NAMES = {"tv:0.5": "mnasnet_050", "timm:mnasnet_small": "mnasnet_small", "upstream:mnasnet_050": "mnasnet_050"}
 
@@ -79,7 +80,7 @@ def test_torchvision_names_map_to_every_parameter(fixtures_dir):
     tensors, _ = read_checkpoint(os.path.join(fixtures_dir, "torchvision_mnasnet0.5.safetensors"))
     native = convert_state_dict(tensors)
     model = create_model("mnasnet_050", num_classes=10)
-    assert set(native) == {p.name for p in model.get_parameters()}
+    assert set(native) == {path for path, _ in model.parameters_and_names()}  # converted names are the cells' paths
     assert not any("num_batches_tracked" in k for k in native)
 
 
@@ -90,7 +91,10 @@ def test_native_round_trip_keeps_weights_and_bn_eps(fixtures_dir, tmp_path, ext)
     path = save_checkpoint(model, str(tmp_path / f"converted{ext}"))
     assert oct(os.stat(path).st_mode & 0o777) != oct(0o400)  # not left read-only
     tensors, meta = read_checkpoint(path)
-    assert detect_layout(tensors) == "mindcv"
+    # mnasnet_050 names its parameters as upstream does, so the names alone look like upstream's file; the record
+    # of the BatchNorm epsilon (1e-5 here, not upstream's 1e-3) marks it as ours and is used
+    assert detect_layout(tensors) == "mindcv_upstream" and "features.0.weight" in tensors
+    assert read_converted(path)[1:] == ("mindcv", 1e-5)
     assert meta["bn_eps"] == 1e-5 and meta["arch"].startswith("ds_r1_k3_s1_c16_noskip|")
     reloaded = create_model("mnasnet_050", num_classes=10, checkpoint_path=path)
     assert reloaded.bn_eps == 1e-5  # taken from the file, so outputs keep matching the source
@@ -104,7 +108,7 @@ def test_fine_tuning_adapts_classifier_and_input_channels(fixtures_dir):
     weights = os.path.join(fixtures_dir, "torchvision_mnasnet0.5.safetensors")
     tensors, _ = read_checkpoint(weights)
     model = create_model("mnasnet_050", num_classes=3, in_channels=1, checkpoint_path=weights)
-    params = {p.name: p.asnumpy() for p in model.get_parameters()}
+    params = {k: p.asnumpy() for k, p in model.parameters_and_names()}
     assert params["classifier.weight"].shape == (3, 1280)
     np.testing.assert_allclose(
         params["conv_stem.weight"], tensors["layers.0.weight"].astype(np.float32).sum(1, keepdims=True), rtol=1e-6
@@ -131,7 +135,7 @@ def test_wrong_architecture_lists_every_problem(fixtures_dir):
 @pytest.mark.slow
 def test_missing_and_unexpected_keys_are_reported(tmp_path):
     model = create_model("mnasnet_050", num_classes=10)
-    tensors = {p.name: p.asnumpy() for p in model.get_parameters()}
+    tensors = {k: p.asnumpy() for k, p in model.parameters_and_names()}
     tensors.pop("blocks.2.1.bn2.gamma")
     tensors["blocks.9.0.conv.weight"] = np.zeros((1,), np.float32)
     path = save_checkpoint(tensors, str(tmp_path / "edited.ckpt"))
@@ -192,13 +196,13 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_ema_weights_are_selectable(tmp_path):
     model = create_model("mnasnet_050", num_classes=10)
-    online = {p.name: p.asnumpy() for p in model.get_parameters()}
+    online = {k: p.asnumpy() for k, p in model.parameters_and_names()}
     ema = {f"ema.{k}": v + 1.0 for k, v in online.items()}
     path = save_checkpoint({**online, **ema}, str(tmp_path / "with_ema.ckpt"))
     a = create_model("mnasnet_050", num_classes=10, checkpoint_path=path)
     b = create_model("mnasnet_050", num_classes=10, checkpoint_path=path, ema=True)
-    pa = {p.name: p.asnumpy() for p in a.get_parameters()}
-    pb = {p.name: p.asnumpy() for p in b.get_parameters()}
+    pa = {k: p.asnumpy() for k, p in a.parameters_and_names()}
+    pb = {k: p.asnumpy() for k, p in b.parameters_and_names()}
     np.testing.assert_array_equal(pa["conv_stem.weight"], online["conv_stem.weight"])
     np.testing.assert_array_equal(pb["conv_stem.weight"], online["conv_stem.weight"] + 1.0)
     with pytest.raises(CheckpointError, match="no 'ema.' parameters"):
@@ -403,7 +407,7 @@ def test_find_non_finite_counts_floating_tensors_only():
 def test_non_finite_weights_are_refused_at_load(tmp_path, ext):
     """MindSpore's CPU ReLU maps NaN to 0: a NaN network can still output finite logits, so refuse at load."""
     model = create_model("mnasnet_050", num_classes=10)
-    tensors = model_state = {p.name: p.asnumpy() for p in model.get_parameters()}
+    tensors = model_state = {k: p.asnumpy() for k, p in model.parameters_and_names()}
     tensors["blocks.2.1.conv_dw.weight"] = tensors["blocks.2.1.conv_dw.weight"].copy()
     tensors["blocks.2.1.conv_dw.weight"][0, 0, 0, 0] = np.nan
     path = save_checkpoint(tensors, str(tmp_path / f"nan{ext}"))
@@ -429,7 +433,9 @@ def _native_safetensors(path, mutate, metadata=None):
 
     from mindcv.models.checkpoint import model_state_dict
 
-    state = model_state_dict(create_model("mnasnet_050", num_classes=3))
+    # named after the cells (param_layout="blocks"), as this package wrote mnasnet_050 before it took upstream's names:
+    # those files load into today's mnasnet_050 too
+    state = model_state_dict(create_model("mnasnet_050", num_classes=3, param_layout="blocks"))
     mutate(state)
     save_file(state, str(path), metadata=metadata)
     return str(path)
@@ -609,7 +615,7 @@ def test_auto_mapping_true_loads_upstream_names_exactly_and_never_guesses(fixtur
     load_model_checkpoint(into, path, auto_mapping=True)
     expected = convert_state_dict(tensors, detect_layout(tensors))
     for model in (mapped, plain, into):
-        params = {p.name: p.asnumpy() for p in model.get_parameters()}
+        params = {k: p.asnumpy() for k, p in model.parameters_and_names()}
         assert params.keys() == expected.keys()
         assert all(np.array_equal(params[k], expected[k]) for k in expected)
 

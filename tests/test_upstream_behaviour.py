@@ -340,25 +340,26 @@ def test_set_logger_without_a_name_configures_the_root_logger_keeping_foreign_ha
         root.setLevel(level)
 
 
-def test_the_tutorials_layer_learning_rate_groups_fail_loudly_on_our_names():
-    """Upstream's fine-tuning guide filters ``features.13``-``features.15`` into learning-rate groups; our MnasNet
-    names its layers ``blocks.S.B`` (README, 'Differences from upstream mindcv'), so those groups are empty: an
-    error naming the group and the names there are, never an optimizer that silently ignores the groups."""
+def test_a_parameter_group_that_selects_nothing_fails_loudly():
+    """Upstream's fine-tuning guide filters ``features.13`` into a learning-rate group. MnasNet-B1 carries those
+    names (tests/test_upstream_param_names.py); a model that does not (A1: ``blocks.S.B``) would get empty
+    groups: an error naming the group and the names there are, never an optimizer that ignores the groups."""
     from mindcv.errors import InvalidArgumentError
     from mindcv.models import create_model
 
-    network = create_model("mnasnet_050", num_classes=4)
+    network = create_model("semnasnet_100", num_classes=4)
     params = network.trainable_params()
     lr = [0.01] * 4
     groups = [
         {"params": [p for p in params if "features.13" in p.name], "lr": [v * 1.05 for v in lr]},
-        {"params": [p for p in params if "features.14" in p.name], "lr": [v * 1.1 for v in lr]},
         {"params": [p for p in params if ".".join(p.name.split(".")[:2]) != "features.13"], "lr": lr},
         {"order_params": params},
     ]
-    with pytest.raises(InvalidArgumentError, match=r"parameter group 0 selects no parameters.*blocks\.0.*features\.N"):
+    with pytest.raises(
+        InvalidArgumentError, match=r"parameter group 0 selects no parameters.*blocks\.0.*Only MnasNet-B1"
+    ):
         create_optimizer(groups, "momentum", lr=lr)
-    # groups written for our names work, and the classifier group gets its own rate
+    # groups written for the model's names work, and the classifier group gets its own rate
     groups = [
         {"params": [p for p in params if "classifier" in p.name], "lr": 0.02},
         {"params": [p for p in params if "classifier" not in p.name], "lr": 0.01},

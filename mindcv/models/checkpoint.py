@@ -202,6 +202,28 @@ def _upstream_name(key: str, n_blocks: int) -> str:
     raise CheckpointError(f"upstream mindcv key '{key}' is outside MnasNet-B1's 16 blocks")
 
 
+def legacy_state_name(name: str) -> Optional[str]:
+    """The name a state entry had before MnasNet-B1 took upstream's parameter names, or None if it did not change.
+
+    Optimizer moments and EMA copies are named after their parameter (``adam_m.features.0.weight``,
+    ``ema.features.0.weight``); files written before name them after the cell (``adam_m.conv_stem.weight``).
+
+    Args:
+        name: a state name whose last part is a MnasNet-B1 parameter's upstream name.
+
+    Returns:
+        The same name with the parameter part in cell-path form, or None.
+    """
+    match = re.search(r"(^|\.)(features\.\d+\..*)$", name)
+    if match is None:
+        return None
+    try:
+        old = _upstream_name(match.group(2), sum(_B1_STAGE_REPEATS))
+    except (CheckpointError, KeyError, ValueError, IndexError):
+        return None
+    return name[: match.start(2)] + old
+
+
 def convert_state_dict(
     state_dict: Dict[str, np.ndarray], layout: Optional[str] = None, ema: bool = False
 ) -> Dict[str, np.ndarray]:
@@ -278,7 +300,8 @@ def load_state_dict_into(
 
     Args:
         model: the target model.
-        state_dict: arrays named like ``model``'s parameters (see :func:`convert_state_dict`).
+        state_dict: arrays named by the model's cell paths (see :func:`convert_state_dict`) or by its
+            parameters' names (the same unless the model uses upstream's ``features.N`` names).
         source: a name for the checkpoint in error messages.
         first_conv: prefix of the first convolution, adapted when the input channels differ.
         classifier: prefix of the classifier, re-initialised when the class count differs.
@@ -289,8 +312,12 @@ def load_state_dict_into(
         NonFiniteWeightsError: a floating-point tensor about to be loaded holds NaN or Inf (the first few
             are named with their count of non-finite values); the model is left unchanged.
     """
-    params = {p.name: p for p in model.get_parameters()}
-    state_dict = dict(state_dict)
+    # matched by cell path (conv_stem.weight), the names convert_state_dict gives; a state dict named after the
+    # parameters themselves (train.py's, for a model with upstream's features.N names) is translated to them
+    source_paths = getattr(model, "source_param_paths", None)  # a feature extractor: the paths in its model
+    params = {source_paths[p.name] if source_paths else path: p for path, p in model.parameters_and_names()}
+    path_of = {p.name: path for path, p in params.items()}
+    state_dict = {k if k in params else path_of.get(k, k): v for k, v in state_dict.items()}
     if adapt:
         head_keys = [k for k in state_dict if k.startswith(classifier + ".")]
         model_head = [k for k in params if k.startswith(classifier + ".")]

@@ -60,6 +60,8 @@ class FeatureExtractWrapper(nn.Cell):
                 f"feature points {sorted(wanted)} are not top-level cells of {type(net).__name__}"
             )
         original_names = {id(p): p.name for p in net.get_parameters()}
+        # the cell paths the parameters had in the model: weights are matched by them (load_state_dict_into)
+        self.source_param_paths = {p.name: path for path, p in net.parameters_and_names()}
         self.layers = nn.CellList(cells)
         # re-parenting renames parameters ("0.weight"); keep the model's names so that checkpoints of the
         # backbone stay loadable into (and from) the full model

@@ -133,7 +133,7 @@ def infer_model_name(state_dict: Dict[str, Any], candidates: Optional[List[str]]
     matches = []
     for name in candidates or [m for m in list_models() if m != "mnasnet_arch"]:
         model = create_model(name, num_classes=num_classes)
-        if {p.name: tuple(p.shape) for p in model.get_parameters()} == shapes:
+        if {path: tuple(p.shape) for path, p in model.parameters_and_names()} == shapes:
             matches.append(name)
     if len(matches) != 1:
         what = "no registered architecture" if not matches else f"several architectures ({', '.join(matches)})"

@@ -31,7 +31,17 @@ from .model_factory import build_model_with_cfg
 from .pretrained import MINDCV_BN_EPS, TORCH_BN_EPS, PretrainedCfg
 from .registry import register_model
 
-__all__ = ["MnasNet", "Mnasnet", "ARCH_DEFS", "VARIANTS", "Variant", "build_mnasnet", "load_arch"]
+__all__ = [
+    "MnasNet",
+    "Mnasnet",
+    "ARCH_DEFS",
+    "VARIANTS",
+    "Variant",
+    "build_mnasnet",
+    "load_arch",
+    "PARAM_LAYOUTS",
+    "upstream_parameter_names",
+]
 
 # Stage tables (timm notation; TF mnasnet_models.py / timm _gen_mnasnet_* / torchvision MNASNet).
 ARCH_DEFS: Dict[str, List[str]] = {
@@ -85,6 +95,14 @@ class MnasNet(nn.Cell):
         bn_momentum: BatchNorm momentum in MindSpore's convention (0.99 = TF decay 0.99 = PyTorch 0.01).
         bn_eps: BatchNorm epsilon. 1e-3 for the TF / mindcv recipe; 1e-5 for weights trained in PyTorch.
         pad_type: ``"symmetric"`` (PyTorch-compatible) or ``"same"`` (TF-compatible).
+        param_layout: how parameters are named. ``"blocks"``: after the cells (``conv_stem``,
+            ``blocks.<stage>.<block>.conv_pw``, ``conv_head``), as timm does. ``"features"``: as upstream mindcv and
+            torchvision name MnasNet-B1 (``features.0`` the stem, ``features.8`` the first inverted residual,
+            ``features.8.layers.0`` its expansion conv), so code that filters upstream's names (freezing
+            ``features.0``-``features.6``, learning-rate groups for ``features.13``) selects the same layers;
+            the ``mnasnet_0xx`` models use it. Only for MnasNet-B1's block pattern (a first separable block
+            without skip or SE, then inverted residuals without SE). Checkpoints of either naming load into
+            both.
     """
 
     def __init__(
@@ -100,8 +118,11 @@ class MnasNet(nn.Cell):
         bn_momentum: float = 0.99,
         bn_eps: float = MINDCV_BN_EPS,
         pad_type: str = "symmetric",
+        param_layout: str = "blocks",
     ) -> None:
         super().__init__()
+        if param_layout not in PARAM_LAYOUTS:
+            raise InvalidArgumentError(f"unknown param_layout '{param_layout}'; valid: {', '.join(PARAM_LAYOUTS)}")
         if isinstance(arch_def, str):
             arch_def = parse_arch_string(arch_def)
         if num_classes < 0 or in_channels < 1:
@@ -144,6 +165,11 @@ class MnasNet(nn.Cell):
         self.classifier = nn.Dense(num_features, num_classes) if num_classes > 0 else nn.Identity()
         self._initialize_weights()
         self.noise_layout = NoiseLayout(self)  # the dropout / drop-path columns of the training noise
+        self.param_layout = param_layout
+        if param_layout == "features":
+            names = upstream_parameter_names(self)
+            for path, param in self.parameters_and_names():
+                param.name = names[path]
 
     # -- construction helpers -------------------------------------------------------------------
     def _initialize_weights(self) -> None:
@@ -244,7 +270,7 @@ class Mnasnet(MnasNet):
 
     ``Mnasnet(alpha, in_channels=3, num_classes=1000, drop_rate=0.2)`` is ``MnasNet(ARCH_DEFS["b1"],
     width_mult=alpha, ...)`` with upstream's BatchNorm (momentum 0.99, eps 1e-3): the model the ``mnasnet_*``
-    entrypoints build. Parameter names are this package's; upstream checkpoints are renamed on loading.
+    entrypoints build, with upstream's parameter names (``features.N``).
 
     Args:
         alpha: width multiplier.
@@ -255,8 +281,74 @@ class Mnasnet(MnasNet):
 
     def __init__(self, alpha: float, in_channels: int = 3, num_classes: int = 1000, drop_rate: float = 0.2) -> None:
         super().__init__(
-            ARCH_DEFS["b1"], num_classes=num_classes, in_channels=in_channels, width_mult=alpha, drop_rate=drop_rate
+            ARCH_DEFS["b1"],
+            num_classes=num_classes,
+            in_channels=in_channels,
+            width_mult=alpha,
+            drop_rate=drop_rate,
+            param_layout="features",
         )
+
+
+PARAM_LAYOUTS = ("blocks", "features")
+_UPSTREAM_STEM = {  # torchvision / upstream mindcv: features.0-7 are the stem and the separable block, flattened
+    "conv_stem": "features.0",
+    "bn1": "features.1",
+    "blocks.0.0.conv_dw": "features.3",
+    "blocks.0.0.bn1": "features.4",
+    "blocks.0.0.conv_pw": "features.6",
+    "blocks.0.0.bn2": "features.7",
+}
+_UPSTREAM_INVERTED = {"conv_pw": "0", "bn1": "1", "conv_dw": "3", "bn2": "4", "conv_pwl": "6", "bn3": "7"}
+
+
+def upstream_parameter_names(model: "MnasNet") -> Dict[str, str]:
+    """Upstream mindcv's (and torchvision's) name for each parameter of a MnasNet-B1-patterned model.
+
+    Args:
+        model: a :class:`MnasNet` whose first block is a separable block without skip or SE and whose other
+            blocks are inverted residuals without SE (MnasNet-B1 at any width, and architectures like it).
+
+    Returns:
+        ``{cell path: upstream name}`` for every parameter, e.g. ``blocks.1.0.conv_dw.weight`` ->
+        ``features.8.layers.3.weight``.
+
+    Raises:
+        InvalidArgumentError: the model's blocks do not follow that pattern (upstream has no name for them).
+    """
+    from .layers import DepthwiseSeparableConv, InvertedResidual
+
+    stages = list(model.blocks)
+    first = stages[0][0] if stages and len(stages[0]) else None
+    rest = [block for stage in stages for block in stage][1:]
+    pattern = (
+        isinstance(first, DepthwiseSeparableConv)
+        and len(stages[0]) == 1
+        and not first.has_skip
+        and isinstance(first.se, nn.Identity)
+        and all(isinstance(b, InvertedResidual) and isinstance(b.se, nn.Identity) for b in rest)
+    )
+    if not pattern:
+        raise InvalidArgumentError(
+            "param_layout='features' names parameters as upstream mindcv's MnasNet-B1 does; this architecture "
+            f"({format_arch_string(model.arch_def)}) does not have B1's pattern (a first separable block without "
+            "skip or SE, then inverted residuals without SE): use param_layout='blocks'"
+        )
+    prefixes = dict(_UPSTREAM_STEM)
+    flat = 0
+    for stage_idx in range(1, len(stages)):
+        for block_idx in range(len(stages[stage_idx])):
+            for cell, layer in _UPSTREAM_INVERTED.items():
+                prefixes[f"blocks.{stage_idx}.{block_idx}.{cell}"] = f"features.{8 + flat}.layers.{layer}"
+            flat += 1
+    prefixes["conv_head"] = f"features.{8 + flat}"
+    prefixes["bn2"] = f"features.{9 + flat}"
+    prefixes["classifier"] = "classifier"
+    names = {}
+    for path, _ in model.parameters_and_names():
+        cell, _, leaf = path.rpartition(".")
+        names[path] = f"{prefixes[cell]}.{leaf}"
+    return names
 
 
 def _build_stages(
@@ -392,6 +484,7 @@ VARIANTS: Dict[str, Variant] = {
             "mindcv_in1k": _mindcv_cfg("mnasnet_050-7d8bf4db.ckpt", 68.07, 88.09, interpolation="bicubic"),
             "tv_in1k": _tv("mnasnet0.5_top1_67.823-3ffadce67e.pth", 67.734, 87.490, _TV_RECIPE_V1, 256),
         },
+        defaults={"param_layout": "features"},  # upstream's names (features.N)
     ),
     "mnasnet_075": Variant(
         "b1",
@@ -402,6 +495,7 @@ VARIANTS: Dict[str, Variant] = {
             "mindcv_in1k": _mindcv_cfg("mnasnet_075-465d366d.ckpt", 71.81, 90.53),
             "tv_in1k": _tv("mnasnet0_75-7090bc5f.pth", 71.180, 90.496, _TV_RECIPE_V2, 232),
         },
+        defaults={"param_layout": "features"},  # upstream's names (features.N)
     ),
     "mnasnet_100": Variant(
         "b1",
@@ -413,6 +507,7 @@ VARIANTS: Dict[str, Variant] = {
             "tv_in1k": _tv("mnasnet1.0_top1_73.512-f206786ef8.pth", 73.456, 91.510, _TV_RECIPE_V1, 256),
             "timm_in1k": _timm("mnasnet_b1-74cb7081.pth", 74.672, 92.108),
         },
+        defaults={"param_layout": "features"},  # upstream's names (features.N)
     ),
     "mnasnet_130": Variant(
         "b1",
@@ -423,6 +518,7 @@ VARIANTS: Dict[str, Variant] = {
             "mindcv_in1k": _mindcv_cfg("mnasnet_130-a43a150a.ckpt", 75.65, 92.64, interpolation="bicubic"),
             "tv_in1k": _tv("mnasnet1_3-a4c69d6f.pth", 76.506, 93.522, _TV_RECIPE_V2, 232),
         },
+        defaults={"param_layout": "features"},  # upstream's names (features.N)
     ),
     "mnasnet_140": Variant(
         "b1",
@@ -430,6 +526,7 @@ VARIANTS: Dict[str, Variant] = {
         7_115_728,
         "MnasNet-B1 with width multiplier 1.4.",
         {"mindcv_in1k": _mindcv_cfg("mnasnet_140-7e20bb30.ckpt", 76.01, 92.83)},
+        defaults={"param_layout": "features"},  # upstream's names (features.N)
     ),
     "semnasnet_050": Variant("a1", 0.5, 2_082_006, "MnasNet-A1 (with squeeze-excitation) with width multiplier 0.5."),
     "semnasnet_075": Variant(
@@ -461,7 +558,12 @@ VARIANTS: Dict[str, Variant] = {
 # What the registry reads from the defining module (upstream mindcv's convention).
 pretrained_tags: Dict[str, Dict[str, PretrainedCfg]] = {
     name: {
-        tag: replace(cfg, num_params=variant.num_params)
+        tag: replace(
+            cfg,
+            num_params=variant.num_params,
+            # the first conv as the model's parameters name it (upstream's cfgs say features.0 for B1 too)
+            first_conv="features.0" if variant.defaults.get("param_layout") == "features" else cfg.first_conv,
+        )
         for tag, cfg in (variant.weights or {"untrained": PretrainedCfg()}).items()
     }
     for name, variant in VARIANTS.items()

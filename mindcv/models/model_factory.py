@@ -136,7 +136,12 @@ def read_converted_with_metadata(
     tensors, meta = read_checkpoint(path)
     try:
         layout = detect_layout(k[len("ema.") :] if k.startswith("ema.") else k for k in tensors)
-        state_dict, bn_eps = convert_state_dict(tensors, layout, ema=ema), source_bn_eps(layout, meta)
+        state_dict = convert_state_dict(tensors, layout, ema=ema)
+        if layout == "mindcv_upstream" and meta.get("bn_eps") is not None:
+            # written by this package from a model named as upstream's (param_layout="features", the mnasnet_0xx
+            # models): the same names, but its own record of the BatchNorm epsilon, not upstream's 1e-3
+            layout = "mindcv"
+        bn_eps = source_bn_eps(layout, meta)
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
     _logger.info("%s: %s layout", path, layout)
@@ -256,13 +261,18 @@ def get_checkpoint_download_root() -> str:
 
 
 def _param_prefix(model: nn.Cell, name: str, fallback: str) -> str:
-    """``name`` if it is a parameter prefix of ``model``, else ``fallback``.
+    """The cell path of the layer ``name`` names, else ``fallback``.
 
-    A cfg written for upstream's ``Mnasnet`` names its first conv ``features.0``; the weights are renamed to
-    this package's names on loading, where that conv is ``conv_stem``.
+    ``name`` may be a cell path (``conv_stem``) or a parameter-name prefix: a cfg written for upstream's
+    ``Mnasnet`` (and the ``mnasnet_0xx`` cfgs) name the first conv ``features.0``, the name its parameters carry;
+    the weights are matched by cell path on loading.
     """
-    if any(p.name.startswith(name + ".") for p in model.get_parameters()):
-        return name
+    for path, param in model.parameters_and_names():
+        if path.startswith(name + "."):
+            return name
+        leaf = param.name[len(name) + 1 :]
+        if param.name.startswith(name + ".") and "." not in leaf and path.endswith("." + leaf):
+            return path[: -len(leaf) - 1]
     return fallback
 
 

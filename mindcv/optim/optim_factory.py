@@ -12,6 +12,7 @@ from mindspore import Parameter, nn
 
 from ..errors import InvalidArgumentError
 from ..io.checkpoint import CheckpointError, read_checkpoint
+from ..models.checkpoint import legacy_state_name
 from .lamb import Lamb
 from .lion import Lion
 
@@ -233,7 +234,7 @@ def _check_groups(groups: Sequence[dict]) -> None:
     """Refuse a parameter group that selects nothing, naming it and the names there are to select from.
 
     Groups are usually built by filtering parameter names; a filter written for another model's names (upstream
-    mindcv's MnasNet calls its layers ``features.N``, this package ``conv_stem``, ``blocks.S.B``...) selects
+    mindcv's ``features.N`` on MnasNet-A1, which this package names ``conv_stem``, ``blocks.S.B``...) selects
     nothing, and MindSpore's own error does not say which group or why.
     """
     everything = [p.name for g in groups if isinstance(g, dict) for p in g.get("order_params", g.get("params", []))]
@@ -245,8 +246,8 @@ def _check_groups(groups: Sequence[dict]) -> None:
             shown = ", ".join(stems[:12]) + (f" and {len(stems) - 12} more" if len(stems) > 12 else "")
             raise InvalidArgumentError(
                 f"parameter group {index} selects no parameters (its filter matched no name). This model's names "
-                f"start with: {shown}. Upstream mindcv's MnasNet names its layers features.N; see 'Differences "
-                "from upstream mindcv' in the README"
+                f"start with: {shown}. Only MnasNet-B1 (mnasnet_050 ... mnasnet_140) carries upstream mindcv's "
+                "features.N names; other models are named after their cells (conv_stem, blocks.S.B, conv_head)"
             )
 
 
@@ -263,6 +264,10 @@ def load_optimizer_state(optimizer: nn.Optimizer, tensors: Dict[str, Any], sourc
     """
     state = {k[len("optimizer.") :] if k.startswith("optimizer.") else k: v for k, v in tensors.items()}
     params = [p for p in optimizer.get_parameters() if not p.name.startswith("learning_rate")]
+    for p in params:  # a file written before MnasNet-B1 took upstream's names names the moments after the cells
+        legacy = legacy_state_name(p.name) if p.name not in state else None
+        if legacy is not None and legacy in state:
+            state[p.name] = state.pop(legacy)
     missing = [p.name for p in params if p.name not in state]
     if missing:
         raise CheckpointError(

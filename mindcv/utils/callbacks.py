@@ -21,7 +21,7 @@ from mindspore import Tensor, nn
 from mindspore.train import Callback
 
 from ..io.checkpoint import cell_metadata, read_checkpoint_metadata, save_checkpoint
-from ..models.layers import BatchNormSettling
+from .bn_settling import BatchNormSettling
 from .checkpoint_manager import CheckpointManager
 from .reduce_manager import AllReduceSum
 from .train_step import ModelTrainStep, TrainStep

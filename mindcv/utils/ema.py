@@ -39,6 +39,10 @@ class EMA(nn.Cell):
         self.ema_weights = self.weights.clone(prefix="ema", init="same")
         self.updates = Parameter(Tensor(0, ms.int32), name="ema.updates", requires_grad=False)
         self.hyper_map = ops.HyperMap()
+        # files written before MnasNet-B1 took upstream's parameter names call its EMA copies after the cells
+        self._legacy_names = {
+            f"ema.{p.name}": f"ema.{path}" for path, p in model.parameters_and_names() if path != p.name
+        }
 
     def construct(self) -> Tensor:
         n = self.updates.astype(ms.float32)
@@ -55,6 +59,11 @@ class EMA(nn.Cell):
     def load_state_dict(self, state: Dict[str, np.ndarray]) -> None:
         """Restore from :meth:`state_dict` output; a missing entry (KeyError) or a wrong shape (ValueError) is an
         error naming it, raised before anything is changed."""
+        state = dict(state)
+        for p in self.ema_weights:  # written before MnasNet-B1 took upstream's names: named after the cells
+            legacy = self._legacy_names.get(p.name)
+            if p.name not in state and legacy in state:
+                state[p.name] = state[legacy]
         for p in list(self.ema_weights) + [self.updates]:
             if p.name not in state:
                 raise KeyError(f"checkpoint has no EMA state '{p.name}' (was it trained with --ema?)")
