@@ -149,3 +149,38 @@ def test_the_names_follow_the_architecture_and_only_b1s_pattern_takes_them():
     assert ARCH_DEFS["b1"]  # the registered B1 widths all use the features names
     for name in ("mnasnet_050", "mnasnet_075", "mnasnet_100", "mnasnet_130", "mnasnet_140"):
         assert create_model(name, num_classes=2).trainable_params()[0].name == "features.0.weight"
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "ds_r1_k3_s1_c16_noskip|ir_r2_k3_s2_e3_c24|ir_r1_k5_s2_e6_c40",  # fewer blocks than B1
+        # B1's 16 blocks split differently (4, 2, 3, 2, 4, 1): B1's stage table would put them in the wrong cells
+        "ds_r1_k3_s1_c16_noskip|ir_r4_k3_s2_e3_c24|ir_r2_k5_s2_e3_c40|ir_r3_k5_s2_e6_c80|ir_r2_k3_s1_e6_c96"
+        "|ir_r4_k5_s2_e6_c192|ir_r1_k3_s1_e6_c320",
+    ],
+)
+def test_a_features_named_file_of_another_architecture_loads_into_the_right_cells(tmp_path, arch):
+    from mindcv.models import save_checkpoint
+
+    model = create_model("mnasnet_arch", arch=arch, num_classes=3, param_layout="features")
+    for i, p in enumerate(model.get_parameters()):  # every tensor distinct, so a misplaced one is seen
+        p.set_data(Tensor(np.full(p.shape, 0.01 * (i + 1), np.float32)))
+    path = save_checkpoint(model, str(tmp_path / "arch.safetensors"))
+    for layout in ("features", "blocks"):
+        again = create_model("mnasnet_arch", arch=arch, num_classes=3, param_layout=layout, checkpoint_path=path)
+        expected = dict(model.parameters_and_names())
+        for cell_path, p in again.parameters_and_names():
+            np.testing.assert_array_equal(p.asnumpy(), expected[cell_path].asnumpy(), err_msg=cell_path)
+
+
+def test_a_file_holding_both_namings_is_refused(tmp_path):
+    from mindcv.models import CheckpointError, save_checkpoint
+
+    blocks = create_model("mnasnet_050", num_classes=3, param_layout="blocks")
+    features = create_model("mnasnet_050", num_classes=3)
+    both = {p.name: p.asnumpy() for p in blocks.get_parameters()}
+    both.update({p.name: p.asnumpy() + 1.0 for p in features.get_parameters()})
+    path = save_checkpoint(both, str(tmp_path / "both.ckpt"))
+    with pytest.raises(CheckpointError, match="both namings"):
+        create_model("mnasnet_050", num_classes=3, checkpoint_path=path)

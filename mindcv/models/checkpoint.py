@@ -14,7 +14,7 @@ so a network with NaN weights can still produce finite, wrong, logits.
 
 import logging
 import re
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -183,7 +183,7 @@ def _torchvision_name(key: str, head_idx: int) -> str:
     return f"blocks.{idx - 7}.{parts[2]}.{_TV_BLOCK[parts[4]]}.{parts[-1]}"
 
 
-def _upstream_name(key: str, n_blocks: int) -> str:
+def _upstream_name(key: str, n_blocks: int, stage_repeats: Sequence[int] = _B1_STAGE_REPEATS) -> str:
     parts = key.split(".")
     if parts[0] == "classifier":
         return key
@@ -195,7 +195,7 @@ def _upstream_name(key: str, n_blocks: int) -> str:
     if idx == 9 + n_blocks:
         return "bn2." + parts[-1]
     flat = idx - 8
-    for stage, repeats in enumerate(_B1_STAGE_REPEATS):
+    for stage, repeats in enumerate(stage_repeats):
         if flat < repeats:
             return f"blocks.{stage + 1}.{flat}.{_TV_BLOCK[parts[3]]}.{parts[-1]}"
         flat -= repeats
@@ -225,7 +225,10 @@ def legacy_state_name(name: str) -> Optional[str]:
 
 
 def convert_state_dict(
-    state_dict: Dict[str, np.ndarray], layout: Optional[str] = None, ema: bool = False
+    state_dict: Dict[str, np.ndarray],
+    layout: Optional[str] = None,
+    ema: bool = False,
+    stage_repeats: Optional[Sequence[int]] = None,
 ) -> Dict[str, np.ndarray]:
     """Rename a state dict of any supported layout to this package's parameter names.
 
@@ -233,6 +236,8 @@ def convert_state_dict(
         state_dict: arrays by name.
         layout: the source layout; detected when ``None``.
         ema: take the EMA copy (``ema.``-prefixed names, as mindcv's TrainStep saves them).
+        stage_repeats: for ``features.N`` names: the blocks of each inverted-residual stage (default
+            MnasNet-B1's 3, 3, 3, 2, 4, 1; a file this package wrote from another architecture records its own).
 
     Returns:
         Arrays by native parameter name (optimizer state and other extras dropped).
@@ -255,6 +260,11 @@ def convert_state_dict(
     if layout not in CHECKPOINT_LAYOUTS:
         raise CheckpointError(f"unknown checkpoint layout '{layout}'; valid: {', '.join(CHECKPOINT_LAYOUTS)}")
     if layout == "mindcv":
+        both = sorted(k for k in state_dict if k.startswith("features."))[:3]
+        if both:  # which copy is meant is unknowable: never pick one silently
+            raise CheckpointError(
+                f"the checkpoint holds parameters under both namings (conv_stem.weight ... and {', '.join(both)} ...)"
+            )
         return {k: v for k, v in state_dict.items() if _is_model_key(k)}
     if layout == "timm":
         return _rename_torch_bn(state_dict)
@@ -264,10 +274,14 @@ def convert_state_dict(
         return {_torchvision_name(k, head_idx): v for k, v in sd.items()}
     # upstream mindcv: the file may also hold optimizer moments, global_step, learning_rate ...
     sd = {k: v for k, v in state_dict.items() if k.startswith(("features.", "classifier."))}
+    repeats = tuple(stage_repeats) if stage_repeats is not None else _B1_STAGE_REPEATS
     n_blocks = len({k.split(".")[1] for k in sd if ".layers." in k})
-    if n_blocks != sum(_B1_STAGE_REPEATS):
-        raise CheckpointError(f"upstream mindcv checkpoint has {n_blocks} inverted-residual blocks, MnasNet-B1 has 16")
-    return {_upstream_name(k, n_blocks): v for k, v in sd.items()}
+    if n_blocks != sum(repeats):
+        raise CheckpointError(
+            f"the checkpoint has {n_blocks} inverted-residual blocks under features.N names, the architecture "
+            f"{sum(repeats)} ({'MnasNet-B1' if stage_repeats is None else 'recorded with it'})"
+        )
+    return {_upstream_name(k, n_blocks, repeats): v for k, v in sd.items()}
 
 
 _MODEL_KEY_RE = re.compile(r"^(conv_stem|bn1|blocks|conv_head|bn2|classifier)\.")

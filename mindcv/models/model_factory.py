@@ -129,6 +129,20 @@ def read_converted(path: str, ema: bool = False) -> Tuple[Dict[str, Any], str, O
     return state_dict, layout, bn_eps
 
 
+def _recorded_stage_repeats(meta: Dict[str, Any]) -> Optional[Tuple[int, ...]]:
+    """Blocks per inverted-residual stage of the architecture a file records (None when it records none)."""
+    arch = meta.get("arch")
+    if not isinstance(arch, str):
+        return None
+    from .arch import decode_arch_def, parse_arch_string
+
+    try:
+        stages = decode_arch_def(parse_arch_string(arch))
+    except Exception as err:  # noqa: BLE001  (the grammar raises several kinds)
+        raise CheckpointError(f"the recorded architecture '{arch}' does not parse: {err}") from None
+    return tuple(len(stage) for stage in stages[1:])
+
+
 def read_converted_with_metadata(
     path: str, ema: bool = False
 ) -> Tuple[Dict[str, Any], str, Optional[float], Dict[str, Any]]:
@@ -136,10 +150,13 @@ def read_converted_with_metadata(
     tensors, meta = read_checkpoint(path)
     try:
         layout = detect_layout(k[len("ema.") :] if k.startswith("ema.") else k for k in tensors)
-        state_dict = convert_state_dict(tensors, layout, ema=ema)
-        if layout == "mindcv_upstream" and meta.get("bn_eps") is not None:
-            # written by this package from a model named as upstream's (param_layout="features", the mnasnet_0xx
-            # models): the same names, but its own record of the BatchNorm epsilon, not upstream's 1e-3
+        ours = layout == "mindcv_upstream" and meta.get("bn_eps") is not None
+        # written by this package from a model named as upstream's (param_layout="features", the mnasnet_0xx
+        # models): the same names, but its own record of the BatchNorm epsilon (not upstream's 1e-3) and of
+        # the architecture, whose stages place features.N in the cells (B1's unless it says otherwise)
+        repeats = _recorded_stage_repeats(meta) if ours else None
+        state_dict = convert_state_dict(tensors, layout, ema=ema, stage_repeats=repeats)
+        if ours:
             layout = "mindcv"
         bn_eps = source_bn_eps(layout, meta)
     except CheckpointError as err:
