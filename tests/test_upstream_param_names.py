@@ -184,3 +184,18 @@ def test_a_file_holding_both_namings_is_refused(tmp_path):
     path = save_checkpoint(both, str(tmp_path / "both.ckpt"))
     with pytest.raises(CheckpointError, match="both namings"):
         create_model("mnasnet_050", num_classes=3, checkpoint_path=path)
+
+
+def test_a_features_named_file_without_a_record_and_not_b1s_block_count_is_refused(tmp_path):
+    """Upstream files record no architecture, so B1's stage table is assumed; weights with another block count
+    (a bare state dict of a searched model, say) are refused naming both counts, not loaded into the wrong cells."""
+    from mindcv.models import CheckpointError, save_checkpoint
+
+    model = create_model(
+        "mnasnet_arch", arch="ds_r1_k3_s1_c16_noskip|ir_r2_k3_s2_e3_c24", num_classes=3, param_layout="features"
+    )
+    bare = {p.name: p.asnumpy() for p in model.get_parameters()}  # names only: no model name, no architecture
+    assert "features.9.layers.0.weight" in bare and "features.10.layers.0.weight" not in bare
+    path = save_checkpoint(bare, str(tmp_path / "bare.ckpt"))
+    with pytest.raises(CheckpointError, match=r"bare\.ckpt.* has 2 inverted-residual .* MnasNet-B1 \(assumed.* has 16"):
+        create_model("mnasnet_050", num_classes=3, checkpoint_path=path)

@@ -278,8 +278,12 @@ def convert_state_dict(
     n_blocks = len({k.split(".")[1] for k in sd if ".layers." in k})
     if n_blocks != sum(repeats):
         raise CheckpointError(
-            f"the checkpoint has {n_blocks} inverted-residual blocks under features.N names, the architecture "
-            f"{sum(repeats)} ({'MnasNet-B1' if stage_repeats is None else 'recorded with it'})"
+            f"the checkpoint has {n_blocks} inverted-residual blocks under features.N names, but "
+            + (
+                f"MnasNet-B1 (assumed: the file records no architecture) has {sum(repeats)}"
+                if stage_repeats is None
+                else f"the architecture recorded with it has {sum(repeats)}: the record contradicts the weights"
+            )
         )
     return {_upstream_name(k, n_blocks, repeats): v for k, v in sd.items()}
 
