@@ -6,7 +6,6 @@ a metrics row (CSV / JSON lines) and a PNG of the curves into ``--ckpt_save_dir`
 """
 
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -29,15 +28,16 @@ from mindcv.engine import (
     average_bn_statistics,
     describe_non_finite,
     evaluate,
+    restore_training_state,
     train_one_epoch,
+    training_state,
 )
 from mindcv.io.finite import find_non_finite
 from mindcv.loss import create_loss
-from mindcv.models import CheckpointError, create_model
-from mindcv.models.checkpoint import NonFiniteWeightsError, model_metadata, read_checkpoint
+from mindcv.models import create_model
+from mindcv.models.checkpoint import model_metadata
 from mindcv.models.layers import noise_width, takes_noise
 from mindcv.optim import create_optimizer
-from mindcv.optim.optim_factory import load_optimizer_state
 from mindcv.runtime import environment_line, init_runtime
 from mindcv.scheduler import create_scheduler
 from mindcv.utils.bn_settling import BatchNormSettling
@@ -581,63 +581,11 @@ def stop_diverged(reason: str, manager: CheckpointManager) -> int:
     return 1
 
 
-def training_state(model, optimizer, ema, step) -> dict:
-    """Everything needed to resume exactly: weights, optimizer state (incl. its step), EMA, loss-scale state."""
-    tensors = {p.name: p.asnumpy() for p in model.get_parameters()}
-    tensors.update(
-        {
-            f"optimizer.{p.name}": p.asnumpy()
-            for p in optimizer.get_parameters()
-            if not p.name.startswith("learning_rate")
-        }
-    )
-    tensors["train_step.loss_scale_good_steps"] = step.good_steps.asnumpy()
-    if ema is not None:
-        tensors.update(ema.state_dict())
-    return tensors
-
-
 def resume(path: str, model, optimizer, ema, step):
-    """Restore a :func:`training_state` checkpoint; returns (epochs done, global step, best metric)."""
-    from mindcv.models.checkpoint import load_state_dict_into
-
+    """Restore a :func:`~mindcv.engine.training_state` checkpoint; returns (epochs done, global step, best metric)."""
     if not path:
         raise ConfigError("--resume needs --ckpt_path <a checkpoint written by train.py>")
-    tensors, meta = read_checkpoint(path)
-    # weights, EMA and optimizer moments alike, as the float32 they become (a float64 1e300 is inf there)
-    with np.errstate(over="ignore", invalid="ignore"):
-        as_float32 = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in tensors.items()}
-    non_finite = find_non_finite(as_float32)
-    if non_finite:
-        raise NonFiniteWeightsError(path, non_finite)
-    if "epoch" not in meta or not any(k.startswith("optimizer.") for k in tensors):
-        raise CheckpointError(
-            f"'{path}' is not a training checkpoint of train.py (no optimizer state / epoch); "
-            "to start from its weights use --ckpt_path without --resume"
-        )
-    epoch, global_step, loss_scale = meta.get("epoch"), meta.get("global_step"), meta.get("loss_scale", 1.0)
-    counts_ok = all(type(v) is int and 0 <= v < 2**31 for v in (epoch, global_step))
-    scale_ok = type(loss_scale) in (int, float) and math.isfinite(loss_scale) and loss_scale > 0
-    if not (counts_ok and scale_ok):
-        raise CheckpointError(
-            f"'{path}': invalid training metadata (epoch {epoch!r}, global_step {global_step!r}, "
-            f"loss_scale {loss_scale!r}): expected integers >= 0 and a finite loss scale > 0"
-        )
-    load_state_dict_into(
-        model,
-        {k: v for k, v in tensors.items() if not k.startswith(("optimizer.", "ema.", "train_step."))},
-        source=path,
-        adapt=False,
-    )
-    load_optimizer_state(optimizer, {k: v for k, v in tensors.items() if k.startswith("optimizer.")}, path)
-    if ema is not None:
-        try:
-            ema.load_state_dict(tensors)
-        except (KeyError, ValueError) as err:
-            raise CheckpointError(f"'{path}': {err.args[0]}") from None
-    step.loss_scale.set_data(ms.Tensor(float(loss_scale), ms.float32))
-    if "train_step.loss_scale_good_steps" in tensors:
-        step.good_steps.set_data(ms.Tensor(tensors["train_step.loss_scale_good_steps"], ms.int32))
+    epoch, global_step, meta = restore_training_state(path, model, optimizer, ema, step)
     return epoch, global_step, meta.get("best_metric")
 
 

@@ -4,7 +4,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -14,6 +14,8 @@ from mindspore import Tensor, nn, ops
 from .errors import RunFailedError
 from .io.finite import find_non_finite
 from .io.progress import progress_bar
+from .models.checkpoint import CheckpointError, NonFiniteWeightsError, load_state_dict_into, read_checkpoint
+from .optim.optim_factory import load_optimizer_state
 from .utils.ema import EMA
 from .utils.train_step import TrainStep
 
@@ -26,6 +28,8 @@ __all__ = [
     "EpochResult",
     "describe_non_finite",
     "average_bn_statistics",
+    "training_state",
+    "restore_training_state",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -188,6 +192,7 @@ def train_one_epoch(
     log_interval: int = 100,
     progress: bool = True,
     accumulation_cells=None,
+    before_step: Optional[Callable[[int], None]] = None,
 ) -> EpochResult:
     """Run one epoch of optimizer steps.
 
@@ -206,6 +211,8 @@ def train_one_epoch(
         log_interval: log a line every this many steps (besides the progress bar).
         progress: show a progress bar (tqdm on a terminal, a line now and then in a file).
         accumulation_cells: ``make_accumulation_cells(step)`` output for gradient accumulation.
+        before_step: called with the micro-batch's index (the same on every rank, counted over the whole run)
+            before each forward pass; the supernet's training samples its architecture there.
 
     Returns:
         Mean loss, last learning rate, throughput, time and the number of updates skipped because
@@ -229,6 +236,8 @@ def train_one_epoch(
         batch = images.shape[0]
         block = (global_step * group_size + rank) * accumulate + micro
         noise = make_noise(seed, block, batch, max(noise_width, 1))
+        if before_step is not None:
+            before_step(global_step * accumulate + micro)
         if accumulation_cells is None:
             loss, finite, _ = step(images, labels, noise)
             updated = True
@@ -283,3 +292,88 @@ def train_one_epoch(
             "the training loader produced no batches (dataset smaller than one batch with drop_remainder?)"
         )
     return EpochResult(float(np.mean(losses)), lr, seen / seconds, seconds, skipped, losses)
+
+
+def training_state(
+    model: nn.Cell, optimizer: nn.Optimizer, ema: Optional[EMA], step: TrainStep
+) -> Dict[str, np.ndarray]:
+    """Everything needed to resume exactly: weights, optimizer state (incl. its step), EMA, loss-scale state.
+
+    Args:
+        model: the network.
+        optimizer: its optimizer.
+        ema: its EMA (or None).
+        step: the train step (its loss-scale state).
+
+    Returns:
+        name -> array, for :func:`~mindcv.models.save_checkpoint` (with ``epoch`` and ``global_step`` metadata).
+    """
+    tensors = {p.name: p.asnumpy() for p in model.get_parameters()}
+    tensors.update(
+        {
+            f"optimizer.{p.name}": p.asnumpy()
+            for p in optimizer.get_parameters()
+            if not p.name.startswith("learning_rate")
+        }
+    )
+    tensors["train_step.loss_scale_good_steps"] = step.good_steps.asnumpy()
+    if ema is not None:
+        tensors.update(ema.state_dict())
+    return tensors
+
+
+def restore_training_state(
+    path: str, model: nn.Cell, optimizer: nn.Optimizer, ema: Optional[EMA], step: TrainStep
+) -> Tuple[int, int, Dict]:
+    """Restore a :func:`training_state` checkpoint into the objects it was taken from.
+
+    Args:
+        path: the checkpoint.
+        model: the network.
+        optimizer: its optimizer.
+        ema: its EMA (or None).
+        step: the train step.
+
+    Returns:
+        (epochs done, optimizer steps done, the checkpoint's metadata).
+
+    Raises:
+        NonFiniteWeightsError: a weight, moment or EMA value is not finite.
+        CheckpointError: the file is not a training checkpoint, or its metadata is invalid.
+    """
+    tensors, meta = read_checkpoint(path)
+    # weights, EMA and optimizer moments alike, as the float32 they become (a float64 1e300 is inf there)
+    with np.errstate(over="ignore", invalid="ignore"):
+        as_float32 = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in tensors.items()}
+    non_finite = find_non_finite(as_float32)
+    if non_finite:
+        raise NonFiniteWeightsError(path, non_finite)
+    if "epoch" not in meta or not any(k.startswith("optimizer.") for k in tensors):
+        raise CheckpointError(
+            f"'{path}' is not a training checkpoint of train.py (no optimizer state / epoch); "
+            "to start from its weights use --ckpt_path without --resume"
+        )
+    epoch, global_step, loss_scale = meta.get("epoch"), meta.get("global_step"), meta.get("loss_scale", 1.0)
+    counts_ok = all(type(v) is int and 0 <= v < 2**31 for v in (epoch, global_step))
+    scale_ok = type(loss_scale) in (int, float) and math.isfinite(loss_scale) and loss_scale > 0
+    if not (counts_ok and scale_ok):
+        raise CheckpointError(
+            f"'{path}': invalid training metadata (epoch {epoch!r}, global_step {global_step!r}, "
+            f"loss_scale {loss_scale!r}): expected integers >= 0 and a finite loss scale > 0"
+        )
+    load_state_dict_into(
+        model,
+        {k: v for k, v in tensors.items() if not k.startswith(("optimizer.", "ema.", "train_step."))},
+        source=path,
+        adapt=False,
+    )
+    load_optimizer_state(optimizer, {k: v for k, v in tensors.items() if k.startswith("optimizer.")}, path)
+    if ema is not None:
+        try:
+            ema.load_state_dict(tensors)
+        except (KeyError, ValueError) as err:
+            raise CheckpointError(f"'{path}': {err.args[0]}") from None
+    step.loss_scale.set_data(ms.Tensor(float(loss_scale), ms.float32))
+    if "train_step.loss_scale_good_steps" in tensors:
+        step.good_steps.set_data(ms.Tensor(tensors["train_step.loss_scale_good_steps"], ms.int32))
+    return epoch, global_step, meta
