@@ -4,9 +4,10 @@
     python search.py -c configs/nas/demo_search.yaml --restart       # discard the saved state
     python search.py -c configs/nas/demo_search.yaml --validate_lut 20   # lookup table vs measured latency
 
-Candidates from the factorized hierarchical search space are trained briefly on the proxy task, timed on
-this machine, and rewarded with ACC x (LAT/T)^w; reinforcement learning, random search and regularized
-evolution take turns at the same budget. Outputs in ``output_dir``: ``candidates.csv``, ``pareto.png``,
+Candidates from the factorized hierarchical search space are trained briefly on the proxy task (or, with
+``evaluation: supernet``, scored with the weights of one supernet trained once on it), timed on this machine,
+and rewarded with ACC x (LAT/T)^w or ACC + beta |LAT/T - 1|; reinforcement learning, random search and
+regularized evolution take turns at the same budget. Outputs in ``output_dir``: ``candidates.csv``, ``pareto.png``,
 ``reward_curve.png``, ``top<k>.json`` (load with ``create_model("mnasnet_arch", arch="top1.json")``, or
 train with ``python train.py -c <recipe> --model mnasnet_arch --arch top1.json``), ``summary.json``.
 """
@@ -32,14 +33,15 @@ import mindspore as ms
 from config import ConfigError, read_yaml
 from mindcv.errors import InvalidArgumentError
 from mindcv.nas.proxy import ProxyConfig
-from mindcv.nas.reward import CONSTRAINTS
-from mindcv.nas.runner import LatencyConfig, RewardConfig, SearchConfig, run_search, validate_lut
+from mindcv.nas.reward import REWARD_KINDS
+from mindcv.nas.runner import EVALUATIONS, LatencyConfig, RewardConfig, SearchConfig, run_search, validate_lut
 from mindcv.nas.search_space import SearchSpace
 from mindcv.nas.strategies import STRATEGIES, check_strategy_settings, create_strategy
+from mindcv.nas.supernet_proxy import SupernetConfig
 from mindcv.utils.cli import call_cli
 from mindcv.utils.logger import ConsoleHandler
 
-SECTIONS = {"proxy": ProxyConfig, "latency": LatencyConfig, "reward": RewardConfig}
+SECTIONS = {"proxy": ProxyConfig, "latency": LatencyConfig, "reward": RewardConfig, "supernet": SupernetConfig}
 
 # key -> (valid?, what is valid), per section ("" is the top level); checked after the types
 _RANGES = {
@@ -48,6 +50,7 @@ _RANGES = {
         "top_k": (lambda v: v >= 0, ">= 0"),
         "seed": (lambda v: v >= 0, ">= 0"),
         "confirm_seeds": (lambda v: all(s >= 0 for s in v), "a list of seeds >= 0"),
+        "evaluation": (lambda v: v in EVALUATIONS, f"one of {list(EVALUATIONS)}"),
     },
     "proxy": {
         "image_size": (lambda v: v >= 8, ">= 8"),
@@ -73,7 +76,15 @@ _RANGES = {
         "repeats": (lambda v: v >= 1, ">= 1"),
         "target_ms": (lambda v: v is None or v > 0, "> 0 or null (the latency of MnasNet-B1)"),
     },
-    "reward": {"constraint": (lambda v: v in CONSTRAINTS, f"one of {sorted(CONSTRAINTS)}")},
+    "reward": {"constraint": (lambda v: v in REWARD_KINDS, f"one of {list(REWARD_KINDS)}")},
+    "supernet": {
+        "epochs": (lambda v: v >= 1, ">= 1"),
+        "recalibration_images": (lambda v: v >= 2, ">= 2 (BatchNorm needs a batch)"),
+        "file": (
+            lambda v: v.endswith((".ckpt", ".safetensors")) and os.path.basename(v) == v,
+            "a .ckpt or .safetensors file name",
+        ),
+    },
 }
 
 
@@ -172,7 +183,7 @@ def _check_space_and_strategies(cfg: SearchConfig, where: str) -> None:
             raise ConfigError(f"{where}: 'strategies.{name}' is invalid: {' '.join(str(err).split())}") from None
 
 
-def load_config(path: str, overrides: Dict[str, Any]) -> SearchConfig:
+def load_config(path: str, overrides: Dict[str, Any], proxy_overrides: Optional[Dict[str, Any]] = None) -> SearchConfig:
     """Read a search YAML strictly: unknown keys and wrong sections are errors that name the key.
 
     Also rejected, each as one line (:class:`~config.ConfigError`, a ValueError): a file that is missing or not
@@ -186,7 +197,10 @@ def load_config(path: str, overrides: Dict[str, Any]) -> SearchConfig:
     kwargs = dict(raw)
     for section, cls in SECTIONS.items():
         values = raw.get(section)
-        kwargs[section] = cls(**_build(cls, {} if values is None else values, path, section))
+        values = {} if values is None else values
+        if section == "proxy" and isinstance(values, dict):  # anything else is reported by _build
+            values = {**values, **{k: v for k, v in (proxy_overrides or {}).items() if v is not None}}
+        kwargs[section] = cls(**_build(cls, values, path, section))
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     _build(SearchConfig, {k: v for k, v in kwargs.items() if k not in SECTIONS}, path)
     cfg = SearchConfig(**kwargs)
@@ -195,6 +209,10 @@ def load_config(path: str, overrides: Dict[str, Any]) -> SearchConfig:
             f"{path}: 'proxy.warmup_epochs' ({cfg.proxy.warmup_epochs}) must be smaller than 'proxy.epochs' "
             f"({cfg.proxy.epochs})"
         )
+    try:
+        cfg.reward.function()
+    except InvalidArgumentError as err:
+        raise ConfigError(f"{path}: 'reward' is invalid: {err}") from None
     _check_space_and_strategies(cfg, path)
     return cfg
 
@@ -215,13 +233,35 @@ def _search(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("-c", "--config", required=True, help="search YAML (see configs/nas/)")
     parser.add_argument("--output_dir", default=None)
     parser.add_argument("--budget", type=int, default=None, help="candidates per strategy")
+    parser.add_argument("--dataset", default=None, help="proxy dataset (overrides proxy.dataset)")
+    parser.add_argument("--data_dir", default=None, help="proxy dataset root (overrides proxy.data_dir)")
     parser.add_argument("--restart", action="store_true", help="discard a saved search state and start over")
     parser.add_argument("--validate_lut", type=int, default=0, metavar="N", help="compare LUT and measured latency")
+    parser.add_argument(
+        "--gate",
+        type=int,
+        nargs="?",
+        const=20,
+        default=0,
+        metavar="N",
+        help="judge the proxy: N random architectures (20) + B1 and A1 trained stand-alone on 2 seeds",
+    )
+    parser.add_argument(
+        "--validate_supernet",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Kendall tau of the supernet's estimates against stand-alone training on N held-out architectures",
+    )
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", handlers=[ConsoleHandler()])
     ms.set_device("CPU")
-    cfg = load_config(args.config, {"output_dir": args.output_dir, "budget": args.budget})
+    cfg = load_config(
+        args.config,
+        {"output_dir": args.output_dir, "budget": args.budget},
+        {"dataset": args.dataset, "data_dir": args.data_dir},
+    )
     if args.validate_lut:
         report = validate_lut(cfg, args.validate_lut, progress=not args.no_progress)
         print(
@@ -231,9 +271,43 @@ def _search(argv: Optional[List[str]] = None) -> int:
             f"Spearman {report['spearman']:.3f}; wrote {cfg.output_dir}/lut_report.json"
         )
         return 0
+    if args.gate or args.validate_supernet:
+        return _check_accuracy_estimates(cfg, args)
     summary = run_search(cfg, restart=args.restart, progress=not args.no_progress)
     print(json.dumps({k: summary[k] for k in ("target_ms", "strategies", "top", "beats_b1")}, indent=1))
     print(f"outputs in {cfg.output_dir}: candidates.csv, summary.json, top*.json, pareto.png, reward_curve.png")
+    return 0
+
+
+def _check_accuracy_estimates(cfg: SearchConfig, args) -> int:
+    """``--gate`` and ``--validate_supernet``: the measurements that say whether a search means anything."""
+    from mindcv.nas.fidelity import proxy_gate, supernet_fidelity
+    from mindcv.nas.proxy import ProxyTask
+    from mindcv.nas.supernet_proxy import SupernetProxy
+
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    proxy, space, progress = ProxyTask(cfg.proxy), SearchSpace(**cfg.space), not args.no_progress
+    if args.gate:
+        g = proxy_gate(proxy, space, cfg.output_dir, num_archs=args.gate, progress=progress)
+        print(
+            f"proxy gate on {g['num_archs']} architectures x seeds {g['seeds']}: seed sd {g['seed_sd']:.2f} points "
+            f"(target <= {g['targets']['seed_sd_max']}), spread sd {g['spread_sd']:.2f} "
+            f"({g['spread_ratio']:.1f}x the seed sd, target >= {g['targets']['spread_ratio_min']}x), "
+            f"Spearman(accuracy, depth) {g['depth_spearman']:.2f} (target |.| < {g['targets']['depth_spearman_max']}), "
+            f"A1 - B1 {g['a1_minus_b1']:+.2f} points: {'PASSED' if g['passed'] else 'FAILED'} "
+            f"({cfg.output_dir}/gate_report.json)"
+        )
+    if args.validate_supernet:
+        supernet = SupernetProxy(proxy, space, cfg.supernet, cfg.output_dir)
+        supernet.train(progress=progress)
+        f = supernet_fidelity(
+            supernet, proxy, space, cfg.output_dir, num_archs=args.validate_supernet, progress=progress
+        )
+        print(
+            f"supernet vs stand-alone on {f['num_archs']} architectures: Kendall tau {f['kendall_tau']:.3f} "
+            f"(random ones only: {f['kendall_tau_random_only']:.3f}), Spearman {f['spearman']:.3f}; "
+            f"{f['score_seconds_median']:.2f} s per candidate ({cfg.output_dir}/supernet_fidelity.json)"
+        )
     return 0
 
 

@@ -27,10 +27,11 @@ from ..utils.cpu_isa import effective_cpu_isa
 from ..utils.plotting import save_figure
 from .latency import LatencyTableError, LatencyWorker, host_description, read_latency_table, write_json_atomic
 from .proxy import PROXY_PROCEDURE, ProxyConfig, ProxyTask
-from .reward import CONSTRAINTS, mnas_reward
+from .reward import make_reward
 from .search_space import SearchSpace
 from .state import RESTART_HINT, SearchStateError, StateChecker, check_search_state, read_json, set_aside
 from .strategies import STRATEGIES, create_strategy
+from .supernet_proxy import SupernetConfig, SupernetProxy
 
 __all__ = [
     "SearchConfig",
@@ -47,6 +48,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 REFERENCES = {"MnasNet-B1": "b1", "MnasNet-A1": "a1"}
+EVALUATIONS = ("standalone", "supernet")
 
 
 @dataclass
@@ -72,19 +74,24 @@ class LatencyConfig:
 
 @dataclass
 class RewardConfig:
-    """``constraint``: ``soft`` (alpha = beta = -0.07) or ``hard`` (alpha = 0, beta = -1); alpha/beta override."""
+    """``constraint``: ``soft`` (alpha = beta = -0.07) or ``hard`` (alpha = 0, beta = -1), MnasNet's
+    ``ACC x (LAT/T)^w``; or ``absolute``, TuNAS's ``ACC + beta |LAT/T - 1|`` (beta default -7 points per 100%).
+    ``alpha``/``beta`` override the constraint's values."""
 
     constraint: str = "soft"
     alpha: Optional[float] = None
     beta: Optional[float] = None
 
-    def exponents(self):
-        if self.constraint not in CONSTRAINTS:
-            raise InvalidArgumentError(
-                f"reward constraint must be one of {sorted(CONSTRAINTS)}, got '{self.constraint}'"
-            )
-        alpha, beta = CONSTRAINTS[self.constraint]
-        return (alpha if self.alpha is None else self.alpha, beta if self.beta is None else self.beta)
+    def function(self):
+        """``(accuracy, latency, target) -> reward``.
+
+        Raises:
+            InvalidArgumentError: an unknown constraint or settings that do not apply to it.
+        """
+        try:
+            return make_reward(self.constraint, self.alpha, self.beta)
+        except ValueError as err:
+            raise InvalidArgumentError(str(err)) from None
 
 
 @dataclass
@@ -99,6 +106,9 @@ class SearchConfig:
         seed: seed of the strategies.
         confirm_seeds: extra proxy seeds on which the best candidate that beats B1 and B1 itself are retrained
             at the end, to check that the win is not seed noise.
+        evaluation: how a candidate's accuracy is estimated: ``standalone`` (trained from scratch on the proxy,
+            the paper's way) or ``supernet`` (scored with the weights of one supernet trained once on the proxy,
+            see :mod:`mindcv.nas.supernet`).
     """
 
     output_dir: str = "./outputs/nas"
@@ -111,12 +121,17 @@ class SearchConfig:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    evaluation: str = "standalone"
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)
 
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not the output folder or the budget, which may grow)."""
         relevant = asdict(self)
         for key in ("output_dir", "budget", "top_k", "confirm_seeds"):
             relevant.pop(key)
+        if self.evaluation == "standalone":  # searches saved before the supernet existed keep their fingerprint
+            relevant.pop("evaluation")
+            relevant.pop("supernet")
         relevant["proxy_procedure"] = PROXY_PROCEDURE
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -124,11 +139,16 @@ class SearchConfig:
 class _Evaluator:
     """Proxy accuracy plus latency of an architecture, cached by its canonical string."""
 
-    def __init__(self, cfg: SearchConfig, cache: Dict[str, Dict], worker: LatencyWorker) -> None:
+    def __init__(self, cfg: SearchConfig, cache: Dict[str, Dict], worker: LatencyWorker, progress: bool = True) -> None:
+        if cfg.evaluation not in EVALUATIONS:
+            raise InvalidArgumentError(f"evaluation must be one of {list(EVALUATIONS)}, got '{cfg.evaluation}'")
         self.cfg = cfg
         self.cache = cache
         self.worker = worker
+        self.progress = progress
+        self.space = SearchSpace(**cfg.space)
         self._proxy: Optional[ProxyTask] = None
+        self._supernet: Optional[SupernetProxy] = None
 
     @property
     def proxy(self) -> ProxyTask:
@@ -136,6 +156,28 @@ class _Evaluator:
             self._proxy = ProxyTask(self.cfg.proxy)
             _logger.info(self._proxy.describe())
         return self._proxy
+
+    @property
+    def supernet(self) -> SupernetProxy:
+        """The trained supernet (trained, or resumed, on first use)."""
+        if self._supernet is None:
+            supernet = SupernetProxy(self.proxy, self.space, self.cfg.supernet, self.cfg.output_dir)
+            report = supernet.train(progress=self.progress)
+            _logger.info("supernet ready: %d epochs (%.0f s in this run)", report["epochs"], report["seconds"])
+            self._supernet = supernet
+        return self._supernet
+
+    def accuracy(self, arch: str, decisions: Optional[List[int]] = None) -> Dict[str, Any]:
+        if self.cfg.evaluation == "standalone":
+            return self.proxy.evaluate(arch)
+        if decisions is None:
+            decisions = self.space.encode(arch)
+            if decisions is None:
+                raise InvalidArgumentError(
+                    f"'{arch}' is not a point of the search space, so the supernet cannot score it; "
+                    "use evaluation: standalone, or a space that contains it"
+                )
+        return self.supernet.score(decisions)
 
     def latency(self, arch: str) -> Dict[str, float]:
         lat = self.cfg.latency
@@ -148,10 +190,10 @@ class _Evaluator:
             return {"latency_ms": p["predicted_ms"], "latency_p10_ms": math.nan, "latency_p90_ms": math.nan}
         raise InvalidArgumentError(f"latency mode must be 'measured' or 'lut', got '{lat.mode}'")
 
-    def __call__(self, arch: str) -> Dict[str, Any]:
+    def __call__(self, arch: str, decisions: Optional[List[int]] = None) -> Dict[str, Any]:
         if arch in self.cache:
             return {**self.cache[arch], "cached": True}
-        result = {**self.proxy.evaluate(arch), **self.latency(arch)}
+        result = {**self.accuracy(arch, decisions), **self.latency(arch)}
         self.cache[arch] = result
         return {**result, "cached": False}
 
@@ -307,7 +349,7 @@ def run_search(cfg: SearchConfig, restart: bool = False, progress: bool = True) 
             raise InvalidArgumentError(f"unknown search strategy '{name}'; valid: {sorted(STRATEGIES)}")
     if cfg.budget < 1:
         raise InvalidArgumentError(f"budget must be >= 1 candidate per strategy, got {cfg.budget}")
-    alpha, beta = cfg.reward.exponents()
+    reward_of = cfg.reward.function()
     os.makedirs(cfg.output_dir, exist_ok=True)
     state_path = os.path.join(cfg.output_dir, "state.json")
     space = SearchSpace(**cfg.space)
@@ -333,7 +375,7 @@ def run_search(cfg: SearchConfig, restart: bool = False, progress: bool = True) 
     if lat.mode == "lut":
         _check_lut_file(lut_path)
     with LatencyWorker(lat.threads, lut_path, lat.warmup, lat.repeats) as worker:
-        evaluate = _Evaluator(cfg, state["cache"], worker)
+        evaluate = _Evaluator(cfg, state["cache"], worker, progress)
         for label, key in REFERENCES.items():
             if label not in state["references"]:
                 arch = format_arch_string(ARCH_DEFS[key])
@@ -353,8 +395,8 @@ def run_search(cfg: SearchConfig, restart: bool = False, progress: bool = True) 
             strategy = strategies[name]
             decisions = strategy.ask()
             arch = space.arch_string(decisions)
-            result = evaluate(arch)
-            reward = mnas_reward(result["accuracy"], result["latency_ms"], target, alpha, beta)
+            result = evaluate(arch, decisions)
+            reward = reward_of(result["accuracy"], result["latency_ms"], target)
             strategy.tell(decisions, reward)
             state["records"].append(
                 {
@@ -463,10 +505,16 @@ def summarize(cfg: SearchConfig, state: Dict[str, Any], evaluate: _Evaluator) ->
 
 
 def _confirm(arch: str, b1_arch: str, seeds: List[int], evaluate: _Evaluator) -> Dict[str, Any]:
-    """Retrain the winner and B1 on more seeds and re-time both, interleaved, on the same proxy."""
+    """Retrain the winner and B1 on more seeds and re-time both, interleaved, on the same proxy.
+
+    With stand-alone evaluation the search's own score is the first seed; a supernet's estimate is not a
+    stand-alone accuracy, so then only the retrained seeds count.
+    """
     out = {"seeds": list(seeds), "candidate": {"arch": arch}, "MnasNet-B1": {"arch": b1_arch}}
     for key, a in (("candidate", arch), ("MnasNet-B1", b1_arch)):
-        accs = [evaluate.cache[a]["accuracy"]] + [evaluate.proxy.evaluate(a, seed=s)["accuracy"] for s in seeds]
+        accs = [evaluate.proxy.evaluate(a, seed=s)["accuracy"] for s in seeds]
+        if evaluate.cfg.evaluation == "standalone":
+            accs.insert(0, evaluate.cache[a]["accuracy"])
         out[key]["accuracies"] = accs
         out[key]["mean_accuracy"] = float(np.mean(accs))
     latencies = {"candidate": [], "MnasNet-B1": []}

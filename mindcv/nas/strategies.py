@@ -12,6 +12,7 @@ a search restored from disk proposes exactly what the uninterrupted search would
 """
 
 import inspect
+import math
 from collections import deque
 from typing import Any, Dict, List, Mapping
 
@@ -127,21 +128,26 @@ class RegularizedEvolution(Strategy):
 class ReinforceController(Strategy):
     """Policy-gradient controller over the decision sequence.
 
-    The policy is one softmax per decision (7 blocks x 6 decisions). After each candidate:
-    ``logits += lr * (advantage * grad log p(decisions) + entropy_weight * grad H)``, with
+    The policy is one softmax per decision (7 blocks x 6 decisions). After each candidate the policy gradient
+    ``g = advantage * grad log p(decisions) + entropy_weight * grad H`` is applied to the logits, with
     ``advantage = (reward - baseline) / scale``; the baseline is an exponential moving average of the
     rewards and ``scale`` a moving average of their absolute deviation, so ``lr`` does not depend on the
-    reward's units.
+    reward's units. ``optimizer="sgd"`` ascends ``lr * g``; ``optimizer="adam"`` applies Adam to ``g`` (TuNAS's
+    controller). During the first ``warmup`` candidates the policy stays uniform (only the baseline learns),
+    so early, noisy rewards do not steer it (TuNAS freezes its controller while the shared weights are young).
 
     Args:
         space: the search space.
         seed: generator seed.
         lr: policy learning rate.
         baseline_decay: EMA decay of the reward baseline (0.95 as in ENAS/autogluon).
-        entropy_weight: entropy bonus (keeps exploring).
+        entropy_weight: entropy bonus (keeps exploring; TuNAS uses none).
+        optimizer: ``sgd`` or ``adam``.
+        warmup: candidates evaluated before the policy starts learning.
     """
 
     name = "rl"
+    OPTIMIZERS = ("sgd", "adam")
 
     def __init__(
         self,
@@ -150,15 +156,27 @@ class ReinforceController(Strategy):
         lr: float = 0.3,
         baseline_decay: float = 0.9,
         entropy_weight: float = 1e-3,
+        optimizer: str = "sgd",
+        warmup: int = 0,
     ) -> None:
         super().__init__(space, seed)
+        if optimizer not in self.OPTIMIZERS:
+            raise InvalidArgumentError(f"rl optimizer must be one of {list(self.OPTIMIZERS)}, got {optimizer!r}")
+        if warmup < 0 or lr < 0 or not 0 <= baseline_decay < 1:
+            raise InvalidArgumentError(
+                f"rl needs warmup >= 0, lr >= 0 and baseline_decay in [0, 1), got {warmup}, {lr}, {baseline_decay}"
+            )
         self.lr = lr
         self.baseline_decay = baseline_decay
         self.entropy_weight = entropy_weight
+        self.optimizer = optimizer
+        self.warmup = warmup
         self.logits: List[np.ndarray] = [np.zeros(n) for n in space.num_choices]
         self.baseline = None
         self.scale = None
         self.updates = 0
+        self.told = 0
+        self.moments: List[List[np.ndarray]] = [[np.zeros(n), np.zeros(n)] for n in space.num_choices]
 
     def probabilities(self) -> List[np.ndarray]:
         out = []
@@ -174,34 +192,57 @@ class ReinforceController(Strategy):
         return float(sum(-(p * np.log(p + 1e-12)).sum() for p in self.probabilities()))
 
     def tell(self, decisions: Decisions, reward: float) -> None:
+        self.told += 1
         if self.baseline is None:
             self.baseline, self.scale = float(reward), 0.0
             return
         deviation = abs(reward - self.baseline)
         self.scale = deviation if self.scale == 0.0 else 0.9 * self.scale + 0.1 * deviation
-        advantage = (reward - self.baseline) / max(self.scale, 1e-8)
-        for logit, p, choice in zip(self.logits, self.probabilities(), decisions):
-            grad_logp = -p
-            grad_logp[choice] += 1.0
-            log_p = np.log(p + 1e-12)
-            grad_entropy = -p * (log_p - (p * log_p).sum())  # d H / d logits
-            logit += self.lr * (advantage * grad_logp + self.entropy_weight * grad_entropy)
+        if self.told > self.warmup:
+            advantage = (reward - self.baseline) / max(self.scale, 1e-8)
+            self.updates += 1
+            for logit, moment, p, choice in zip(self.logits, self.moments, self.probabilities(), decisions):
+                grad_logp = -p
+                grad_logp[choice] += 1.0
+                log_p = np.log(p + 1e-12)
+                grad_entropy = -p * (log_p - (p * log_p).sum())  # d H / d logits
+                gradient = advantage * grad_logp + self.entropy_weight * grad_entropy
+                logit += self._step(gradient, moment)
         self.baseline = self.baseline_decay * self.baseline + (1 - self.baseline_decay) * float(reward)
-        self.updates += 1
+
+    def _step(self, gradient: np.ndarray, moment: List[np.ndarray]) -> np.ndarray:
+        """The ascent step for one decision's logits (Adam keeps its moments in ``moment``)."""
+        if self.optimizer == "sgd":
+            return self.lr * gradient
+        beta1, beta2 = 0.9, 0.999
+        moment[0] = beta1 * moment[0] + (1 - beta1) * gradient
+        moment[1] = beta2 * moment[1] + (1 - beta2) * gradient**2
+        m_hat = moment[0] / (1 - beta1**self.updates)
+        v_hat = moment[1] / (1 - beta2**self.updates)
+        return self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
 
     def state_dict(self) -> Dict:
-        return {
+        state = {
             **super().state_dict(),
             "logits": [logit.tolist() for logit in self.logits],
             "baseline": self.baseline,
             "scale": self.scale,
             "updates": self.updates,
         }
+        if self.optimizer == "adam" or self.warmup:  # older states (SGD, no warm-up) keep their shape
+            state["told"] = self.told
+            state["moments"] = [[m.tolist(), v.tolist()] for m, v in self.moments]
+        return state
 
     def load_state_dict(self, state: Dict) -> None:
         super().load_state_dict(state)
         self.logits = [np.array(v, dtype=np.float64) for v in state["logits"]]
         self.baseline, self.scale, self.updates = state["baseline"], state["scale"], state["updates"]
+        # a state without them was written by an SGD controller without warm-up: it has told one more
+        # candidate than it updated on (the first sets the baseline)
+        self.told = state.get("told", self.updates + (self.baseline is not None))
+        if "moments" in state:
+            self.moments = [[np.array(m, np.float64), np.array(v, np.float64)] for m, v in state["moments"]]
 
     def check_state_dict(self, state, checker, where: str) -> None:
         super().check_state_dict(state, checker, where)
@@ -218,6 +259,16 @@ class ReinforceController(Strategy):
             checker.number(state["baseline"], f"{where}.baseline")
             checker.number(state["scale"], f"{where}.scale", 0.0)
         checker.integer(state["updates"], f"{where}.updates", 0)
+        if "told" in state or "moments" in state:
+            checker.obj(state, where, ("told", "moments"))
+            checker.integer(state["told"], f"{where}.told", state["updates"])
+            moments = checker.array(state["moments"], f"{where}.moments", length=len(sizes))
+            for i, (pair, n) in enumerate(zip(moments, sizes)):
+                checker.array(pair, f"{where}.moments[{i}]", length=2)
+                for k, row in enumerate(pair):
+                    checker.array(row, f"{where}.moments[{i}][{k}]", length=n)
+                    for j, value in enumerate(row):
+                        checker.number(value, f"{where}.moments[{i}][{k}][{j}]", 0.0 if k == 1 else -math.inf)
 
 
 STRATEGIES = {"rl": ReinforceController, "random": RandomSearch, "evolution": RegularizedEvolution}
