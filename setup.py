@@ -36,6 +36,7 @@ setup(
         "test": [
             "pytest>=7",
             "pytest-timeout>=2.1",
+            "pytest-xdist>=3.5",
             "black>=24",
             "isort>=5.12",
             "ruff>=0.4",

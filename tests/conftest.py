@@ -11,7 +11,11 @@ import mindspore as ms
 
 ms.set_device("CPU")
 # One build of the direct depthwise kernels for the whole run, subprocesses included (each test has its own
-# MINDCV_HOME); tests of the kernel cache itself point MINDCV_KERNEL_CACHE elsewhere.
+# MINDCV_HOME); tests of the kernel cache itself point MINDCV_KERNEL_CACHE elsewhere. Under pytest-xdist every
+# worker has its own (a test that damages the cache on purpose must not break the other worker's run).
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _XDIST_WORKER:
+    os.environ["MINDCV_KERNEL_CACHE"] = tempfile.mkdtemp(prefix=f"mindcv-kernels-{_XDIST_WORKER}-")
 _KERNEL_CACHE = os.environ.setdefault("MINDCV_KERNEL_CACHE", tempfile.mkdtemp(prefix="mindcv-kernels-"))
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 

@@ -102,6 +102,7 @@ def test_a_malformed_adam_state_is_refused_naming_the_entry(tmp_path):
         c.check_state_dict(state, StateChecker(fail), "$")
 
 
+@pytest.mark.slow
 def test_a_supernet_search_trains_once_scores_candidates_and_resumes(tmp_path):
     from mindcv.nas.runner import run_search
     from search import load_config

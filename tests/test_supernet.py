@@ -83,6 +83,7 @@ def test_a_first_layer_residual_between_blocks_is_the_stand_alone_models():
     assert float(net.blocks[0][0].skip_gate.asnumpy()[0]) == 0.0
 
 
+@pytest.mark.slow
 def test_mnasnet_b1_and_a1_inside_the_full_supernet_equal_the_zoo_architectures():
     net = _build(SearchSpace())
     for name in ("b1", "a1"):
@@ -161,6 +162,7 @@ def _proxy(tiny_data):
     return ProxyTask(config)
 
 
+@pytest.mark.slow
 def test_supernet_training_resumes_after_a_kill_to_identical_weights_and_scores_candidates(
     tiny_data, tmp_path, monkeypatch
 ):
