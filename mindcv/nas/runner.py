@@ -25,6 +25,7 @@ from ..models.arch import format_arch_string
 from ..models.mnasnet import ARCH_DEFS
 from ..utils.cpu_isa import effective_cpu_isa
 from ..utils.plotting import save_figure
+from .fidelity import spearman_rho
 from .latency import LatencyTableError, LatencyWorker, host_description, read_latency_table, write_json_atomic
 from .proxy import PROXY_PROCEDURE, ProxyConfig, ProxyTask
 from .reward import make_reward
@@ -210,20 +211,8 @@ def pareto_front(points: List[tuple]) -> List[int]:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-
-    def ranks(v):
-        v = np.asarray(v, dtype=np.float64)
-        order = np.argsort(v, kind="mergesort")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        for value in np.unique(v):
-            tie = v == value
-            r[tie] = r[tie].mean()
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    return float(np.corrcoef(ra, rb)[0, 1])
+    """Spearman rank correlation (average ranks for ties); see :func:`~mindcv.nas.fidelity.spearman_rho`."""
+    return spearman_rho(a, b)
 
 
 class StateMismatchError(InvalidArgumentError):
