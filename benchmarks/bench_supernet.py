@@ -28,7 +28,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     ms.set_device("CPU")
-    from mindcv.engine import evaluate
     from mindcv.loss import create_loss
     from mindcv.models.arch import format_arch_string
     from mindcv.models.mnasnet import ARCH_DEFS
@@ -75,7 +74,6 @@ def main() -> None:
         standalone[epochs] = time.perf_counter() - start
     per_epoch = standalone[2] - standalone[1]
     six_epochs = standalone[1] + 5 * per_epoch
-    del evaluate
     print(f"proxy: {proxy.describe()}")
     print(
         f"supernet: compile {compile_s:.1f} s, train step {step_s:.3f} s (median of {args.steps}), "

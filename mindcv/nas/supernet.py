@@ -26,7 +26,7 @@ training, where one compiled graph must take every candidate, and a candidate is
 :meth:`SuperNet.extract`, whose model computes only its own path.
 """
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -293,12 +293,10 @@ class SuperNet(nn.Cell):
         self.conv_stem = _KernelConv(in_channels, self.stem_chs, 3, 2)
         self.bn1 = norm_layer(self.stem_chs)
         self.act1 = nn.ReLU()
-        self.depths: List[int] = []
         blocks, in_chs = [], self.stem_chs
         for b in range(space.num_blocks):
             out_chs = max(self._channels(b, w) for w in options["width"])
             depth = max(1, space.repeats[b] + max(options["depth"]))
-            self.depths.append(depth)
             layers = []
             for layer in range(depth):
                 stride = space.strides[b] if layer == 0 else 1
