@@ -17,6 +17,7 @@ from mindcv.models import create_model
 from mindcv.optim import create_optimizer
 from mindcv.scheduler import create_scheduler
 from mindcv.utils import (
+    AllReduceSum,
     GradientAccumulation,
     StateMonitor,
     TrainStep,
@@ -451,6 +452,28 @@ def test_distributed_validation_weights_each_rank_by_its_samples(tmp_path):
     assert monitor.apply_eval(None)[0] == pytest.approx(alone * 8 / 32)
     with pytest.raises(ValueError, match="log_interval must be an integer >= 1"):
         ValCallback(log_interval=0)
+
+
+class _ThreeRanks(nn.Cell):
+    """Stands in for the AllReduce of 3 ranks holding the same tensor; like the CPU kernel, only takes floats."""
+
+    def construct(self, x):
+        if x.dtype != ms.float32 and x.dtype != ms.float16:
+            raise TypeError("Select CPU operator[AllReduce] fail! Unsupported data type!")
+        return x * 3
+
+
+def test_all_reduce_sum_sums_int32_counts_exactly_through_a_float_only_reduce(mode):
+    # upstream's train.py reduces int32 sample counts; MindSpore's CPU AllReduce rejects int32 (found running
+    # upstream's train.py under msrun with 2 ranks). Values beyond float32's 2**24 must still come back exact.
+    counts = np.array([1281167, 123456789, -600000000, 7, 0, -1], np.int32)
+    reduce = AllReduceSum()
+    reduce.allreduce_sum = _ThreeRanks()
+    summed = reduce(Tensor(counts))
+    floats = reduce(Tensor(np.array([0.5, 2.0], np.float32)))
+    assert summed.dtype == ms.int32
+    np.testing.assert_array_equal(summed.asnumpy(), 3 * counts.astype(np.int64))
+    assert floats.dtype == ms.float32 and floats.asnumpy().tolist() == [1.5, 6.0]
 
 
 def test_get_resume_epoch_reads_the_checkpoint_not_its_name(tmp_path):

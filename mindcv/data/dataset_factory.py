@@ -113,7 +113,7 @@ def create_dataset(
             f"create_dataset() got unexpected argument(s) {', '.join(sorted(kwargs))}; extra options: seed, "
             "block_size, strict, is_training, unreadable_log, max_image_pixels, python_multiprocessing"
         )
-    workers = _check_workers(num_parallel_workers)
+    workers = usable_worker_count(num_parallel_workers)
     unreadable = UnreadableFiles(unreadable_log)  # no file is created until a file is recorded
 
     if name in DATASET_SPECS:
@@ -239,12 +239,25 @@ class LabelledDataset(ds.GeneratorDataset):
         return self.info.unreadable
 
 
-def _check_workers(num_parallel_workers: Optional[int]) -> int:
+def usable_worker_count(num_parallel_workers: Optional[int]) -> int:
+    """The worker count to give MindSpore: ``None`` means 1; a count above the CPUs is lowered with a warning.
+
+    Upstream's recipes, written for 8-GPU servers, ask for 8 workers, and MindSpore rejects more workers than
+    CPUs; lowering keeps those recipes running unchanged on a smaller machine (the count only affects speed).
+
+    Args:
+        num_parallel_workers: the requested count, or None.
+
+    Returns:
+        A count between 1 and the number of CPUs.
+    """
     if num_parallel_workers is None:
         return 1
+    workers = int(num_parallel_workers)
+    if workers < 1:
+        raise InvalidArgumentError(f"num_parallel_workers must be >= 1, got {num_parallel_workers}")
     cpus = os.cpu_count() or 1
-    if not 1 <= int(num_parallel_workers) <= cpus:
-        raise InvalidArgumentError(
-            f"num_parallel_workers must be between 1 and {cpus} (this machine's CPUs), got {num_parallel_workers}"
-        )
-    return int(num_parallel_workers)
+    if workers > cpus:
+        _logger.warning("num_parallel_workers=%d exceeds this machine's %d CPUs; using %d", workers, cpus, cpus)
+        workers = cpus
+    return workers

@@ -1,7 +1,6 @@
 """``create_loader``: transforms, batching and batch-level MixUp / CutMix with soft targets."""
 
 import logging
-import os
 from typing import Any, List, Optional
 
 import mindspore as ms
@@ -10,7 +9,7 @@ import mindspore.dataset.transforms as T
 import mindspore.dataset.vision as vision
 
 from ..errors import InvalidArgumentError
-from .dataset_factory import LabelledDataset
+from .dataset_factory import LabelledDataset, usable_worker_count
 from .transforms_factory import DecodeImage, _RandomResizedCrop, create_transforms
 
 __all__ = ["create_loader", "adapt_decode_step"]
@@ -70,12 +69,7 @@ def create_loader(
         raise InvalidArgumentError("separate=True (AugMix/JSD augmentation splits) is not supported by this package")
     if not 0 <= label_smoothing < 1:
         raise InvalidArgumentError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    workers = num_parallel_workers or 1
-    cpus = os.cpu_count() or 1
-    if workers > cpus:
-        # recipes written for 8-GPU servers ask for 8 workers; MindSpore rejects more than the CPU count
-        _logger.warning("num_parallel_workers=%d exceeds this machine's %d CPUs; using %d", workers, cpus, cpus)
-        workers = cpus
+    workers = usable_worker_count(num_parallel_workers)
     if transform is None:
         _logger.warning("create_loader: no transform given, using ImageNet evaluation preprocessing at 224")
         transform = create_transforms("imagenet", is_training=False)
