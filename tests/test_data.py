@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import mindspore as ms
 import mindspore.dataset.vision as vision
+from mindspore import Tensor, nn
 
 from mindcv.data import (
     ShardSampler,
@@ -31,6 +33,8 @@ from mindcv.data import (
 )
 from mindcv.data.transforms_factory import DecodeImage
 from mindcv.io.download import DownloadError
+from mindcv.loss import JSDCrossEntropy
+from mindcv.utils import TrainStep
 
 
 def _rows(dataset, epochs=1):
@@ -1054,3 +1058,55 @@ def test_set_seed_repeats_every_generator_and_offsets_by_rank():
         ds.config.set_seed(saved[1])
     assert first[:2] == again[:2] and np.array_equal(first[2], again[2]) and first[3] == again[3] == 5
     assert other_rank[:2] != first[:2] and not np.array_equal(other_rank[2], first[2]) and other_rank[3] == 6
+
+
+def test_augmentation_splits_give_upstreams_three_view_batches_that_train_with_jsd(image_folder):
+    """Upstream's AugMix/JSD loader (``separate=True``): clean, aug1, aug2 views of the same images in one batch."""
+    def dataset():
+        return create_dataset("imagenet", root=str(image_folder), shuffle=False)
+
+    plain = create_transforms("imagenet", 32, is_training=True, separate=True, hflip=0.0)
+    rows = _rows(create_loader(dataset(), 4, drop_remainder=True, is_training=True, transform=plain, separate=True))
+    assert len(rows) == 4  # 18 images, batches of 4, remainder dropped
+    for images, labels in rows:
+        assert images.shape == (12, 3, 32, 32) and images.dtype == np.float32
+        assert labels.dtype == np.int32 and labels[:4].tolist() == labels[4:8].tolist() == labels[8:].tolist()
+        # no secondary ops: the three views are the same crop of each image, so the layout is clean|aug1|aug2
+        np.testing.assert_array_equal(images[:4], images[4:8])
+        np.testing.assert_array_equal(images[:4], images[8:])
+
+    augmenting = create_transforms("imagenet", 32, is_training=True, separate=True, auto_augment="randaug-m9-n3")
+    loader = create_loader(dataset(), 6, drop_remainder=True, is_training=True, transform=augmenting, separate=True)
+    previous_seed = ms.dataset.config.get_seed()
+    ms.dataset.config.set_seed(0)  # as training scripts do: every C++ random op then repeats the same draws
+    try:
+        images, labels = _rows(loader)[0]
+        assert not np.array_equal(images[:6], images[6:12]) and not np.array_equal(images[6:12], images[12:])
+        # the same policy as a C++ op would make the two augmented views identical: refused, not trained on
+        cpp = create_transforms("imagenet", 32, is_training=True, auto_augment="randaug-m9-n3")
+        triple = (cpp[:3], [cpp[3]], cpp[4:])
+        cpp_loader = create_loader(dataset(), 6, drop_remainder=True, is_training=True, transform=triple, separate=True)
+        with pytest.raises(RuntimeError, match="two augmented views of a whole batch came out identical"):
+            _rows(cpp_loader)
+    finally:
+        ms.dataset.config.set_seed(previous_seed)
+
+    ms.set_seed(0)
+    net = nn.SequentialCell(
+        nn.Conv2d(3, 4, 3, stride=4, has_bias=True), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dense(4, 3)
+    )
+    step = TrainStep(nn.WithLossCell(net, JSDCrossEntropy()), nn.Momentum(net.trainable_params(), 0.05, 0.9))
+    step.set_train()
+    losses = [float(step(Tensor(images), Tensor(labels))[0].asnumpy()) for _ in range(3)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_augmentation_splits_refuse_what_they_cannot_do(image_folder):
+    dataset = create_dataset("imagenet", root=str(image_folder))
+    triple = create_transforms("imagenet", 32, is_training=True, separate=True)
+    with pytest.raises(ValueError, match="cannot be combined with MixUp/CutMix"):
+        create_loader(dataset, 4, is_training=True, transform=triple, separate=True, mixup=0.2)
+    with pytest.raises(ValueError, match="for training loaders: set is_training=True"):
+        create_loader(dataset, 4, is_training=False, transform=triple, separate=True)
+    with pytest.raises(ValueError, match=r"needs transform=\(primary, secondary, final\).*got list"):
+        create_loader(dataset, 4, is_training=True, transform=create_transforms("imagenet", 32), separate=True)

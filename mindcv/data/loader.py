@@ -3,6 +3,8 @@
 import logging
 from typing import Any, List, Optional
 
+import numpy as np
+
 import mindspore as ms
 import mindspore.dataset as ds
 import mindspore.dataset.transforms as T
@@ -55,24 +57,32 @@ def create_loader(
         num_parallel_workers: threads of the augmentation map (default 1; more than the CPU count is
             reduced to it, with a warning).
         python_multiprocessing: run Python transforms in processes.
-        separate: augmentation splits (JSD) are not supported: raises.
+        separate: AugMix/JSD augmentation splits, as upstream: ``transform`` is the ``(primary, secondary, final)``
+            triple of ``create_transforms(..., separate=True)``; each image gives a clean view (primary + final)
+            and two augmented views (primary + secondary + final), and a batch of N images comes out as
+            ``(3N, C, H, W)`` images ordered clean, aug1, aug2 with the labels repeated three times, the layout
+            :class:`~mindcv.loss.JSDCrossEntropy` splits. Training only; not combined with MixUp/CutMix.
         label_smoothing: folded into the soft targets when MixUp/CutMix produce them (then the loss must
             not smooth again); hard labels are left to the loss.
 
     Returns:
         The batched dataset: images ``(N, C, H, W)`` float32; labels ``(N,)`` int32, or ``(N, num_classes)``
-        float32 soft targets summing to 1 when mixing.
+        float32 soft targets summing to 1 when mixing (with ``separate``: ``3N`` rows, see above).
     """
     if batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
     if separate:
-        raise InvalidArgumentError("separate=True (AugMix/JSD augmentation splits) is not supported by this package")
+        _check_split_transforms(transform, is_training, mixup, cutmix)
     if not 0 <= label_smoothing < 1:
         raise InvalidArgumentError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     workers = usable_worker_count(num_parallel_workers)
     if transform is None:
         _logger.warning("create_loader: no transform given, using ImageNet evaluation preprocessing at 224")
         transform = create_transforms("imagenet", is_training=False)
+    if separate:
+        return _split_views_loader(
+            dataset, batch_size, drop_remainder, transform, target_transform, workers, python_multiprocessing
+        )
     image_ops = list(transform) if isinstance(transform, (list, tuple)) else [transform]
     if _yields_decoded_images(dataset):
         image_ops = adapt_decode_step(image_ops)
@@ -110,6 +120,75 @@ def create_loader(
             op = T.RandomApply([op], prob=prob)
         out = out.map(operations=op, input_columns=["image", "label"])
     return out
+
+
+def _check_split_transforms(transform: Any, is_training: bool, mixup: float, cutmix: float) -> None:
+    if not is_training:
+        raise InvalidArgumentError("separate=True (augmentation splits) is for training loaders: set is_training=True")
+    if mixup > 0 or cutmix > 0:
+        raise InvalidArgumentError(
+            "separate=True (AugMix/JSD augmentation splits) cannot be combined with MixUp/CutMix: "
+            "JSDCrossEntropy needs the three views of each image with its hard label"
+        )
+    if not (isinstance(transform, tuple) and len(transform) == 3 and all(isinstance(t, list) for t in transform)):
+        raise InvalidArgumentError(
+            "separate=True needs transform=(primary, secondary, final), three lists as returned by "
+            f"create_transforms(..., is_training=True, separate=True); got {type(transform).__name__}"
+        )
+
+
+def _concat_views(clean: np.ndarray, aug1: np.ndarray, aug2: np.ndarray, label: np.ndarray):
+    return np.concatenate((clean, aug1, aug2)), np.concatenate((label, label, label))
+
+
+def _concat_distinct_views(clean: np.ndarray, aug1: np.ndarray, aug2: np.ndarray, label: np.ndarray):
+    if len(aug1) > 1 and np.array_equal(aug1, aug2):
+        # MindSpore seeds every C++ random op with the dataset seed, so one C++ op mapped on both columns
+        # repeats its draws: JSD between two copies of the same view would be 0, silently
+        raise RuntimeError(
+            "separate=True: the two augmented views of a whole batch came out identical. The secondary ops are "
+            "MindSpore C++ random ops, which repeat the same draws on both views when a dataset seed is set; use "
+            "create_transforms(..., separate=True), whose augmented views use the Python policies, or Python ops"
+        )
+    return _concat_views(clean, aug1, aug2, label)
+
+
+def _split_views_loader(
+    dataset: ds.Dataset,
+    batch_size: int,
+    drop_remainder: bool,
+    transform: tuple,
+    target_transform: Optional[List[Any]],
+    workers: int,
+    python_multiprocessing: bool,
+) -> ds.Dataset:
+    """Three views per image (clean, aug1, aug2), batched as one ``3N`` batch: upstream's AugMix/JSD layout."""
+    primary, secondary, final = (list(ops) for ops in transform)
+    if _yields_decoded_images(dataset):
+        primary = adapt_decode_step(primary)
+
+    def apply(data: ds.Dataset, ops: List[Any], column: str) -> ds.Dataset:
+        if not ops:
+            return data
+        return data.map(
+            operations=ops, input_columns=column, num_parallel_workers=workers, python_multiprocessing=python_multiprocessing
+        )
+
+    out = apply(dataset, primary, "image")
+    out = out.map(operations=T.Duplicate(), input_columns="image", output_columns=["image_clean", "image_aug2"])
+    out = out.map(operations=T.Duplicate(), input_columns="image_clean", output_columns=["image_clean", "image_aug1"])
+    for column in ("image_aug1", "image_aug2"):
+        out = apply(out, secondary, column)
+    for column in ("image_clean", "image_aug1", "image_aug2"):
+        out = apply(out, final, column)
+    out = out.map(operations=target_transform or [T.TypeCast(ms.int32)], input_columns="label", num_parallel_workers=1)
+    out = out.project(["image_clean", "image_aug1", "image_aug2", "label"])
+    out = out.batch(batch_size, drop_remainder=drop_remainder)
+    return out.map(
+        operations=_concat_distinct_views if secondary else _concat_views,
+        input_columns=["image_clean", "image_aug1", "image_aug2", "label"],
+        output_columns=["image", "label"],
+    )
 
 
 def adapt_decode_step(ops: List[Any]) -> List[Any]:

@@ -17,6 +17,7 @@ import mindspore.dataset.vision as vision
 from mindspore.dataset.vision import Inter
 
 from ..errors import InvalidArgumentError
+from . import auto_augment as python_policies
 from .constants import DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from .image_folder import UnreadableImageError, decode_bytes, resolve_max_image_pixels
 
@@ -145,6 +146,27 @@ def _bad_policy(policy: str, why: str) -> ValueError:
     return ValueError(
         f"invalid auto_augment policy '{policy}' ({why}); valid policies:\n  " + "\n  ".join(AUTO_AUGMENT_POLICIES)
     )
+
+
+def _independent_policy(policy: str, fill: Sequence[int]) -> Any:
+    """The Python implementation of ``policy``, for the two augmented views of AugMix/JSD splits.
+
+    With a dataset seed set (as every training script sets it), MindSpore seeds every C++ random op identically,
+    so the same C++ policy mapped on two columns gives the two "augmented" views the same augmentation. The
+    Python policies draw from Python's generator, which advances from one view to the next.
+    """
+    name = policy.lower().split("-")[0]
+    hparams = {"img_mean": tuple(fill)}
+    if name.startswith("randaug"):
+        return python_policies.rand_augment_transform(policy, hparams)
+    if name.startswith("trivialaug"):
+        return python_policies.trivial_augment_wide_transform(policy, hparams)
+    if name.startswith("augmix"):
+        return python_policies.augment_and_mix_transform(policy, hparams)
+    if name in ("autoaug", "autoaugr", "autoaugment", "3a"):
+        return python_policies.auto_augment_transform(policy.replace("autoaugment", "autoaug"), hparams)
+    parse_auto_augment(policy)  # raises the listing of valid policies
+    raise InvalidArgumentError(f"auto_augment policy '{policy}' has no Python implementation for separate=True")
 
 
 def parse_auto_augment(
@@ -392,5 +414,7 @@ def create_transforms(
         return _imagenet_eval(image_resize, **kwargs)
     primary, secondary, final = _imagenet_train(image_resize, auto_augment=auto_augment, **kwargs)
     if separate:
+        if auto_augment:
+            secondary = [_independent_policy(auto_augment, tuple(int(round(m)) for m in kwargs.get("mean", IMAGENET_DEFAULT_MEAN)))]
         return primary, secondary, final
     return primary + secondary + final
