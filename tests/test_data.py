@@ -1062,6 +1062,7 @@ def test_set_seed_repeats_every_generator_and_offsets_by_rank():
 
 def test_augmentation_splits_give_upstreams_three_view_batches_that_train_with_jsd(image_folder):
     """Upstream's AugMix/JSD loader (``separate=True``): clean, aug1, aug2 views of the same images in one batch."""
+
     def dataset():
         return create_dataset("imagenet", root=str(image_folder), shuffle=False)
 

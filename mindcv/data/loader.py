@@ -171,7 +171,10 @@ def _split_views_loader(
         if not ops:
             return data
         return data.map(
-            operations=ops, input_columns=column, num_parallel_workers=workers, python_multiprocessing=python_multiprocessing
+            operations=ops,
+            input_columns=column,
+            num_parallel_workers=workers,
+            python_multiprocessing=python_multiprocessing,
         )
 
     out = apply(dataset, primary, "image")

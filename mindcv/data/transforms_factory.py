@@ -415,6 +415,10 @@ def create_transforms(
     primary, secondary, final = _imagenet_train(image_resize, auto_augment=auto_augment, **kwargs)
     if separate:
         if auto_augment:
-            secondary = [_independent_policy(auto_augment, tuple(int(round(m)) for m in kwargs.get("mean", IMAGENET_DEFAULT_MEAN)))]
+            secondary = [
+                _independent_policy(
+                    auto_augment, tuple(int(round(m)) for m in kwargs.get("mean", IMAGENET_DEFAULT_MEAN))
+                )
+            ]
         return primary, secondary, final
     return primary + secondary + final
