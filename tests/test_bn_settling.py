@@ -115,3 +115,15 @@ def test_layers_are_named_as_in_the_model_not_after_its_wrappers():
     _train(inner, 3)
     # the second layer sees normalized inputs (variance ~1, its starting value): settled from the first batch
     assert [name for name, _, _ in watch.stale_layers(3)] == ["0"]
+
+
+def test_a_model_with_upstreams_parameter_names_is_named_by_them():
+    # MnasNet-B1 keeps upstream's features.N parameter names over its blocks.i.j cells: name what users filter on
+    from mindcv.models import create_model
+
+    net = create_model("mnasnet_050", num_classes=10)
+    variances = {p.name for p in net.get_parameters() if p.name.endswith("moving_variance")}
+    watch = BatchNormSettling(net)
+    names = [name for name, _, _ in watch._layers]
+    assert len(names) == len(variances) and {f"{n}.moving_variance" for n in names} == variances
+    assert all(n.startswith("features.") for n in names)

@@ -31,8 +31,8 @@ class BatchNormSettling:
         while parts and all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
             common += 1
         self._layers = [
-            (".".join(p[common:]), cell, cell.moving_variance.asnumpy().astype(np.float64))
-            for p, (_, cell) in zip(parts, norms)
+            (_layer_name(full, ".".join(p[common:]), cell), cell, cell.moving_variance.asnumpy().astype(np.float64))
+            for p, (full, cell) in zip(parts, norms)
         ]
 
     def stale_layers(self, batches: int, tolerance: float = 2.0) -> List[Tuple[str, float, int]]:
@@ -90,3 +90,12 @@ class BatchNormSettling:
             "normalizes with these values, so validation can sit near chance while the training loss falls. At "
             f"this momentum they settle after about {needed} batches: train longer or lower bn_momentum."
         )
+
+
+def _layer_name(cell_path: str, short_path: str, cell: nn.BatchNorm2d) -> str:
+    """The name users see in the model's parameters: a model that renames them (MnasNet-B1 carries upstream's
+    ``features.N`` names over its ``blocks`` cells) is named by its parameters, any other by its cell path."""
+    param_prefix = cell.moving_variance.name.rsplit(".", 1)[0] if "." in cell.moving_variance.name else ""
+    if param_prefix and not ("." + cell_path).endswith("." + param_prefix):
+        return param_prefix
+    return short_path
