@@ -2,7 +2,7 @@
 
     python search.py -c configs/nas/demo_search.yaml                 # run, or resume after a crash / kill
     python search.py -c configs/nas/demo_search.yaml --restart       # discard the saved state
-    python search.py -c configs/nas/demo_search.yaml --validate_lut 20   # lookup table vs measured latency
+    python search.py -c configs/nas/demo_search.yaml --calibrate_lut 40 --validate_lut 50   # latency model check
 
 Candidates from the factorized hierarchical search space are trained briefly on the proxy task (or, with
 ``evaluation: supernet``, scored with the weights of one supernet trained once on it), timed on this machine,
@@ -34,7 +34,15 @@ from config import ConfigError, read_yaml
 from mindcv.errors import InvalidArgumentError
 from mindcv.nas.proxy import ProxyConfig
 from mindcv.nas.reward import REWARD_KINDS
-from mindcv.nas.runner import EVALUATIONS, LatencyConfig, RewardConfig, SearchConfig, run_search, validate_lut
+from mindcv.nas.runner import (
+    EVALUATIONS,
+    LatencyConfig,
+    RewardConfig,
+    SearchConfig,
+    calibrate_lut,
+    run_search,
+    validate_lut,
+)
 from mindcv.nas.search_space import SearchSpace
 from mindcv.nas.strategies import STRATEGIES, check_strategy_settings, create_strategy
 from mindcv.nas.supernet_proxy import SupernetConfig
@@ -75,6 +83,7 @@ _RANGES = {
         "warmup": (lambda v: v >= 0, ">= 0"),
         "repeats": (lambda v: v >= 1, ">= 1"),
         "target_ms": (lambda v: v is None or v > 0, "> 0 or null (the latency of MnasNet-B1)"),
+        "calibration_archs": (lambda v: v == 0 or v >= 8, "0 (no calibration) or >= 8 architectures"),
     },
     "reward": {"constraint": (lambda v: v in REWARD_KINDS, f"one of {list(REWARD_KINDS)}")},
     "supernet": {
@@ -236,7 +245,16 @@ def _search(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--dataset", default=None, help="proxy dataset (overrides proxy.dataset)")
     parser.add_argument("--data_dir", default=None, help="proxy dataset root (overrides proxy.data_dir)")
     parser.add_argument("--restart", action="store_true", help="discard a saved search state and start over")
-    parser.add_argument("--validate_lut", type=int, default=0, metavar="N", help="compare LUT and measured latency")
+    parser.add_argument(
+        "--calibrate_lut",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fit the lookup table to whole-network latencies of N random architectures (>= 40 recommended)",
+    )
+    parser.add_argument(
+        "--validate_lut", type=int, default=0, metavar="N", help="LUT vs measured latency on N held-out architectures"
+    )
     parser.add_argument(
         "--gate",
         type=int,
@@ -262,14 +280,28 @@ def _search(argv: Optional[List[str]] = None) -> int:
         {"output_dir": args.output_dir, "budget": args.budget},
         {"dataset": args.dataset, "data_dir": args.data_dir},
     )
-    if args.validate_lut:
-        report = validate_lut(cfg, args.validate_lut, progress=not args.no_progress)
+    if args.calibrate_lut:
+        c = calibrate_lut(cfg, args.calibrate_lut, progress=not args.no_progress)
+        cal = c["calibration"]
+        loo = cal["loo_mape_percent"][cal["form"]]
         print(
-            f"lookup table vs measured on {report['num_archs']} random architectures: "
-            f"MAPE {report['mape_percent']:.1f}% "
-            f"(calibrated on B1: {report['mape_percent_calibrated_on_b1']:.1f}%), "
-            f"Spearman {report['spearman']:.3f}; wrote {cfg.output_dir}/lut_report.json"
+            f"lookup table calibrated on {cal['num_archs']} architectures: {cal['form']} form "
+            f"(leave-one-out MAPE {loo:.1f}%; raw table {c['raw_mape_percent']:.1f}%), "
+            f"B1 re-timed {len(c['drift']['b1_times_ms'])}x: range {c['drift']['b1_range_percent']:.1f}%; "
+            f"stored in {cfg.output_dir}/latency_lut.json, report lut_calibration.json"
         )
+    if args.validate_lut:
+        r = validate_lut(cfg, args.validate_lut, progress=not args.no_progress)
+        t = r["targets"]
+        print(
+            f"lookup table ({'calibrated' if r['calibrated'] else 'NOT calibrated'}) vs measured on {r['num_archs']} "
+            f"held-out architectures: MAPE {r['mape_percent']:.1f}% (target <= {t['mape_percent_max']}), "
+            f"{r['within_10_percent']:.0f}% within +-10% (target >= {t['within_10_percent_min']}), Kendall tau "
+            f"{r['kendall_tau']:.3f} (target >= {t['kendall_tau_min']}); raw table: MAPE {r['raw_mape_percent']:.1f}%, "
+            f"tau {r['raw_kendall_tau']:.3f}; B1 range {r['drift']['b1_range_percent']:.1f}%: "
+            f"{'PASSED' if r['passed'] else 'FAILED'} ({cfg.output_dir}/lut_report.json)"
+        )
+    if args.calibrate_lut or args.validate_lut:
         return 0
     if args.gate or args.validate_supernet:
         return _check_accuracy_estimates(cfg, args)

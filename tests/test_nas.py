@@ -9,13 +9,24 @@ import numpy as np
 import pytest
 from conftest import run_main
 
+from config import ConfigError
 from mindcv.models import create_model, load_model
 from mindcv.models.arch import format_arch_string
 from mindcv.models.mnasnet import ARCH_DEFS, VARIANTS
-from mindcv.nas.latency import LatencyTable, LatencyTableError, host_description, layer_keys, read_latency_table
+from mindcv.nas.latency import (
+    LatencyTable,
+    LatencyTableError,
+    apply_calibration,
+    fit_calibration,
+    host_description,
+    layer_keys,
+    read_latency_table,
+)
 from mindcv.nas.reward import mnas_reward
 from mindcv.nas.runner import (
     REFERENCES,
+    LatencyConfig,
+    SearchConfig,
     SearchStateError,
     StateMismatchError,
     _check_lut_file,
@@ -538,6 +549,23 @@ _LUT_OK = {
         ({**_LUT_OK, "entries": {'["overhead"]': -1.0}}, r"expected a number in \[0\.0, inf\]"),
         ({**_LUT_OK, "entries": {'["overhead"]': float("nan")}}, r"expected a number, got NaN"),
         ({**_LUT_OK, "entries": {"overhead": 0.1}}, r"the key is not a layer key"),
+        (
+            {**_LUT_OK, "calibration": {"intercept_ms": 1.0, "scales": {"ir": 1.0}}},
+            r"\$\.calibration\.num_archs: missing",
+        ),
+        (
+            {**_LUT_OK, "calibration": {"intercept_ms": 1.0, "scales": {"conv": 1.0}, "num_archs": 40}},
+            r"\$\.calibration\.scales\.conv: unknown layer kind \(valid: overhead, stem, head, cn, ds, ir, total\)",
+        ),
+        (
+            {**_LUT_OK, "calibration": {"intercept_ms": 1.0, "scales": {"ir": -0.5}, "num_archs": 40}},
+            r"\$\.calibration\.scales\.ir: expected a number in \[0\.0, inf\]",
+        ),
+        (
+            {**_LUT_OK, "calibration": {"intercept_ms": float("inf"), "scales": {"ir": 1.0}, "num_archs": 40}},
+            r"\$\.calibration\.intercept_ms",
+        ),
+        ({**_LUT_OK, "calibration": {"intercept_ms": 0.0, "scales": {}, "num_archs": 40}}, r"no scale"),
     ],
 )
 def test_malformed_latency_table_is_rejected_and_set_aside(tmp_path, table, needle, caplog):
@@ -759,3 +787,91 @@ def test_a_dead_latency_worker_is_a_clear_error_not_a_hang():
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(RunFailedError, match=r"the latency worker process died during _worker_measure"):
             worker.measure(format_arch_string(ARCH_DEFS["b1"]), width_mult=0.5, resolution=32)
+
+
+# -- calibrating the lookup table against whole networks ---------------------------------------------------------
+
+
+def _synthetic_parts(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _ in range(n):
+        parts.append(
+            {
+                "overhead": 0.05,
+                "stem": 0.4,
+                "head": float(rng.uniform(0.3, 0.6)),
+                "cn": float(rng.uniform(0.0, 1.0)) * (rng.random() < 0.5),
+                "ds": float(rng.uniform(0.1, 0.5)),
+                "ir": float(rng.uniform(2.0, 9.0)),
+            }
+        )
+    return parts
+
+
+def test_calibration_recovers_per_kind_scales_and_predicts_held_out_networks():
+    # isolated layers misjudge networks differently per kind (here: inverted residuals 1.3x, convs 0.7x slower)
+    truth = {"cn": 0.7, "ds": 1.0, "ir": 1.3, "head": 1.1}
+
+    def whole(p):
+        return 0.9 + sum(truth.get(k, 1.0) * v for k, v in p.items())
+
+    rng = np.random.default_rng(1)
+    fit_parts = _synthetic_parts(40)
+    measured = [whole(p) * (1 + rng.normal(0, 0.01)) for p in fit_parts]
+    cal = fit_calibration(fit_parts, measured)
+    assert cal["form"] == "per_kind" and cal["num_archs"] == 40
+    assert cal["scales"]["ir"] == pytest.approx(1.3, abs=0.05) and cal["scales"]["cn"] == pytest.approx(0.7, abs=0.1)
+    assert "stem" not in cal["scales"]  # the same in every network: absorbed by the intercept, scale 1
+    held_out = _synthetic_parts(50, seed=7)
+    errors = [abs(apply_calibration(cal, p) - whole(p)) / whole(p) for p in held_out]
+    raw = [abs(sum(p.values()) - whole(p)) / whole(p) for p in held_out]
+    assert np.mean(errors) < 0.01 < 0.1 < np.mean(raw)
+
+
+def test_calibration_prefers_one_slope_when_the_kinds_do_not_differ():
+    rng = np.random.default_rng(2)
+    parts = _synthetic_parts(12)
+    measured = [1.5 * sum(p.values()) + 0.2 + rng.normal(0, 0.05) for p in parts]
+    cal = fit_calibration(parts, measured)
+    assert cal["form"] == "total" and cal["scales"]["total"] == pytest.approx(1.5, abs=0.1)
+    assert set(cal["loo_mape_percent"]) == {"per_kind", "total"}
+    with pytest.raises(ValueError, match="needs >= 8 architectures with measurements, got 3/3"):
+        fit_calibration(parts[:3], measured[:3])
+
+
+def test_a_calibrated_table_applies_its_calibration_and_keeps_it_only_with_its_entries(tmp_path):
+    arch = "ds_r1_k3_s1_c16_noskip|ir_r1_k3_s2_e3_c24"
+    keys = layer_keys(arch, 0.5, 32)
+    path = str(tmp_path / "latency_lut.json")
+    meta = LatencyTable(None, threads=1).meta
+    entries = {json.dumps(["overhead"]): 0.1, **{json.dumps(list(k)): 1.0 + i for i, k in enumerate(keys)}}
+    calibration = {"intercept_ms": 0.5, "scales": {"ir": 2.0, "ds": 0.5}, "num_archs": 40}
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "entries": entries, "calibration": calibration}, f)
+    table = LatencyTable(path, threads=1)
+    parts = table.components(arch, 0.5, 32)  # every entry is in the file: nothing is measured
+    assert parts == pytest.approx({"overhead": 0.1, "stem": 0.9, "ds": 1.9, "ir": 2.9, "head": 3.9, "cn": 0.0})
+    assert table.predict(arch, 0.5, 32, calibrated=False) == pytest.approx(9.7)
+    assert table.predict(arch, 0.5, 32) == pytest.approx(0.5 + 0.1 + 0.9 + 0.5 * 1.9 + 2.0 * 2.9 + 3.9)
+    assert apply_calibration({"intercept_ms": 1.0, "scales": {"total": 2.0}, "num_archs": 9}, parts) == pytest.approx(
+        20.4
+    )
+    table.set_calibration(None)
+    assert "calibration" not in json.load(open(path)) and table.predict(arch, 0.5, 32) == pytest.approx(9.7)
+    # a table measured elsewhere is re-measured, and its calibration (fitted to those entries) goes with it
+    with open(path, "w") as f:
+        json.dump({"meta": {**meta, "host": "another CPU"}, "entries": entries, "calibration": calibration}, f)
+    assert LatencyTable(path, threads=1).calibration is None
+
+
+def test_lut_calibration_settings_are_checked_and_old_fingerprints_kept(tmp_path):
+    cfg_path = tmp_path / "s.yaml"
+    cfg_path.write_text("latency: {mode: lut, calibration_archs: 3}\n")
+    with pytest.raises(ConfigError, match=r"'latency\.calibration_archs' must be 0 \(no calibration\) or >= 8"):
+        load_config(str(cfg_path), {})
+    # the fingerprints of these two settings before calibration existed: their saved searches must still resume
+    assert SearchConfig().fingerprint() == "d46041f64cb95f19"
+    assert SearchConfig(latency=LatencyConfig(mode="lut")).fingerprint() == "9e5d2d0de050d0f8"
+    calibrated = SearchConfig(latency=LatencyConfig(mode="lut", calibration_archs=40))
+    assert calibrated.fingerprint() != "9e5d2d0de050d0f8"  # calibrated latencies are other numbers

@@ -7,8 +7,11 @@ is a process-wide MindSpore setting, so measurements run in a separate worker pr
 
 The lookup table (FBNet / ProxylessNAS / ChamNet style) stores the latency of every distinct layer
 (block type, kernel, expansion, SE, residual, input/output channels, stride, input resolution) measured
-in isolation, plus the stem and head. A network's prediction is the sum of its layers' entries minus
-the per-call overhead that each isolated measurement includes once.
+in isolation, plus the stem and head. A network's raw prediction is the sum of its layers' entries minus
+the per-call overhead that each isolated measurement includes once. Isolated layers run faster or slower
+than inside a network (caches, fused graphs, the launch cost per kernel), so the table is calibrated against
+whole-network measurements (:func:`fit_calibration`): an intercept and a scale per layer kind, or one
+intercept and slope, whichever predicts better out of sample on the calibration architectures.
 """
 
 import json
@@ -46,6 +49,9 @@ __all__ = [
     "LatencyWorker",
     "layer_keys",
     "read_latency_table",
+    "fit_calibration",
+    "apply_calibration",
+    "pin_to_cpus",
 ]
 
 
@@ -213,6 +219,18 @@ def read_latency_table(path: str) -> Dict:
     for optional in ("mindspore", "cpu_isa", "depthwise_kernels"):
         if optional in meta:
             c.text(meta[optional], f"$.meta.{optional}")
+    if "calibration" in saved:
+        cal = c.obj(saved["calibration"], "$.calibration", ("intercept_ms", "scales", "num_archs"))
+        c.number(cal["intercept_ms"], "$.calibration.intercept_ms")
+        c.integer(cal["num_archs"], "$.calibration.num_archs", 1)
+        scales = c.obj(cal["scales"], "$.calibration.scales")
+        if not scales:
+            c.fail("$.calibration.scales", "no scale")
+        for kind, value in scales.items():
+            if kind not in (*CALIBRATION_KINDS, "total"):
+                valid = ", ".join((*CALIBRATION_KINDS, "total"))
+                c.fail(f"$.calibration.scales.{kind}", f"unknown layer kind (valid: {valid})")
+            c.number(value, f"$.calibration.scales.{kind}", 0.0)
     entries = c.obj(saved["entries"], "$.entries")
     for key, value in entries.items():
         where = f"$.entries[{json.dumps(key)}]"
@@ -245,6 +263,7 @@ class LatencyTable:
         self.path = path
         self.warmup, self.repeats = warmup, repeats
         self.entries: Dict[str, float] = {}
+        self.calibration: Optional[Dict] = None
         self.meta = {
             "host": host_description(),
             "threads": threads,
@@ -256,6 +275,7 @@ class LatencyTable:
             saved = read_latency_table(path)
             if all(saved["meta"].get(k) == v for k, v in self.meta.items()):
                 self.entries = dict(saved["entries"])
+                self.calibration = saved.get("calibration")  # fitted to these entries: kept or dropped with them
         self._new = 0
 
     def _measure(self, key: Tuple) -> float:
@@ -269,20 +289,115 @@ class LatencyTable:
             self._new += 1
         return self.entries[ks]
 
-    def predict(self, arch: str, width_mult: float, resolution: int, **kwargs) -> float:
-        """Predicted whole-network latency (ms), measuring any missing entries first."""
+    def components(self, arch: str, width_mult: float, resolution: int, **kwargs) -> Dict[str, float]:
+        """The raw prediction split by layer kind (ms): ``overhead`` once, then the sums of the ``stem``, ``head``
+        and each block type's entries with the overhead taken out. Missing entries are measured first."""
         overhead = self._measure(("overhead",))
-        keys = layer_keys(arch, width_mult, resolution, **kwargs)
-        total = sum(max(self._measure(k) - overhead, 0.0) for k in keys) + overhead
+        parts = {kind: 0.0 for kind in CALIBRATION_KINDS}
+        parts["overhead"] = overhead
+        for key in layer_keys(arch, width_mult, resolution, **kwargs):
+            parts[key[0]] += max(self._measure(key) - overhead, 0.0)
         if self._new:
             self.save()
-        return total
+        return parts
+
+    def predict(self, arch: str, width_mult: float, resolution: int, calibrated: bool = True, **kwargs) -> float:
+        """Predicted whole-network latency (ms), measuring any missing entries first.
+
+        Args:
+            arch: ``|``-joined architecture string.
+            width_mult: width multiplier.
+            resolution: input size.
+            calibrated: apply the table's calibration, if it has one (``False``: the raw sum of the entries).
+        """
+        parts = self.components(arch, width_mult, resolution, **kwargs)
+        if calibrated and self.calibration is not None:
+            return apply_calibration(self.calibration, parts)
+        return sum(parts.values())
+
+    def set_calibration(self, calibration: Optional[Dict]) -> None:
+        """Store (or, with ``None``, drop) a calibration from :func:`fit_calibration` with the table."""
+        self.calibration = calibration
+        self.save()
 
     def save(self) -> None:
         if not self.path:
             return
-        write_json_atomic(self.path, {"meta": self.meta, "entries": self.entries})
+        table = {"meta": self.meta, "entries": self.entries}
+        if self.calibration is not None:
+            table["calibration"] = self.calibration
+        write_json_atomic(self.path, table)
         self._new = 0
+
+
+CALIBRATION_KINDS = ("overhead", "stem", "head", *BLOCK_CLASSES)
+
+
+def apply_calibration(calibration: Dict, parts: Dict[str, float]) -> float:
+    """``intercept + sum(scale[kind] * part[kind])``; a kind the calibration has no scale for keeps scale 1,
+    and ``scales == {"total": s}`` is the one-slope form."""
+    scales = calibration["scales"]
+    if "total" in scales:
+        return calibration["intercept_ms"] + scales["total"] * sum(parts.values())
+    return calibration["intercept_ms"] + sum(scales.get(kind, 1.0) * value for kind, value in parts.items())
+
+
+def fit_calibration(parts: Sequence[Dict[str, float]], measured: Sequence[float]) -> Dict:
+    """Fit the lookup table to whole-network measurements: per-kind scales, or one slope, with an intercept.
+
+    Both forms are fitted by least squares on relative error (every architecture counts the same, small or
+    large) and the one with the lower leave-one-out mean absolute percentage error is kept: the per-kind form
+    has 5-6 parameters and can overfit few architectures. A kind that no architecture contains (or that never
+    varies) keeps scale 1.
+
+    Args:
+        parts: :meth:`LatencyTable.components` of each calibration architecture.
+        measured: their measured whole-network latencies (ms).
+
+    Returns:
+        ``{"intercept_ms", "scales", "num_archs", "form", "loo_mape_percent": {form: value}}``.
+    """
+    measured = np.asarray(measured, dtype=np.float64)
+    if len(parts) != len(measured) or len(measured) < 8:
+        raise ValueError(f"calibration needs >= 8 architectures with measurements, got {len(parts)}/{len(measured)}")
+    kinds = [k for k in CALIBRATION_KINDS if k != "overhead" and np.ptp([p[k] for p in parts]) > 0]
+    forms = {
+        "per_kind": np.array([[p[k] for k in kinds] for p in parts]),
+        "total": np.array([[sum(p.values())] for p in parts]),
+    }
+    fixed = {
+        "per_kind": np.array([sum(v for k, v in p.items() if k not in kinds) for p in parts]),
+        "total": np.zeros(len(parts)),
+    }
+
+    def solve(x: np.ndarray, base: np.ndarray, y: np.ndarray) -> np.ndarray:
+        design = np.column_stack([np.ones(len(y)), x]) / y[:, None]  # relative residuals
+        coef, *_ = np.linalg.lstsq(design, (y - base) / y, rcond=None)
+        return coef
+
+    loo = {}
+    for form, x in forms.items():
+        errors = []
+        for i in range(len(measured)):
+            keep = np.arange(len(measured)) != i
+            coef = solve(x[keep], fixed[form][keep], measured[keep])
+            guess = coef[0] + x[i] @ coef[1:] + fixed[form][i]
+            errors.append(abs(guess - measured[i]) / measured[i])
+        loo[form] = float(np.mean(errors) * 100)
+    form = min(loo, key=loo.get)
+    coef = solve(forms[form], fixed[form], measured)
+    scales = {"total": float(coef[1])} if form == "total" else {k: float(c) for k, c in zip(kinds, coef[1:])}
+    if any(v < 0 for v in scales.values()):  # a negative scale extrapolates badly: fall back to the slope form
+        form = "total"
+        coef = solve(forms[form], fixed[form], measured)
+        scales = {"total": float(coef[1])}
+    return {
+        "intercept_ms": float(coef[0]),
+        "scales": {k: max(v, 0.0) for k, v in scales.items()},
+        "num_archs": int(len(measured)),
+        "form": form,
+        "loo_mape_percent": loo,
+    }
 
 
 class LatencyWorker:
@@ -330,9 +445,18 @@ class LatencyWorker:
         """Measured batch-1 latency of a network (see :func:`measure_model_latency`), with the worker's host."""
         return self._call(_worker_measure, arch=arch, width_mult=width_mult, resolution=resolution, **kwargs)
 
+    def retime(self, arch: str, width_mult: float, resolution: int, **kwargs) -> dict:
+        """Like :meth:`measure`, but the worker keeps the compiled network (a few), so timing it again is cheap."""
+        return self._call(_worker_retime, arch=arch, width_mult=width_mult, resolution=resolution, **kwargs)
+
     def predict(self, arch: str, width_mult: float, resolution: int, **kwargs) -> dict:
-        """Lookup-table latency of a network (``predicted_ms``; the table grows by what it has not seen)."""
+        """Lookup-table latency of a network (``predicted_ms``, calibrated if the table is; ``components``: the
+        raw sums per layer kind; the table grows by what it has not seen). ``calibrated=False``: the raw sum."""
         return self._call(_worker_predict, arch=arch, width_mult=width_mult, resolution=resolution, **kwargs)
+
+    def set_calibration(self, calibration: Optional[Dict]) -> dict:
+        """Store a calibration (:func:`fit_calibration`) with the worker's lookup table (``None`` drops it)."""
+        return self._call(_worker_set_calibration, calibration=calibration)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -348,13 +472,29 @@ class LatencyWorker:
 _worker: Dict[str, object] = {}
 
 
+def pin_to_cpus(threads: int) -> Optional[List[int]]:
+    """Pin this process to its last ``threads`` allowed CPUs (Linux), so timings do not move between cores.
+
+    Returns:
+        The CPUs pinned to, or ``None`` where affinity cannot be set (or ``threads`` is 0: all cores).
+    """
+    if threads <= 0 or not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    chosen = allowed[-threads:]
+    os.sched_setaffinity(0, chosen)
+    return chosen
+
+
 def _start_worker(threads: int, lut_path: Optional[str], warmup: int, repeats: int) -> None:
+    pinned = pin_to_cpus(threads)  # before MindSpore starts its thread pools, which inherit the affinity
     ms.set_device("CPU")
     if threads > 0:
         ms.device_context.cpu.op_tuning.threads_num(threads)
         set_kernel_threads(threads)
     _worker.update(threads=threads, lut_path=lut_path, warmup=warmup, repeats=repeats, table=None)
-    _worker.update(answer={"host": host_description(), "threads": threads, "cpu_isa": effective_cpu_isa() or "none"})
+    answer = {"host": host_description(), "threads": threads, "cpu_isa": effective_cpu_isa() or "none"}
+    _worker.update(answer={**answer, "pinned_cpus": pinned})
 
 
 def _worker_ready() -> dict:
@@ -366,9 +506,47 @@ def _worker_measure(**query) -> dict:
     return {**answer, **_worker["answer"]}
 
 
-def _worker_predict(**query) -> dict:
+def _worker_retime(**query) -> dict:
+    """Time a network again without rebuilding it (the drift check re-times MnasNet-B1 many times)."""
+    key = json.dumps(query, sort_keys=True)
+    compiled = _worker.setdefault("compiled", {})
+    if key not in compiled:
+        if len(compiled) >= 4:
+            compiled.clear()
+        resolution = query.get("resolution", 224)
+        model = MnasNet(
+            query["arch"],
+            num_classes=query.get("num_classes", 1000),
+            width_mult=query.get("width_mult", 1.0),
+            stem_size=query.get("stem_size", 32),
+        )
+        model.set_train(False)
+        fuse_bn(model)
+        x = ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, resolution, resolution)).astype(np.float32))
+        compiled[key] = (model, x)
+    model, x = compiled[key]
+    with execution_mode(ms.GRAPH_MODE):
+        answer = time_calls(lambda: model(x).asnumpy(), _worker["warmup"], _worker["repeats"])
+    return {**answer, **_worker["answer"]}
+
+
+def _worker_table() -> LatencyTable:
     if _worker["table"] is None:  # read on the first lookup-table query (a bad file is then reported to the caller)
         _worker["table"] = LatencyTable(_worker["lut_path"], _worker["warmup"], _worker["repeats"], _worker["threads"])
+    return _worker["table"]
+
+
+def _worker_predict(calibrated: bool = True, **query) -> dict:
+    table = _worker_table()
     t0 = time.perf_counter()
-    predicted = _worker["table"].predict(**query)
-    return {"predicted_ms": predicted, "seconds": time.perf_counter() - t0, **_worker["answer"]}
+    parts = table.components(**query)
+    use_calibration = calibrated and table.calibration is not None
+    predicted = apply_calibration(table.calibration, parts) if use_calibration else sum(parts.values())
+    seconds = time.perf_counter() - t0
+    answer = {"predicted_ms": predicted, "components": parts, "calibrated": use_calibration, "seconds": seconds}
+    return {**answer, **_worker["answer"]}
+
+
+def _worker_set_calibration(calibration: Optional[Dict]) -> dict:
+    _worker_table().set_calibration(calibration)
+    return dict(_worker["answer"])
