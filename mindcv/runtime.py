@@ -54,8 +54,8 @@ class Runtime:
         all_reduce = ops.AllReduce()
 
         def reduce(values: np.ndarray) -> np.ndarray:
-            # the CPU AllReduce has no float64: send a float32 pair (value, rounding remainder) and add
-            # them back in float64, which keeps counts exact and sums to ~1e-14 relative precision
+            # the CPU AllReduce has no float64: send a float32 pair (value, rounding remainder) and add them back
+            # in float64; sums of integers below 2**24 (counts) stay exact, others get float32's rounding of the sum
             high = values.astype(np.float32)
             low = (values - high.astype(np.float64)).astype(np.float32)
             summed = all_reduce(Tensor(np.stack([high, low]))).asnumpy().astype(np.float64)

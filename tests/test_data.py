@@ -77,9 +77,13 @@ def test_image_folder_classes_shapes_and_labels(image_folder):
     assert sum(len(b[1]) for b in _rows(val)) == 9  # the last partial batch is kept
 
 
-def test_an_upstream_worker_count_above_the_cpus_is_lowered_with_a_warning(image_folder, caplog):
+def test_an_upstream_worker_count_above_the_cpus_is_lowered_with_a_warning(image_folder, caplog, monkeypatch):
     # upstream's recipes ask for 8 workers; MindSpore itself rejects more workers than CPUs
+    monkeypatch.setattr(logging.getLogger("mindcv"), "propagate", True)  # set_logger elsewhere may have cut it
     asked = (os.cpu_count() or 1) + 6
+    for bad in (2.5, True, "2"):
+        with pytest.raises(ValueError, match=r"num_parallel_workers must be an integer >= 1 \(or None for 1\), got"):
+            create_dataset("imagenet", root=str(image_folder), num_parallel_workers=bad)
     with caplog.at_level(logging.WARNING):
         dataset = create_dataset("imagenet", root=str(image_folder), num_parallel_workers=asked)
     assert f"num_parallel_workers={asked} exceeds this machine's" in caplog.text
@@ -1076,19 +1080,26 @@ def test_augmentation_splits_give_upstreams_three_view_batches_that_train_with_j
         np.testing.assert_array_equal(images[:4], images[4:8])
         np.testing.assert_array_equal(images[:4], images[8:])
 
-    augmenting = create_transforms("imagenet", 32, is_training=True, separate=True, auto_augment="randaug-m9-n3")
-    loader = create_loader(dataset(), 6, drop_remainder=True, is_training=True, transform=augmenting, separate=True)
     previous_seed = ms.dataset.config.get_seed()
-    ms.dataset.config.set_seed(0)  # as training scripts do: every C++ random op then repeats the same draws
+    ms.dataset.config.set_seed(0)  # as training scripts do: MindSpore then seeds its C++ random ops at every call
     try:
-        images, labels = _rows(loader)[0]
-        assert not np.array_equal(images[:6], images[6:12]) and not np.array_equal(images[6:12], images[12:])
-        # the same policy as a C++ op would make the two augmented views identical: refused, not trained on
+        for policy, extra in (("randaug-m9-n3", {}), (None, {"color_jitter": 0.4}), ("augmix", {})):
+            triple = create_transforms("imagenet", 32, is_training=True, separate=True, auto_augment=policy, **extra)
+            for batch in (6, 1):  # a batch of one has no other image to hide identical views behind
+                rows = _rows(
+                    create_loader(
+                        dataset(), batch, drop_remainder=True, is_training=True, transform=triple, separate=True
+                    )
+                )
+                differ = [not np.array_equal(im[batch : 2 * batch], im[2 * batch :]) for im, _ in rows]
+                assert sum(differ) >= 0.8 * len(rows), (policy, extra, batch, differ)
+        images, labels = _rows(
+            create_loader(dataset(), 6, drop_remainder=True, is_training=True, transform=triple, separate=True)
+        )[0]
+        # MindSpore's C++-only RandAugment would give both augmented views the same draws: refused, naming it
         cpp = create_transforms("imagenet", 32, is_training=True, auto_augment="randaug-m9-n3")
-        triple = (cpp[:3], [cpp[3]], cpp[4:])
-        cpp_loader = create_loader(dataset(), 6, drop_remainder=True, is_training=True, transform=triple, separate=True)
-        with pytest.raises(RuntimeError, match="two augmented views of a whole batch came out identical"):
-            _rows(cpp_loader)
+        with pytest.raises(ValueError, match=r"separate=True: RandAugment in the augmentation \(secondary\) ops"):
+            create_loader(dataset(), 6, is_training=True, transform=(cpp[:3], [cpp[3]], cpp[4:]), separate=True)
     finally:
         ms.dataset.config.set_seed(previous_seed)
 

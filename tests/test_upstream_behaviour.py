@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import mindspore.dataset as ds
+import mindspore.dataset.transforms as T
 import mindspore.dataset.vision as vision
 from mindspore.dataset.vision import Inter
 
@@ -119,9 +120,12 @@ def test_decode_step_decodes_bytes_and_passes_decoded_images(png_folder):
         decode("0.png")
 
 
-@pytest.mark.parametrize("style", ["Decode()", "Decode(to_pil=True)", "RandomCropDecodeResize"])
+@pytest.mark.parametrize("style", ["Decode()", "Decode(to_pil=True)", "RandomCropDecodeResize", "Compose"])
 def test_a_user_list_starting_with_a_mindspore_decode_works_on_our_datasets(png_folder, style):
-    if style == "Decode()":
+    if style == "Compose":  # the same list wrapped in one Compose op
+        user = [T.Compose([vision.Decode(), vision.Resize(36), vision.CenterCrop(32), vision.Normalize(MEAN, STD)])]
+        user.append(vision.HWC2CHW())
+    elif style == "Decode()":
         user = [
             vision.Decode(),
             vision.Resize(36),
@@ -217,6 +221,12 @@ def test_a_warmup_longer_than_the_run_is_truncated_with_a_warning(caplog, monkey
         stair = create_scheduler(3, "constant", lr=1.0, warmup_epochs=2, num_epochs=2, lr_epoch_stair=True)
     assert stair == pytest.approx([0.0] * 3 + [0.5] * 3)  # per-epoch warmup from 0: epochs 0 and 1 of 2
     assert "only rises to 0.5 (0.5 x lr)" in caplog.text
+    assert create_scheduler(2, "constant", lr=1.0, warmup_epochs=2.0, num_epochs=3) == create_scheduler(
+        2, "constant", lr=1.0, warmup_epochs=2, num_epochs=3
+    )
+    for bad in (1.5, -1, True):
+        with pytest.raises(ValueError, match=rf"warmup_epochs must be a whole number of epochs >= 0, got {bad!r}"):
+            create_scheduler(2, "constant", lr=1.0, warmup_epochs=bad, num_epochs=3)
 
 
 def test_polynomial_decay_spans_the_epochs_after_the_warmup():

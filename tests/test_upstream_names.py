@@ -29,6 +29,7 @@ from mindcv.models import create_model, get_pretrained_cfg, registry
 from mindcv.models.checkpoint import CheckpointError
 from mindcv.models.helpers import (
     ConfigDict,
+    _ntuple,
     auto_map,
     build_model_with_cfg,
     get_checkpoint_download_root,
@@ -438,6 +439,7 @@ def test_download_helpers_check_md5_and_refuse_hostile_archives(served, tmp_path
 
 
 def test_config_dict_and_auto_map():
+    assert _ntuple(2)(3) == (3, 3) and _ntuple(3)("ab") == ("ab",) * 3 and _ntuple(2)([1, 5]) == [1, 5]
     cfg = ConfigDict(lr=0.1)
     cfg.epochs = 3
     assert cfg["epochs"] == 3 and cfg.lr == 0.1 and cfg.missing is None

@@ -347,6 +347,13 @@ def test_upstream_train_step_signature():
         TrainStep(with_loss, opt, scale_sense=-1.0)
     with pytest.raises(ValueError, match="disagree"):
         TrainStep(with_loss, opt, accumulation_steps=2, gradient_accumulation_steps=4)
+    # upstream's positional order: (network, optimizer, scale_sense, ema, ema_decay, clip_grad, clip_value,
+    # gradient_accumulation_steps); an earlier order here read the 4th as a dynamic loss scale, silently
+    positional = TrainStep(with_loss, opt, 1.0, True, 0.9, True, 1.0, 2)
+    assert (positional.ema, positional.ema_decay, positional.clip_grad, positional.clip_value) == (True, 0.9, True, 1.0)
+    assert positional.accumulation_steps == 2 and not positional.dynamic and not positional.drop_overflow
+    with pytest.raises(TypeError, match="positional argument"):
+        TrainStep(with_loss, opt, 1.0, True, 0.9, True, 1.0, 2, True)  # this package's options are keyword-only
 
 
 def test_gradient_accumulation_cell_applies_every_nth_call():
@@ -428,13 +435,18 @@ def test_state_monitor_rejects_bad_arguments(tmp_path):
         StateMonitor(trainer, model_ema=True, ckpt_save_dir=str(tmp_path))
     with pytest.raises(ValueError, match="ckpt_save_policy must be one of"):
         StateMonitor(trainer, ckpt_save_policy="best", ckpt_save_dir=str(tmp_path))
-    monitor = StateMonitor(
-        trainer,
-        dataset_val=_loader(8, 8),
-        metric_name=("Top_1_Accuracy", "Top_5_Accuracy"),
-        ckpt_save_dir=str(tmp_path),
-    )
-    with pytest.raises(ValueError, match="metric_name has 2 names .* computes 1 metrics"):
+    with pytest.raises(
+        ValueError, match="metric_name has 2 names .* computes 1 metrics"
+    ):  # at once, not after an epoch
+        StateMonitor(
+            trainer,
+            dataset_val=_loader(8, 8),
+            metric_name=("Top_1_Accuracy", "Top_5_Accuracy"),
+            ckpt_save_dir=str(tmp_path),
+        )
+    monitor = StateMonitor(trainer, dataset_val=_loader(8, 8), ckpt_save_dir=str(tmp_path))
+    trainer._metric_fns["extra"] = trainer._metric_fns[next(iter(trainer._metric_fns))]  # a model changed later
+    with pytest.raises(ValueError, match="metric_name has 1 names .* computes 2 metrics"):
         monitor.apply_eval(None)
 
 
@@ -470,10 +482,19 @@ def test_all_reduce_sum_sums_int32_counts_exactly_through_a_float_only_reduce(mo
     reduce = AllReduceSum()
     reduce.allreduce_sum = _ThreeRanks()
     summed = reduce(Tensor(counts))
-    floats = reduce(Tensor(np.array([0.5, 2.0], np.float32)))
     assert summed.dtype == ms.int32
     np.testing.assert_array_equal(summed.asnumpy(), 3 * counts.astype(np.int64))
+    floats = reduce(Tensor(np.array([0.5, 2.0], np.float32)))
     assert floats.dtype == ms.float32 and floats.asnumpy().tolist() == [1.5, 6.0]
+    # float64 (numpy's default: a per-rank accuracy of 0.76) is summed, not truncated; int64 beyond 2**40 is exact
+    wide = np.array([0.76, 1.5, 1e-9, 123456.789], np.float64)
+    summed_wide = reduce(Tensor(wide))
+    assert summed_wide.dtype == ms.float64
+    np.testing.assert_allclose(summed_wide.asnumpy(), 3 * wide, rtol=1e-6)
+    big = np.array([2**40 + 3, -(2**50) - 7, 5], np.int64)
+    np.testing.assert_array_equal(reduce(Tensor(big)).asnumpy(), 3 * big)
+    with pytest.raises(TypeError, match="cannot sum a Bool tensor.*cast a bool mask to int32"):
+        reduce(Tensor(np.array([True, False])))
 
 
 def test_get_resume_epoch_reads_the_checkpoint_not_its_name(tmp_path):

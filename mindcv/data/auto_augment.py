@@ -163,7 +163,9 @@ def solarize(img: Image.Image, thresh: int, **_: Any) -> Image.Image:
 def posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
     if bits_to_keep >= 8:
         return img
-    return ImageOps.posterize(img, max(int(bits_to_keep), 0))
+    if bits_to_keep <= 0:  # keeping no bit leaves 0 everywhere; Pillow refuses bits=0
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, int(bits_to_keep))
 
 
 def _enhance(kind: Callable[[Image.Image], Any]) -> Callable[..., Image.Image]:

@@ -253,6 +253,10 @@ def usable_worker_count(num_parallel_workers: Optional[int]) -> int:
     """
     if num_parallel_workers is None:
         return 1
+    if isinstance(num_parallel_workers, bool) or not isinstance(num_parallel_workers, (int, np.integer)):
+        raise InvalidArgumentError(
+            f"num_parallel_workers must be an integer >= 1 (or None for 1), got {num_parallel_workers!r}"
+        )
     workers = int(num_parallel_workers)
     if workers < 1:
         raise InvalidArgumentError(f"num_parallel_workers must be >= 1, got {num_parallel_workers}")

@@ -4,6 +4,7 @@ import logging
 from typing import Any, List, Optional
 
 import numpy as np
+from PIL import Image
 
 import mindspore as ms
 import mindspore.dataset as ds
@@ -141,16 +142,41 @@ def _concat_views(clean: np.ndarray, aug1: np.ndarray, aug2: np.ndarray, label: 
     return np.concatenate((clean, aug1, aug2)), np.concatenate((label, label, label))
 
 
-def _concat_distinct_views(clean: np.ndarray, aug1: np.ndarray, aug2: np.ndarray, label: np.ndarray):
-    if len(aug1) > 1 and np.array_equal(aug1, aug2):
-        # MindSpore seeds every C++ random op with the dataset seed, so one C++ op mapped on both columns
-        # repeats its draws: JSD between two copies of the same view would be 0, silently
-        raise RuntimeError(
-            "separate=True: the two augmented views of a whole batch came out identical. The secondary ops are "
-            "MindSpore C++ random ops, which repeat the same draws on both views when a dataset seed is set; use "
-            "create_transforms(..., separate=True), whose augmented views use the Python policies, or Python ops"
+# MindSpore ops with no Python (PIL) implementation: seeded from the dataset seed at every call, so they draw the
+# same augmentation for both views of an image (and for every call on the same input)
+_SEEDED_CPP_POLICIES = (vision.RandAugment, vision.AutoAugment, vision.TrivialAugmentWide, vision.UniformAugment)
+
+
+class _TwoAugmentedViews:
+    """Both augmented views of an image, drawn one after the other in the same call.
+
+    The ops run on a PIL image, so MindSpore's random ops take their PIL implementation, which draws from Python's
+    generator like the Python policies (:mod:`mindcv.data.auto_augment`): the second view continues the stream
+    of the first, so the two differ even with a dataset seed set, in any worker.
+    """
+
+    def __init__(self, ops: List[Any]) -> None:
+        self.ops = [op for op in ops if not isinstance(op, vision.ToPIL)]  # the views are PIL images already
+
+    def _view(self, image: np.ndarray) -> np.ndarray:
+        out = Image.fromarray(np.ascontiguousarray(image))
+        for op in self.ops:
+            out = op(out)
+        return np.asarray(out, dtype=np.uint8)
+
+    def __call__(self, image: np.ndarray):
+        return self._view(image), self._view(image)
+
+
+def _check_secondary_ops(secondary: List[Any]) -> None:
+    seeded = [type(op).__name__ for op in secondary if isinstance(op, _SEEDED_CPP_POLICIES)]
+    if seeded:
+        raise InvalidArgumentError(
+            f"separate=True: {', '.join(seeded)} in the augmentation (secondary) ops is a MindSpore C++ op without "
+            "a Python implementation; it draws the same augmentation for both augmented views, so the JSD term "
+            "would be 0. Use create_transforms(..., separate=True), whose views use the Python policies "
+            "(mindcv.data.auto_augment), or those policies directly"
         )
-    return _concat_views(clean, aug1, aug2, label)
 
 
 def _split_views_loader(
@@ -164,31 +190,37 @@ def _split_views_loader(
 ) -> ds.Dataset:
     """Three views per image (clean, aug1, aug2), batched as one ``3N`` batch: upstream's AugMix/JSD layout."""
     primary, secondary, final = (list(ops) for ops in transform)
+    _check_secondary_ops(secondary)
     if _yields_decoded_images(dataset):
         primary = adapt_decode_step(primary)
 
-    def apply(data: ds.Dataset, ops: List[Any], column: str) -> ds.Dataset:
+    def apply(data: ds.Dataset, ops: List[Any], column: str, outputs: Optional[List[str]] = None) -> ds.Dataset:
         if not ops:
             return data
         return data.map(
             operations=ops,
             input_columns=column,
+            output_columns=outputs,
             num_parallel_workers=workers,
             python_multiprocessing=python_multiprocessing,
         )
 
     out = apply(dataset, primary, "image")
-    out = out.map(operations=T.Duplicate(), input_columns="image", output_columns=["image_clean", "image_aug2"])
-    out = out.map(operations=T.Duplicate(), input_columns="image_clean", output_columns=["image_clean", "image_aug1"])
-    for column in ("image_aug1", "image_aug2"):
-        out = apply(out, secondary, column)
+    if secondary:
+        out = out.map(operations=T.Duplicate(), input_columns="image", output_columns=["image_clean", "image_aug"])
+        out = apply(out, [_TwoAugmentedViews(secondary)], "image_aug", ["image_aug1", "image_aug2"])
+    else:
+        out = out.map(operations=T.Duplicate(), input_columns="image", output_columns=["image_clean", "image_aug2"])
+        out = out.map(
+            operations=T.Duplicate(), input_columns="image_clean", output_columns=["image_clean", "image_aug1"]
+        )
     for column in ("image_clean", "image_aug1", "image_aug2"):
         out = apply(out, final, column)
     out = out.map(operations=target_transform or [T.TypeCast(ms.int32)], input_columns="label", num_parallel_workers=1)
     out = out.project(["image_clean", "image_aug1", "image_aug2", "label"])
     out = out.batch(batch_size, drop_remainder=drop_remainder)
     return out.map(
-        operations=_concat_distinct_views if secondary else _concat_views,
+        operations=_concat_views,
         input_columns=["image_clean", "image_aug1", "image_aug2", "label"],
         output_columns=["image", "label"],
     )
@@ -205,7 +237,8 @@ def adapt_decode_step(ops: List[Any]) -> List[Any]:
     * ``vision.Decode(to_pil=True)``: becomes ``vision.ToPIL()``, so the ops after it receive the PIL image they
       were written for (MindSpore then runs them in their PIL implementation, as it would after that decode);
     * ``vision.RandomCropDecodeResize(...)``: becomes ``RandomResizedCrop`` with the same size, scale, ratio,
-      interpolation and attempts (the same operation without the decode).
+      interpolation and attempts (the same operation without the decode);
+    * ``transforms.Compose([...])``: its own list is adapted the same way.
 
     Any other first op leaves the list unchanged.
 
@@ -227,6 +260,9 @@ def adapt_decode_step(ops: List[Any]) -> List[Any]:
             first.size, first.scale, first.ratio, interpolation=first.interpolation, max_attempts=first.max_attempts
         )
         return [crop] + rest
+    if isinstance(first, T.Compose):  # a list wrapped in Compose: its own first op is the decode step
+        inner = adapt_decode_step(list(first.transforms))
+        return ([T.Compose(inner)] if inner else []) + rest
     return list(ops)
 
 

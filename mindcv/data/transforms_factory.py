@@ -155,12 +155,15 @@ def _independent_policy(policy: str, fill: Sequence[int]) -> Any:
     so the same C++ policy mapped on two columns gives the two "augmented" views the same augmentation. The
     Python policies draw from Python's generator, which advances from one view to the next.
     """
-    name = policy.lower().split("-")[0]
+    parts = policy.lower().split("-")
+    name = parts[0]
     hparams = {"img_mean": tuple(fill)}
     if name.startswith("randaug"):
+        if not any(p.startswith("inc") for p in parts[1:]):
+            policy += "-inc1"  # the C++ RandAugment's family (torchvision's): posterize/solarize grow with magnitude
         return python_policies.rand_augment_transform(policy, hparams)
-    if name.startswith("trivialaug"):
-        return python_policies.trivial_augment_wide_transform(policy, hparams)
+    if name in ("trivialaugwide", "trivialaugment"):
+        return python_policies.trivial_augment_wide_transform("-".join(["trivialaugwide", *parts[1:]]), hparams)
     if name.startswith("augmix"):
         return python_policies.augment_and_mix_transform(policy, hparams)
     if name in ("autoaug", "autoaugr", "autoaugment", "3a"):

@@ -12,9 +12,10 @@ each a fix of one of its defects:
   naming the parameter that has no match, and logs instead of printing.
 """
 
+import collections.abc
 import difflib
 import logging
-from typing import Any, Dict, List, Mapping
+from typing import Any, Callable, Dict, List, Mapping
 
 from mindspore import nn
 
@@ -34,6 +35,17 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
+
+
+def _ntuple(n: int) -> Callable[[Any], Any]:
+    """Upstream's helper: ``_ntuple(2)(3) == (3, 3)``; an iterable (not a string) is returned as it is."""
+
+    def parse(x: Any) -> Any:
+        if isinstance(x, collections.abc.Iterable) and not isinstance(x, str):
+            return x
+        return tuple([x] * n)
+
+    return parse
 
 
 class ConfigDict(dict):

@@ -84,8 +84,9 @@ def create_scheduler(
             )
         half = max(1, steps_per_epoch * num_epochs // (2 * num_cycles))
         return dynamic_lr.cyclic_lr(min_lr, lr, half, half, steps_per_epoch=steps_per_epoch, epochs=num_epochs)
-    if warmup_epochs < 0:
-        raise InvalidArgumentError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+    if isinstance(warmup_epochs, bool) or not float(warmup_epochs).is_integer() or warmup_epochs < 0:
+        raise InvalidArgumentError(f"warmup_epochs must be a whole number of epochs >= 0, got {warmup_epochs!r}")
+    warmup_epochs = int(warmup_epochs)
     if name == "multi_step_decay" and not milestones:
         raise InvalidArgumentError("multi_step_decay needs milestones (a list of epochs)")
     if name.startswith("cosine") or name.startswith("warmup_cosine"):

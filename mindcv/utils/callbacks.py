@@ -168,6 +168,13 @@ class StateMonitor(Callback):
             raise ValueError("ckpt_save_policy 'top_k' ranks checkpoints by validation: pass dataset_val")
         if isinstance(metric_name, str):
             metric_name = (metric_name,)
+        metric_fns = getattr(model, "_metric_fns", None)  # mindspore.Model's metrics, as create_trainer gives them
+        if dataset_val is not None and isinstance(metric_fns, dict) and len(metric_fns) != len(metric_name):
+            # upstream validated, then logged only the first value under the wrong name; found out here at once
+            raise ValueError(
+                f"metric_name has {len(metric_name)} names {list(metric_name)} but the model computes "
+                f"{len(metric_fns)} metrics {list(metric_fns)}: pass metric_name=list(metrics)"
+            )
         self.model = model
         self.model_name = model_name
         self.model_ema = bool(model_ema)

@@ -114,11 +114,10 @@ def _scale_from_sense(scale_sense) -> Tuple[float, bool, bool, Optional[int], Op
 class TrainStep(nn.Cell):
     """One optimizer step (or one accumulation micro-step) of ``net_with_loss``.
 
-    Two spellings build the same cell. This package's: ``TrainStep(net_with_loss, optimizer, loss_scale=...,
-    dynamic_loss_scale=..., drop_overflow_update=..., clip_grad=..., clip_value=..., accumulation_steps=...)``.
-    Upstream mindcv's: ``TrainStep(network, optimizer, scale_sense=1.0, ema=False, ema_decay=0.9999,
-    clip_grad=False, clip_value=15.0, gradient_accumulation_steps=1)``; past the third argument upstream's options
-    must be passed by keyword (the fourth positional argument here is ``dynamic_loss_scale``).
+    The positional arguments are upstream mindcv's, in upstream's order: ``TrainStep(network, optimizer,
+    scale_sense=1.0, ema=False, ema_decay=0.9999, clip_grad=False, clip_value=15.0, gradient_accumulation_steps=1)``
+    (the third may be named ``loss_scale`` or ``scale_sense``). This package's own options are keyword-only:
+    ``dynamic_loss_scale``, ``drop_overflow_update``, ``scale_window``, ``accumulation_steps``, ``scale_factor``.
 
     Fixed against upstream: clipping acts on the all-reduced (global) gradients; a dynamic loss scale works on the
     CPU; the EMA is :class:`mindcv.utils.ema.EMA` (decay ``min(ema_decay, (1 + n) / (10 + n))``, upstream
@@ -161,18 +160,18 @@ class TrainStep(nn.Cell):
         net_with_loss: Optional[nn.Cell] = None,
         optimizer: Optional[nn.Optimizer] = None,
         loss_scale: Union[float, Tensor, nn.Cell] = 1.0,
+        ema: bool = False,
+        ema_decay: float = 0.9999,
+        clip_grad: bool = False,
+        clip_value: float = 15.0,
+        gradient_accumulation_steps: Optional[int] = None,
+        *,
         dynamic_loss_scale: bool = False,
         drop_overflow_update: bool = False,
         scale_window: int = 2000,
-        clip_grad: bool = False,
-        clip_value: float = 15.0,
         accumulation_steps: int = 1,
-        *,
         network: Optional[nn.Cell] = None,
         scale_sense: Union[float, Tensor, nn.Cell, None] = None,
-        ema: bool = False,
-        ema_decay: float = 0.9999,
-        gradient_accumulation_steps: Optional[int] = None,
         scale_factor: float = 2.0,
     ) -> None:
         super().__init__(auto_prefix=False)
