@@ -297,8 +297,10 @@ def _search(argv: Optional[List[str]] = None) -> int:
             f"lookup table ({'calibrated' if r['calibrated'] else 'NOT calibrated'}) vs measured on {r['num_archs']} "
             f"held-out architectures: MAPE {r['mape_percent']:.1f}% (target <= {t['mape_percent_max']}), "
             f"{r['within_10_percent']:.0f}% within +-10% (target >= {t['within_10_percent_min']}), Kendall tau "
-            f"{r['kendall_tau']:.3f} (target >= {t['kendall_tau_min']}); raw table: MAPE {r['raw_mape_percent']:.1f}%, "
-            f"tau {r['raw_kendall_tau']:.3f}; B1 range {r['drift']['b1_range_percent']:.1f}%: "
+            f"{r['kendall_tau']:.3f} (target >= {t['kendall_tau_min']}); raw table: MAPE "
+            f"{r['raw_mape_percent']:.1f}%, tau {r['raw_kendall_tau']:.3f}; without the drift correction MAPE "
+            f"{r['uncorrected']['mape_percent']:.1f}%; "
+            f"B1 range {r['drift']['b1_range_percent']:.1f}%: "
             f"{'PASSED' if r['passed'] else 'FAILED'} ({cfg.output_dir}/lut_report.json)"
         )
     if args.calibrate_lut or args.validate_lut:

@@ -875,3 +875,65 @@ def test_lut_calibration_settings_are_checked_and_old_fingerprints_kept(tmp_path
     assert SearchConfig(latency=LatencyConfig(mode="lut")).fingerprint() == "9e5d2d0de050d0f8"
     calibrated = SearchConfig(latency=LatencyConfig(mode="lut", calibration_archs=40))
     assert calibrated.fingerprint() != "9e5d2d0de050d0f8"  # calibrated latencies are other numbers
+
+
+class _DriftingWorker:
+    """Stands in for the timing process: a known latency model, on a machine whose speed drifts by ``ramp`` a call."""
+
+    def __init__(self, lut_path: str, ramp: float) -> None:
+        self.lut_path, self.ramp, self.calls, self.calibration = lut_path, ramp, 0, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    @staticmethod
+    def parts(arch: str) -> dict:
+        size = sum(int(c) for c in re.findall(r"_c(\d+)", arch)) * sum(int(r) for r in re.findall(r"_r(\d+)", arch))
+        return {"overhead": 0.05, "stem": 0.4, "head": 0.5, "cn": 0.0, "ds": 0.2, "ir": size / 1000}
+
+    def _speed(self) -> float:
+        self.calls += 1
+        return 1.0 + self.ramp * self.calls
+
+    def _true_ms(self, arch: str) -> float:
+        return 1.3 * sum(self.parts(arch).values()) - 0.4  # isolated layers underestimate the whole network
+
+    def measure(self, arch, **_):
+        return {"median_ms": self._true_ms(arch) * self._speed()}
+
+    retime = measure
+
+    def predict(self, arch, **_):
+        parts = self.parts(arch)
+        on = self.calibration is not None
+        value = apply_calibration(self.calibration, parts) if on else sum(parts.values())
+        return {"predicted_ms": value, "components": parts, "calibrated": on, "host": "h", "pinned_cpus": [1]}
+
+    def set_calibration(self, calibration):
+        self.calibration = calibration
+        with open(self.lut_path, "w") as f:
+            json.dump({"meta": {"host": "h", "threads": 1}, "entries": {}, "calibration": calibration}, f)
+        return {"host": "h", "pinned_cpus": [1]}
+
+
+def test_lut_calibration_and_validation_see_through_a_drifting_machine(tmp_path, monkeypatch):
+    import mindcv.nas.runner as runner
+
+    cfg = SearchConfig(output_dir=str(tmp_path), latency=LatencyConfig(mode="lut"))
+    worker = _DriftingWorker(str(tmp_path / "latency_lut.json"), ramp=0.0)
+    monkeypatch.setattr(runner, "LatencyWorker", lambda *a, **k: worker)
+    calibrated = runner.calibrate_lut(cfg, num_archs=12, progress=False)
+    assert calibrated["calibration"]["form"] == "total"
+    assert calibrated["calibration"]["scales"]["total"] == pytest.approx(1.3, rel=1e-6)
+    assert calibrated["calibration"]["b1_ms"] == pytest.approx(worker._true_ms(format_arch_string(ARCH_DEFS["b1"])))
+    worker.calls, worker.ramp = 0, 0.25 / 61  # validation: the machine slows down by 25% over the run
+    report = runner.validate_lut(cfg, num_archs=30, progress=False)
+    held_out = {r["arch"] for r in report["rows"]}
+    assert not held_out & {r["arch"] for r in calibrated["rows"]}  # never the calibration's architectures
+    assert report["calibrated"] and report["drift"]["b1_range_percent"] > 20.0  # reported as drift
+    assert report["mape_percent"] < 1.5 and report["within_10_percent"] >= 95.0 and report["passed"]
+    assert report["uncorrected"]["mape_percent"] > 8.0  # what the drift alone would have cost
+    assert os.path.exists(tmp_path / "lut_accuracy.png") and os.path.exists(tmp_path / "lut_report.json")

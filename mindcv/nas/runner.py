@@ -630,6 +630,9 @@ def _timed_against_b1(
         "b1_range_percent": float((times.max() - times.min()) / np.median(times) * 100),
         "b1_times_ms": [float(t) for t in times],
     }
+    # the machine's speed around each architecture: the mean of the B1 timings just before and after it
+    for row, before, after in zip(rows, times[:-1], times[1:]):
+        row["b1_local_ms"] = float((before + after) / 2)
     if drift["b1_range_percent"] > DRIFT_WARNING_PERCENT:
         _logger.warning(
             "MnasNet-B1 re-timed between the architectures ranged %.1f%% (%.2f-%.2f ms): the machine's speed drifted "
@@ -661,7 +664,9 @@ def calibrate_lut(
     """Fit the lookup table to whole-network measurements of ``num_archs`` random architectures.
 
     Each architecture is timed whole (the timing process pinned to its threads' cores) and predicted from the
-    table; MnasNet-B1 is re-timed between every two as a drift check. The fit (:func:`fit_calibration`) is
+    table; MnasNet-B1 is re-timed between every two as a drift check, and each measurement is scaled by the
+    run's median B1 time over the B1 time around it (a shared machine's speed moves by 10% and more over
+    minutes). The fit (:func:`fit_calibration`) is
     stored in ``latency_lut.json`` and used by every later prediction from that table, searches included.
     Writes ``lut_calibration.json``.
 
@@ -677,8 +682,11 @@ def calibrate_lut(
     archs = _random_arch_strings(cfg, num_archs, seed)
     with LatencyWorker(lat.threads, lut_path, lat.warmup, lat.repeats) as worker:
         rows, drift = _timed_against_b1(cfg, worker, archs, "LUT calibration", progress)
-        calibration = fit_calibration([r["components"] for r in rows], [r["measured_ms"] for r in rows])
-        calibration.update(seed=seed, resolution=lat.resolution, width_mult=cfg.proxy.width_mult)
+        reference = drift["b1_median_ms"]
+        for r in rows:  # each measurement brought to the run's median speed (B1 timed beside it says how fast)
+            r["corrected_ms"] = r["measured_ms"] * reference / r["b1_local_ms"]
+        calibration = fit_calibration([r["components"] for r in rows], [r["corrected_ms"] for r in rows])
+        calibration.update(seed=seed, resolution=lat.resolution, width_mult=cfg.proxy.width_mult, b1_ms=reference)
         answer = worker.set_calibration(calibration)
     for r in rows:
         r["raw_ms"] = float(sum(r["components"].values()))
@@ -690,8 +698,8 @@ def calibrate_lut(
         "pinned_cpus": answer.get("pinned_cpus"),
         "calibration": calibration,
         "drift": drift,
-        "fit_mape_percent": _mape([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
-        "raw_mape_percent": _mape([r["raw_ms"] for r in rows], [r["measured_ms"] for r in rows]),
+        "fit_mape_percent": _mape([r["predicted_ms"] for r in rows], [r["corrected_ms"] for r in rows]),
+        "raw_mape_percent": _mape([r["raw_ms"] for r in rows], [r["corrected_ms"] for r in rows]),
         "rows": rows,
     }
     write_json_atomic(os.path.join(cfg.output_dir, "lut_calibration.json"), report)
@@ -713,8 +721,9 @@ def validate_lut(
     every two architectures as a drift check. Writes ``lut_report.json`` and ``lut_accuracy.png``.
 
     Returns:
-        MAPE, the share within +-10%, Kendall tau and Spearman (calibrated, and of the raw sums), the B1 drift,
-        the targets and whether they are met.
+        MAPE, the share within +-10%, Kendall tau and Spearman (calibrated, and of the raw sums) against the
+        measurements brought to the calibration's machine speed by the B1 timed beside each (``uncorrected``:
+        the same against the measurements as they came), the B1 drift, the targets and whether they are met.
     """
     os.makedirs(cfg.output_dir, exist_ok=True)
     lat = cfg.latency
@@ -726,11 +735,17 @@ def validate_lut(
         rows, drift = _timed_against_b1(cfg, worker, archs, "LUT vs measured", progress)
         answer = worker.predict(archs[0], width_mult=cfg.proxy.width_mult, resolution=lat.resolution)
     calibrated = all(r["calibrated"] for r in rows)
+    calibration = read_latency_table(lut_path).get("calibration") if calibrated else None
     if not calibrated:
         _logger.warning("the lookup table has no calibration: run search.py --calibrate_lut 40 first")
+    # the table speaks in the machine's speed during calibration (B1 at its median then): each measurement is
+    # brought to that speed by the B1 timings beside it, so the comparison judges the model, not the drift
+    reference = (calibration or {}).get("b1_ms") or drift["b1_median_ms"]
     for r in rows:
         r["raw_ms"] = float(sum(r["components"].values()))
-    measured = np.array([r["measured_ms"] for r in rows])
+        r["corrected_ms"] = r["measured_ms"] * reference / r["b1_local_ms"]
+    measured = np.array([r["corrected_ms"] for r in rows])
+    as_measured = np.array([r["measured_ms"] for r in rows])
     predicted = np.array([r["predicted_ms"] for r in rows])
     raw = np.array([r["raw_ms"] for r in rows])
     within = np.abs(predicted - measured) / measured <= 0.10
@@ -748,6 +763,12 @@ def validate_lut(
         "spearman": spearman(predicted, measured),
         "raw_mape_percent": _mape(raw, measured),
         "raw_kendall_tau": kendall_tau(raw, measured),
+        "reference_b1_ms": float(reference),
+        "uncorrected": {
+            "mape_percent": _mape(predicted, as_measured),
+            "within_10_percent": float((np.abs(predicted - as_measured) / as_measured <= 0.10).mean() * 100),
+            "kendall_tau": kendall_tau(predicted, as_measured),
+        },
         "drift": drift,
         "targets": LUT_TARGETS,
         "rows": rows,
@@ -765,7 +786,7 @@ def validate_lut(
         lim = [0, max(measured.max(), predicted.max(), raw.max()) * 1.1]
         ax.plot(lim, lim, "k:", linewidth=1)
         ax.fill_between(lim, [v * 0.9 for v in lim], [v * 1.1 for v in lim], color="0.9", label="+-10%")
-        ax.set_xlabel("measured latency (ms)")
+        ax.set_xlabel(f"measured latency (ms; at B1 = {reference:.2f} ms, by the B1 timed beside it)")
         ax.set_ylabel("lookup-table prediction (ms)")
         ax.set_title(
             f"MAPE {report['mape_percent']:.1f}%, {report['within_10_percent']:.0f}% within 10%, "
