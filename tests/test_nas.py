@@ -937,3 +937,24 @@ def test_lut_calibration_and_validation_see_through_a_drifting_machine(tmp_path,
     assert report["mape_percent"] < 1.5 and report["within_10_percent"] >= 95.0 and report["passed"]
     assert report["uncorrected"]["mape_percent"] > 8.0  # what the drift alone would have cost
     assert os.path.exists(tmp_path / "lut_accuracy.png") and os.path.exists(tmp_path / "lut_report.json")
+
+
+@pytest.mark.parametrize("saved_calibrated", [False, True])
+def test_resume_refuses_latencies_from_a_table_calibrated_otherwise(tmp_path, saved_calibrated):
+    cfg = _search_config(tmp_path)
+    cfg.latency = LatencyConfig(**{**asdict(cfg.latency), "mode": "lut"})
+    state = _valid_state(cfg, lut_mode=True)
+    state.update(host=host_description(), cpu_isa=effective_cpu_isa(), depthwise_kernels="direct")
+    old = {"intercept_ms": -2.0, "scales": {"total": 1.1}, "num_archs": 40}
+    state["lut_calibration"] = old if saved_calibrated else None
+    path = _write_state(cfg, state)
+    before = open(path).read()
+    # a later --calibrate_lut in the same folder (or a new calibration) changes what the table predicts
+    table = LatencyTable(None, threads=cfg.latency.threads)
+    with open(os.path.join(cfg.output_dir, "latency_lut.json"), "w") as f:
+        calibration = {"intercept_ms": 0.5, "scales": {"total": 0.9}, "num_archs": 40}
+        json.dump({"meta": table.meta, "entries": {}, "calibration": calibration}, f)
+    with pytest.raises(StateMismatchError, match=r"holds latencies from a lookup table (calibrated as|not cal)") as err:
+        run_search(cfg, progress=False)
+    assert "latency_lut.json is now calibrated as" in str(err.value) and "--restart" in str(err.value)
+    assert open(path).read() == before

@@ -386,6 +386,19 @@ def run_search(cfg: SearchConfig, restart: bool = False, progress: bool = True) 
                 report["fit_mape_percent"],
                 report["drift"]["b1_range_percent"],
             )
+        # the table the worker will use, as it will read it: latencies of one search all come from one calibration
+        in_use = LatencyTable(lut_path, threads=lat.threads).calibration
+        if (state["records"] or state["references"]) and state.get("lut_calibration") != in_use:
+
+            def told(calibration: Optional[Dict]) -> str:
+                return f"calibrated as {json.dumps(calibration)}" if calibration else "not calibrated"
+
+            raise StateMismatchError(
+                f"'{cfg.output_dir}' holds latencies from a lookup table {told(state.get('lut_calibration'))}, but "
+                f"latency_lut.json is now {told(in_use)}: new latencies would not be comparable. Restore that "
+                "table, or use another output_dir or --restart"
+            )
+        state["lut_calibration"] = in_use
     with LatencyWorker(lat.threads, lut_path, lat.warmup, lat.repeats) as worker:
         evaluate = _Evaluator(cfg, state["cache"], worker, progress)
         for label, key in REFERENCES.items():
