@@ -97,7 +97,7 @@ def test_stair_mode_changes_once_per_epoch():
 def test_bad_scheduler_arguments():
     with pytest.raises(ValueError, match="unknown scheduler 'cosine'; valid: constant, cosine_decay"):
         create_scheduler(10, "cosine")
-    with pytest.raises(ValueError, match="warmup_epochs must be >= 0"):
+    with pytest.raises(ValueError, match="warmup_epochs must be a whole number of epochs >= 0, got -1"):
         create_scheduler(10, "constant", warmup_epochs=-1, num_epochs=5)
     with pytest.raises(ValueError, match="needs milestones"):
         create_scheduler(10, "multi_step_decay", warmup_epochs=0, num_epochs=5)
