@@ -125,16 +125,23 @@ def _references() -> Dict[str, str]:
     return {"MnasNet-B1": format_arch_string(ARCH_DEFS["b1"]), "MnasNet-A1": format_arch_string(ARCH_DEFS["a1"])}
 
 
-def _random_archs(space: SearchSpace, count: int, seed: int, exclude: Sequence[str] = ()) -> List[str]:
+def random_archs(space: SearchSpace, count: int, seed: int, exclude: Sequence[str] = ()) -> List[str]:
+    """``count`` distinct architecture strings drawn from ``space`` with ``seed``, none of them in ``exclude``.
+
+    Raises:
+        InvalidArgumentError: the space has fewer distinct architectures than asked for.
+    """
     rng, seen, out = np.random.default_rng(seed), set(exclude), []
     for _ in range(count * 50):
         if len(out) == count:
-            break
+            return out
         arch = space.arch_string(space.sample(rng))
         if arch not in seen:
             seen.add(arch)
             out.append(arch)
-    return out
+    if len(out) == count:
+        return out
+    raise InvalidArgumentError(f"the search space has fewer than {count} distinct architectures to draw")
 
 
 def proxy_gate(
@@ -158,7 +165,7 @@ def proxy_gate(
     if num_archs < 3 or len(seeds) < 2:
         raise InvalidArgumentError(f"the gate needs >= 3 architectures and >= 2 seeds, got {num_archs}, {list(seeds)}")
     refs = _references()
-    archs = list(refs.values()) + _random_archs(space, num_archs, sample_seed, exclude=refs.values())
+    archs = list(refs.values()) + random_archs(space, num_archs, sample_seed, exclude=refs.values())
     store = StandaloneResults(proxy, os.path.join(output_dir, "standalone.json"))
     acc = store.table(archs, list(seeds), "proxy gate", progress)
     means = acc.mean(axis=1)
@@ -236,7 +243,7 @@ def supernet_fidelity(
     if num_archs < 2:
         raise InvalidArgumentError(f"supernet fidelity needs >= 2 architectures, got {num_archs}")
     refs = _references()
-    archs = list(refs.values()) + _random_archs(space, num_archs, sample_seed, exclude=refs.values())
+    archs = list(refs.values()) + random_archs(space, num_archs, sample_seed, exclude=refs.values())
     estimates, seconds = [], []
     for arch in progress_bar(archs, desc="supernet scores", disable=not progress):
         decisions = space.encode(arch)

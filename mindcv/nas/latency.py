@@ -83,10 +83,15 @@ def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> Dict[str,
     }
 
 
-def _timed_cell(cell: nn.Cell, shape: Sequence[int], warmup: int, repeats: int) -> Dict[str, float]:
+def _deployed(cell: nn.Cell, shape: Sequence[int]) -> Tuple[nn.Cell, ms.Tensor]:
+    """The cell as deployed (evaluation mode, BatchNorm folded) and a fixed input of ``shape``."""
     cell.set_train(False)
     fuse_bn(cell)
-    x = ms.Tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    return cell, ms.Tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+
+
+def _timed_cell(cell: nn.Cell, shape: Sequence[int], warmup: int, repeats: int) -> Dict[str, float]:
+    cell, x = _deployed(cell, shape)
     with execution_mode(ms.GRAPH_MODE):
         t0 = time.perf_counter()
         cell(x).asnumpy()  # compiles
@@ -520,10 +525,7 @@ def _worker_retime(**query) -> dict:
             width_mult=query.get("width_mult", 1.0),
             stem_size=query.get("stem_size", 32),
         )
-        model.set_train(False)
-        fuse_bn(model)
-        x = ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, resolution, resolution)).astype(np.float32))
-        compiled[key] = (model, x)
+        compiled[key] = _deployed(model, (1, 3, resolution, resolution))
     model, x = compiled[key]
     with execution_mode(ms.GRAPH_MODE):
         answer = time_calls(lambda: model(x).asnumpy(), _worker["warmup"], _worker["repeats"])

@@ -25,7 +25,7 @@ from ..models.arch import format_arch_string
 from ..models.mnasnet import ARCH_DEFS
 from ..utils.cpu_isa import effective_cpu_isa
 from ..utils.plotting import save_figure
-from .fidelity import kendall_tau, spearman_rho
+from .fidelity import kendall_tau, random_archs, spearman_rho
 from .latency import (
     LatencyTable,
     LatencyTableError,
@@ -657,20 +657,6 @@ def _timed_against_b1(
     return rows, drift
 
 
-def _random_arch_strings(cfg: SearchConfig, num_archs: int, seed: int, exclude: Sequence[str] = ()) -> List[str]:
-    space = SearchSpace(**cfg.space)
-    rng = np.random.default_rng(seed)
-    seen, archs = set(exclude), []
-    for _ in range(num_archs * 50):
-        arch = space.arch_string(space.sample(rng))
-        if arch not in seen:
-            seen.add(arch)
-            archs.append(arch)
-            if len(archs) == num_archs:
-                return archs
-    raise InvalidArgumentError(f"the search space has fewer than {num_archs} distinct architectures to draw")
-
-
 def calibrate_lut(
     cfg: SearchConfig, num_archs: int = 40, seed: int = LUT_CALIBRATION_SEED, progress: bool = True
 ) -> Dict[str, Any]:
@@ -692,7 +678,7 @@ def calibrate_lut(
     lat = cfg.latency
     lut_path = os.path.join(cfg.output_dir, "latency_lut.json")
     _check_lut_file(lut_path)
-    archs = _random_arch_strings(cfg, num_archs, seed)
+    archs = random_archs(SearchSpace(**cfg.space), num_archs, seed)
     with LatencyWorker(lat.threads, lut_path, lat.warmup, lat.repeats) as worker:
         rows, drift = _timed_against_b1(cfg, worker, archs, "LUT calibration", progress)
         reference = drift["b1_median_ms"]
@@ -742,8 +728,8 @@ def validate_lut(
     lat = cfg.latency
     lut_path = os.path.join(cfg.output_dir, "latency_lut.json")
     _check_lut_file(lut_path)
-    calibration_rows = _read_calibration_archs(cfg.output_dir)
-    archs = _random_arch_strings(cfg, num_archs, seed, exclude=calibration_rows)
+    calibration_archs = _read_calibration_archs(cfg.output_dir)
+    archs = random_archs(SearchSpace(**cfg.space), num_archs, seed, exclude=calibration_archs)
     with LatencyWorker(lat.threads, lut_path, lat.warmup, lat.repeats) as worker:
         rows, drift = _timed_against_b1(cfg, worker, archs, "LUT vs measured", progress)
         answer = worker.predict(archs[0], width_mult=cfg.proxy.width_mult, resolution=lat.resolution)
