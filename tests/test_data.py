@@ -482,6 +482,25 @@ def test_demo_dataset_is_generated_once_and_learnable_shaped(tmp_path):
     assert "demo" in list_datasets()
 
 
+def test_demo_dataset_sizes_extend_the_small_set_and_refuse_bad_sizes(tmp_path):
+    small = ensure_demo_dataset(str(tmp_path))
+    larger = ensure_demo_dataset(str(tmp_path), train_per_class=150)
+    assert larger["root"] != small["root"] and larger["num_images"] == 10 * (150 + 50)
+    for split, count in (("train", 120), ("val", 40)):  # one seeded stream per class: the small set is a prefix
+        for i in (0, count - 1):
+            name = os.path.join(split, "ring", f"ring_{i:04d}.jpg")
+            assert (
+                open(os.path.join(small["root"], name), "rb").read()
+                == open(os.path.join(larger["root"], name), "rb").read()
+            )
+    assert len(os.listdir(os.path.join(larger["root"], "val", "ring"))) == 50
+    assert {"demo", "demo_large"} <= set(list_datasets())
+    for bad in (0, -3, 2.5, True, "600"):
+        with pytest.raises(ValueError, match="train_per_class must be a whole number >= 1"):
+            ensure_demo_dataset(str(tmp_path), train_per_class=bad)
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".demo-")]
+
+
 def test_loader_reduces_workers_to_the_cpu_count(image_folder, caplog):
     loader = create_loader(
         create_dataset("imagenet", root=str(image_folder)),

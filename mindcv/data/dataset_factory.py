@@ -16,7 +16,7 @@ import numpy as np
 import mindspore.dataset as ds
 
 from ..errors import InvalidArgumentError
-from .demo import ensure_demo_dataset
+from .demo import DEMO_SIZES, ensure_demo_dataset
 from .image_folder import ImageFileSource, UnreadableFiles, find_classes, make_samples, resolve_max_image_pixels
 from .samplers import ShardSampler
 from .standard_datasets import DATASET_SPECS, dataset_root, download_standard_dataset, load_standard_dataset
@@ -25,7 +25,7 @@ __all__ = ["create_dataset", "list_datasets", "get_dataset_download_root", "Labe
 
 _logger = logging.getLogger(__name__)
 _IMAGE_FOLDER_NAMES = ("imagenet", "imagefolder", "")
-_VALID_NAMES = ("imagenet", "imagefolder", "demo") + tuple(DATASET_SPECS)
+_VALID_NAMES = ("imagenet", "imagefolder") + tuple(DEMO_SIZES) + tuple(DATASET_SPECS)
 
 
 def list_datasets() -> List[str]:
@@ -68,7 +68,8 @@ def create_dataset(
 
     Args:
         name: ``imagenet`` (or any other name, or ``""``) for an ImageFolder tree ``root/<split>/<class>/*``;
-            ``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist``; or ``demo`` (generated, no download).
+            ``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist``; or ``demo`` (generated, no download:
+            1,200 training / 400 validation images of 10 classes) or ``demo_large`` (6,000 / 2,000).
         root: dataset folder (default: ``<cache>/datasets/<name>``).
         split: ``train``, ``val`` or ``test`` (the sub-folder for ImageFolder trees).
         shuffle: a seeded new order every epoch (``seed`` kwarg, default 0; use ``dataset.shard_sampler.set_epoch``).
@@ -123,8 +124,8 @@ def create_dataset(
         images, labels, class_names = load_standard_dataset(name, root, split)
         source = _ArraySource(images, labels)
     else:
-        if name == "demo":
-            root = ensure_demo_dataset(root)["root"]
+        if name in DEMO_SIZES:
+            root = ensure_demo_dataset(root, train_per_class=DEMO_SIZES[name])["root"]
         elif download:
             raise InvalidArgumentError(
                 f"dataset '{name or 'imagenet'}' cannot be downloaded; "

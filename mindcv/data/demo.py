@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from ..errors import InvalidArgumentError
 from ..io.download import get_cache_dir
 from ._opencv import cv2
 
-__all__ = ["DEMO_CLASSES", "DEMO_VERSION", "ensure_demo_dataset", "render_demo_image"]
+__all__ = ["DEMO_CLASSES", "DEMO_SIZES", "DEMO_VERSION", "ensure_demo_dataset", "render_demo_image"]
 
 DEMO_VERSION = "v1"
 DEMO_CLASSES = (
@@ -35,8 +35,11 @@ DEMO_CLASSES = (
     "diagonal_stripes",
     "dots",
 )
-_SPLITS = {"train": (120, 0), "val": (40, 1)}  # images per class, seed offset
+_SPLITS = {"train": (120, 0), "val": (40, 1)}  # images per class, seed offset (the default size)
 _SIZE = 72
+# Named sizes for create_dataset: the small set trains in CPU minutes; the large one has enough held-out images
+# (1,500 at a 25% hold-out) for a proxy whose seed-to-seed noise is near one point.
+DEMO_SIZES = {"demo": 120, "demo_large": 600}
 
 
 def _colors(rng: np.random.Generator):
@@ -91,8 +94,13 @@ def render_demo_image(cls: str, rng: np.random.Generator, size: int = _SIZE) -> 
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 
-def _generate(folder: str, seed: int) -> None:
-    for split, (per_class, offset) in _SPLITS.items():
+def _split_sizes(train_per_class: int) -> Dict[str, Tuple[int, int]]:
+    """Images per class and seed offset of each split; validation is a third of training, as in the default."""
+    return {"train": (train_per_class, 0), "val": (max(train_per_class // 3, 1), 1)}
+
+
+def _generate(folder: str, seed: int, train_per_class: int) -> None:
+    for split, (per_class, offset) in _split_sizes(train_per_class).items():
         for label, cls in enumerate(DEMO_CLASSES):
             rng = np.random.default_rng([seed, offset, label])
             out = os.path.join(folder, split, cls)
@@ -105,19 +113,24 @@ def _generate(folder: str, seed: int) -> None:
                 )
 
 
-def ensure_demo_dataset(root: str = None, seed: int = 0) -> Dict[str, object]:
+def ensure_demo_dataset(root: str = None, seed: int = 0, train_per_class: int = 120) -> Dict[str, object]:
     """Generate the demo dataset once (if needed) and return its location.
 
     Args:
         root: parent folder (default: ``<cache>/datasets``).
         seed: generation seed (a different seed gives a different dataset folder).
+        train_per_class: training images per class (validation gets a third as many). Each class's images are
+            drawn from one seeded stream, so a larger set starts with the images of every smaller one.
 
     Returns:
         ``{"root": <folder with train/ and val/>, "generated": bool, "seconds": float, "num_images": int}``.
     """
+    if isinstance(train_per_class, bool) or not isinstance(train_per_class, int) or train_per_class < 1:
+        raise InvalidArgumentError(f"demo train_per_class must be a whole number >= 1, got {train_per_class!r}")
     parent = root or os.path.join(get_cache_dir(), "datasets")
     os.makedirs(parent, exist_ok=True)
-    folder = os.path.join(parent, f"demo-{DEMO_VERSION}-seed{seed}")
+    size_tag = "" if train_per_class == _SPLITS["train"][0] else f"-n{train_per_class}"
+    folder = os.path.join(parent, f"demo-{DEMO_VERSION}-seed{seed}{size_tag}")
     start = time.perf_counter()
     generated = False
     with open(folder + ".lock", "a+") as lock:
@@ -125,11 +138,11 @@ def ensure_demo_dataset(root: str = None, seed: int = 0) -> Dict[str, object]:
         if not os.path.isdir(folder):
             tmp = tempfile.mkdtemp(prefix=".demo-", dir=parent)
             try:
-                _generate(tmp, seed)
+                _generate(tmp, seed, train_per_class)
                 os.replace(tmp, folder)
                 generated = True
             finally:
                 if os.path.exists(tmp):
                     shutil.rmtree(tmp)
-    num_images = sum(n for n, _ in _SPLITS.values()) * len(DEMO_CLASSES)
+    num_images = sum(n for n, _ in _split_sizes(train_per_class).values()) * len(DEMO_CLASSES)
     return {"root": folder, "generated": generated, "seconds": time.perf_counter() - start, "num_images": num_images}
