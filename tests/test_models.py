@@ -306,3 +306,31 @@ def test_a_zoo_name_fixes_its_width():
         create_model("mnasnet_050", width_mult=1.0)
     assert create_model("mnasnet_050", width_mult=0.5, num_classes=3).width_mult == 0.5  # the same width is fine
     assert create_model("mnasnet_small", width_mult=0.75, num_classes=3).width_mult == 0.75  # TF's depth_multiplier
+
+
+@pytest.mark.parametrize("num_classes", [10, 1000])
+def test_a_new_network_starts_near_chance_loss_whatever_the_class_count(num_classes):
+    """torchvision's classifier init scales with 1/num_classes: with 10 classes a new MnasNet started at a loss of
+    ~10 (logits sd ~6), which made short proxy trainings slow and seed-dependent. Checked for the model, its
+    reset classifier and the search's supernet, on the batch statistics a training step sees."""
+    from mindcv.nas.search_space import SearchSpace
+    from mindcv.nas.supernet import SuperNet
+
+    images = random_images(16, SMALL)
+    labels = ms.Tensor(np.arange(16) % num_classes, ms.int32)
+    reset = create_model("mnasnet_050", num_classes=3)
+    reset.reset_classifier(num_classes)
+    networks = {
+        "model": create_model("mnasnet_050", num_classes=num_classes),
+        "reset_classifier": reset,
+        "supernet": SuperNet(SearchSpace(), num_classes, width_mult=0.5),
+    }
+    for name, net in networks.items():
+        net.set_train(True)
+        logits = net(images)
+        loss = float(nn.CrossEntropyLoss()(logits, labels).asnumpy())
+        assert float(logits.std().asnumpy()) < 1.0, name
+        assert abs(loss - np.log(num_classes)) < 1.0, (name, loss)
+        bound = np.sqrt(3.0 / net.classifier.weight.shape[1])  # the same scale whatever the class count
+        weights = net.classifier.weight.asnumpy()
+        assert np.abs(weights).max() <= bound and np.abs(weights).max() > 0.9 * bound, name

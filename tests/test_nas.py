@@ -865,12 +865,18 @@ def test_a_calibrated_table_applies_its_calibration_and_keeps_it_only_with_its_e
     assert LatencyTable(path, threads=1).calibration is None
 
 
-def test_lut_calibration_settings_are_checked_and_old_fingerprints_kept(tmp_path):
+def test_lut_calibration_settings_are_checked_and_old_fingerprints_kept(tmp_path, monkeypatch):
+    import mindcv.nas.runner as runner
+
     cfg_path = tmp_path / "s.yaml"
     cfg_path.write_text("latency: {mode: lut, calibration_archs: 3}\n")
     with pytest.raises(ConfigError, match=r"'latency\.calibration_archs' must be 0 \(no calibration\) or >= 8"):
         load_config(str(cfg_path), {})
-    # the fingerprints of these two settings before calibration existed: their saved searches must still resume
+    # proxy procedure 3 (the classifier's init) trains every candidate differently: old searches must not resume
+    assert SearchConfig().fingerprint() != "d46041f64cb95f19"
+    assert SearchConfig(latency=LatencyConfig(mode="lut")).fingerprint() != "9e5d2d0de050d0f8"
+    # under procedure 2, the fingerprints of these settings are the ones from before calibration existed
+    monkeypatch.setattr(runner, "PROXY_PROCEDURE", 2)
     assert SearchConfig().fingerprint() == "d46041f64cb95f19"
     assert SearchConfig(latency=LatencyConfig(mode="lut")).fingerprint() == "9e5d2d0de050d0f8"
     calibrated = SearchConfig(latency=LatencyConfig(mode="lut", calibration_archs=40))

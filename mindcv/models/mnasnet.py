@@ -26,7 +26,7 @@ from .arch import (
     parse_arch_string,
     round_channels,
 )
-from .layers import BLOCK_CLASSES, Dropout, NoiseLayout, create_conv2d, make_norm_layer
+from .layers import BLOCK_CLASSES, Dropout, NoiseLayout, create_classifier, create_conv2d, make_norm_layer
 from .model_factory import build_model_with_cfg
 from .pretrained import MINDCV_BN_EPS, TORCH_BN_EPS, PretrainedCfg
 from .registry import register_model
@@ -162,7 +162,7 @@ class MnasNet(nn.Cell):
         self.bn2 = norm_layer(num_features)
         self.act2 = nn.ReLU()
         self.dropout = Dropout(drop_rate, features=num_features)
-        self.classifier = nn.Dense(num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = create_classifier(num_features, num_classes) if num_classes > 0 else nn.Identity()
         self._initialize_weights()
         self.noise_layout = NoiseLayout(self)  # the dropout / drop-path columns of the training noise
         self.param_layout = param_layout
@@ -173,7 +173,7 @@ class MnasNet(nn.Cell):
 
     # -- construction helpers -------------------------------------------------------------------
     def _initialize_weights(self) -> None:
-        """torchvision's init: He-normal (fan_out, relu) convs, unit BN, He-uniform (fan_out, sigmoid) dense."""
+        """torchvision's init: He-normal (fan_out, relu) convs, unit BN; the classifier: see ``create_classifier``."""
         for _, cell in self.cells_and_names():
             if isinstance(cell, nn.Conv2d):
                 cell.weight.set_data(
@@ -181,11 +181,6 @@ class MnasNet(nn.Cell):
                 )
                 if cell.bias is not None:
                     cell.bias.set_data(init.initializer("zeros", cell.bias.shape))
-            elif isinstance(cell, nn.Dense):
-                cell.weight.set_data(
-                    init.initializer(init.HeUniform(mode="fan_out", nonlinearity="sigmoid"), cell.weight.shape)
-                )
-                cell.bias.set_data(init.initializer("zeros", cell.bias.shape))
 
     # -- model interface ------------------------------------------------------------------------
     def get_classifier(self) -> nn.Cell:
@@ -202,12 +197,7 @@ class MnasNet(nn.Cell):
             raise InvalidArgumentError(f"num_classes must be >= 0, got {num_classes}")
         self.num_classes = num_classes
         if num_classes > 0:
-            dense = nn.Dense(self.num_features, num_classes)
-            dense.weight.set_data(
-                init.initializer(init.HeUniform(mode="fan_out", nonlinearity="sigmoid"), dense.weight.shape)
-            )
-            dense.bias.set_data(init.initializer("zeros", dense.bias.shape))
-            self.classifier = dense
+            self.classifier = create_classifier(self.num_features, num_classes)
         else:
             self.classifier = nn.Identity()
 

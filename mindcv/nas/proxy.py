@@ -34,8 +34,9 @@ __all__ = ["ProxyTask", "ProxyConfig", "load_arrays"]
 _logger = logging.getLogger(__name__)
 
 # Part of a search's fingerprint: raise it whenever a candidate's training or scoring changes, so that a
-# resumed search never mixes scores of the old procedure with new ones (2: through mindcv.engine).
-PROXY_PROCEDURE = 2
+# resumed search never mixes scores of the old procedure with new ones (2: through mindcv.engine; 3: the
+# classifier initialised over fan_in, not the class count).
+PROXY_PROCEDURE = 3
 
 
 @dataclass

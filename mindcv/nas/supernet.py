@@ -37,7 +37,7 @@ from mindspore.common import initializer as init
 from ..errors import InvalidArgumentError
 from ..kernels.depthwise import DepthwiseConv2d
 from ..models.arch import make_divisible, round_channels, se_channels
-from ..models.layers import Dropout, NoiseLayout, make_norm_layer
+from ..models.layers import Dropout, NoiseLayout, create_classifier, make_norm_layer
 from .search_space import Decisions, SearchSpace
 
 __all__ = ["SuperNet", "recalibrate_bn"]
@@ -310,11 +310,7 @@ class SuperNet(nn.Cell):
         self.bn2 = norm_layer(num_features)
         self.act2 = nn.ReLU()
         self.dropout = Dropout(drop_rate, features=num_features)
-        self.classifier = nn.Dense(num_features, num_classes)
-        self.classifier.weight.set_data(
-            init.initializer(init.HeUniform(mode="fan_out", nonlinearity="sigmoid"), self.classifier.weight.shape)
-        )
-        self.classifier.bias.set_data(init.initializer("zeros", self.classifier.bias.shape))
+        self.classifier = create_classifier(num_features, num_classes)
         self.noise_layout = NoiseLayout(self)
         self.arch: Optional[Decisions] = None
         self.set_arch(space.sample(np.random.default_rng(0)))

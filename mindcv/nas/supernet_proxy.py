@@ -41,7 +41,7 @@ __all__ = ["SupernetConfig", "SupernetProxy"]
 _logger = logging.getLogger(__name__)
 
 # part of the supernet checkpoint's fingerprint: raise it when training or scoring changes
-SUPERNET_PROCEDURE = 1
+SUPERNET_PROCEDURE = 2
 
 
 @dataclass
