@@ -668,8 +668,8 @@ def calibrate_lut(
 
     Each architecture is timed whole (the timing process pinned to its threads' cores) and predicted from the
     table; MnasNet-B1 is re-timed between every two as a drift check, and each measurement is scaled by the
-    run's median B1 time over the B1 time around it (a shared machine's speed moves by 10% and more over
-    minutes). The fit (:func:`fit_calibration`) is
+    run's median B1 time over the median of the B1 timings around it (a shared machine's speed moves by 10% and
+    more over minutes). The fit (:func:`fit_calibration`) is
     stored in ``latency_lut.json`` and used by every later prediction from that table, searches included.
     Writes ``lut_calibration.json``.
 
@@ -686,7 +686,7 @@ def calibrate_lut(
     with LatencyWorker(lat.threads, lut_path, lat.warmup, lat.repeats) as worker:
         rows, drift = _timed_against_b1(cfg, worker, archs, "LUT calibration", progress)
         reference = drift["b1_median_ms"]
-        for r in rows:  # each measurement brought to the run's median speed (B1 timed beside it says how fast)
+        for r in rows:  # each measurement brought to the run's median speed (the nearest B1 timings say how fast)
             r["corrected_ms"] = r["measured_ms"] * reference / r["b1_local_ms"]
         calibration = fit_calibration([r["components"] for r in rows], [r["corrected_ms"] for r in rows])
         calibration.update(seed=seed, resolution=lat.resolution, width_mult=cfg.proxy.width_mult, b1_ms=reference)
@@ -725,7 +725,7 @@ def validate_lut(
 
     Returns:
         MAPE, the share within +-10%, Kendall tau and Spearman (calibrated, and of the raw sums) against the
-        measurements brought to the calibration's machine speed by the B1 timed beside each (``uncorrected``:
+        measurements brought to the calibration's machine speed by the B1 timings nearest to each (``uncorrected``:
         the same against the measurements as they came), the B1 drift, the targets and whether they are met.
     """
     os.makedirs(cfg.output_dir, exist_ok=True)
@@ -789,7 +789,7 @@ def validate_lut(
         lim = [0, max(measured.max(), predicted.max(), raw.max()) * 1.1]
         ax.plot(lim, lim, "k:", linewidth=1)
         ax.fill_between(lim, [v * 0.9 for v in lim], [v * 1.1 for v in lim], color="0.9", label="+-10%")
-        ax.set_xlabel(f"measured latency (ms; at B1 = {reference:.2f} ms, by the B1 timed beside it)")
+        ax.set_xlabel(f"measured latency (ms; at B1 = {reference:.2f} ms, by the B1 timings nearest to it)")
         ax.set_ylabel("lookup-table prediction (ms)")
         ax.set_title(
             f"MAPE {report['mape_percent']:.1f}%, {report['within_10_percent']:.0f}% within 10%, "
