@@ -498,6 +498,8 @@ def test_demo_dataset_sizes_extend_the_small_set_and_refuse_bad_sizes(tmp_path):
     for bad in (0, -3, 2.5, True, "600"):
         with pytest.raises(ValueError, match="train_per_class must be a whole number >= 1"):
             ensure_demo_dataset(str(tmp_path), train_per_class=bad)
+    with pytest.raises(ValueError, match=r"'demo_larg' is read as an ImageFolder tree .* no root: .*demo, demo_large"):
+        create_dataset("demo_larg")  # a typo is not silently a folder dataset
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".demo-")]
 
 

@@ -132,8 +132,10 @@ def create_dataset(
                 f"download=True works for {', '.join(DATASET_SPECS)}"
             )
         if root is None:
+            builtin = ", ".join(tuple(DATASET_SPECS) + tuple(DEMO_SIZES))
             raise InvalidArgumentError(
-                f"dataset '{name or 'imagefolder'}' needs root=<folder with {split}/<class>/<images>>"
+                f"dataset '{name or 'imagefolder'}' is read as an ImageFolder tree and needs "
+                f"root=<folder with {split}/<class>/<images>> (datasets that need no root: {builtin})"
             )
         if not os.path.isdir(root):
             raise FileNotFoundError(f"dataset root '{root}' does not exist")
