@@ -216,3 +216,41 @@ def test_scoring_an_untrained_supernet_is_refused(tiny_data, tmp_path):
         proxy.score(proxy.space.sample(np.random.default_rng(0)))
     with pytest.raises(InvalidArgumentError, match="supernet.epochs must be >= 1"):
         SupernetProxy(proxy.proxy, proxy.space, SupernetConfig(epochs=0), str(tmp_path))
+
+
+@pytest.mark.parametrize("draw", [0, 1, 2])
+def test_a_training_step_gives_the_shared_weights_the_stand_alone_models_gradients(small, draw):
+    """Weight sharing in training, not only in the forward pass: the supernet's gradient of a candidate's loss,
+    restricted to the weights the candidate uses, equals its stand-alone model's, and every weight it does not use
+    gets none (so single-path training trains exactly the sampled network)."""
+    from mindcv.nas.supernet import _fit
+
+    decisions = small.space.sample(np.random.default_rng(100 + draw))
+    small.set_arch(decisions)
+    model = small.extract(decisions)
+    x, y = Tensor(_images(n=8, seed=draw)), Tensor(np.arange(8) % SETTINGS["num_classes"], ms.int32)
+    loss_fn = ms.nn.CrossEntropyLoss()
+
+    def gradients(net):
+        net.set_train(True)
+        params = net.trainable_params()
+        grads = ms.grad(lambda a, b: loss_fn(net(a), b), grad_position=None, weights=params)(x, y)
+        return {p.name: g.asnumpy() for p, g in zip(params, grads)}
+
+    try:
+        names = {p.name: path for path, p in small.parameters_and_names()}
+        shared = {names[k]: v for k, v in gradients(small).items()}
+        alone_names = {p.name: path for path, p in model.parameters_and_names()}
+        alone = {alone_names[k]: v for k, v in gradients(model).items()}
+    finally:
+        small.set_train(False)
+    used = set()
+    for path, grad in alone.items():
+        target = small._shared_path(path, decisions)
+        used.add(target)
+        part = _fit(shared[target], grad.shape)
+        # a beta ahead of a training-mode BatchNorm gets a gradient of ~0 (1e-8): float noise, hence the 1e-6
+        assert np.abs(part - grad).max() <= 1e-3 * np.abs(grad).max() + 1e-6, f"{path} -> {target}"
+    for path, grad in shared.items():  # the paths the candidate does not take learn nothing from its step
+        if path not in used:
+            assert not np.any(grad), path
