@@ -42,7 +42,7 @@ def create_classifier(num_features: int, num_classes: int) -> nn.Dense:
     """The final linear layer, freshly initialised: uniform in +-sqrt(3 / num_features), bias 0.
 
     torchvision's MnasNet draws it He-uniform over fan_out, i.e. the class count: right for ImageNet's 1,000
-    classes (+-0.055), but with 10 classes the bound is 10x larger and a new network starts with logits of sd ~6
+    classes (+-0.055), but with 10 classes the bound is 10x larger and a new network starts with logits of sd ~5
     and a loss of ~10 instead of ln 10 = 2.3 (measured), which makes short trainings slow and seed-dependent.
     Over fan_in the bound is the same whatever the class count (+-0.048 for 1,280 features: ImageNet's scale).
 
