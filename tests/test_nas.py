@@ -22,6 +22,7 @@ from mindcv.nas.latency import (
     layer_keys,
     read_latency_table,
 )
+from mindcv.nas.proxy import ProxyTask
 from mindcv.nas.reward import mnas_reward
 from mindcv.nas.runner import (
     REFERENCES,
@@ -32,6 +33,7 @@ from mindcv.nas.runner import (
     _check_lut_file,
     _check_same_latency_platform,
     _discard_state,
+    at_chance_warning,
     load_state,
     pareto_front,
     run_search,
@@ -217,6 +219,12 @@ def test_smoke_search_writes_outputs_resumes_and_retrains(tmp_path, tiny_data):
     rows = open(os.path.join(out, "candidates.csv")).read().strip().splitlines()
     assert len(rows) == 1 + 2 + 3 * cfg.budget
     assert all(0 <= r["accuracy"] <= 100 and r["latency_ms"] > 0 for r in state["records"])
+    b1_accuracy = state["references"]["MnasNet-B1"]["accuracy"]  # the smoke proxy trains a few steps only
+    proxy = ProxyTask(cfg.proxy)
+    assert bool(summary["warnings"]) == (
+        at_chance_warning(b1_accuracy, proxy.num_classes, len(proxy.val_y)) is not None
+    )
+    assert json.load(open(os.path.join(out, "summary.json")))["warnings"] == summary["warnings"]
 
     # resume with a larger budget: the evaluated candidates are kept, the strategies continue
     more = load_config(SMOKE, {"output_dir": out, "budget": cfg.budget + 1})
@@ -986,3 +994,14 @@ def test_resume_refuses_latencies_from_a_table_calibrated_otherwise(tmp_path, sa
         run_search(cfg, progress=False)
     assert "latency_lut.json is now calibrated as" in str(err.value) and "--restart" in str(err.value)
     assert open(path).read() == before
+
+
+def test_a_search_whose_b1_scores_at_chance_says_its_ranking_is_noise():
+    # 10 classes, 300 held-out images: 3 binomial sd = 5.2 points above 10%
+    warning = at_chance_warning(9.0, 10, 300)  # the trained supernet of the last fidelity run scored B1 at 8-9%
+    assert "MnasNet-B1 scores 9.0%" in warning and "5.2 points" in warning and "chance (10.0%)" in warning
+    assert "ranking is noise" in warning and "--gate" in warning
+    assert at_chance_warning(15.0, 10, 300) is not None  # inside the margin
+    assert at_chance_warning(15.5, 10, 300) is None and at_chance_warning(43.0, 10, 300) is None
+    assert at_chance_warning(12.0, 10, 1500) is not None and at_chance_warning(12.5, 10, 1500) is None  # 2.3 points
+    assert at_chance_warning(0.12, 1000, 50000) is not None and at_chance_warning(0.2, 1000, 50000) is None

@@ -466,6 +466,32 @@ def write_csv(state: Dict[str, Any], path: str) -> None:
             writer.writerow(record)
 
 
+def at_chance_warning(b1_accuracy: float, num_classes: int, held_out: int) -> Optional[str]:
+    """A warning when MnasNet-B1's proxy accuracy is within 3 binomial standard deviations of chance.
+
+    A proxy (or a supernet) that scores a good network at chance ranks candidates by noise; the search still runs
+    to the end, so its summary must say so rather than present a winner.
+
+    Args:
+        b1_accuracy: B1's proxy accuracy (%).
+        num_classes: classes of the proxy task.
+        held_out: held-out images scored.
+
+    Returns:
+        The warning, or ``None`` when B1 is clearly above chance.
+    """
+    chance = 1.0 / num_classes
+    margin = 300.0 * math.sqrt(chance * (1.0 - chance) / max(held_out, 1))
+    if b1_accuracy > 100.0 * chance + margin:
+        return None
+    return (
+        f"MnasNet-B1 scores {b1_accuracy:.1f}% on the proxy, within {margin:.1f} points (3 binomial sd over "
+        f"{held_out} held-out images) of chance ({100.0 * chance:.1f}%): the accuracy estimates carry no "
+        "information and this search's ranking is noise. Check the proxy with --gate (and the supernet with "
+        "--validate_supernet) before trusting a result"
+    )
+
+
 def summarize(cfg: SearchConfig, state: Dict[str, Any], evaluate: _Evaluator) -> Dict[str, Any]:
     """Top-k architecture files, the comparison with B1, per-strategy reward statistics and the plots."""
     records = state["records"]
@@ -522,6 +548,11 @@ def summarize(cfg: SearchConfig, state: Dict[str, Any], evaluate: _Evaluator) ->
         "top_files": top_files,
         "beats_b1": [{k: r[k] for k in ("arch", "accuracy", "latency_ms", "strategy")} for r in beating[:5]],
     }
+    proxy = evaluate.proxy
+    warning = at_chance_warning(b1["accuracy"], proxy.num_classes, len(proxy.val_y))
+    summary["warnings"] = [warning] if warning else []
+    if warning:
+        _logger.warning(warning)
     if beating and cfg.confirm_seeds:
         summary["confirmation"] = _confirm(beating[0]["arch"], b1["arch"], cfg.confirm_seeds, evaluate)
     summary["plots"] = plot_search(state, cfg.output_dir)
